@@ -1,0 +1,752 @@
+//! Hub configuration: defaults < TOML file (`--config FILE`) < environment (`CODITECT_*`)
+//! < command-line flags.
+//!
+//! Every setting is declared once in [`SETTINGS`] (its key, flag, environment variable,
+//! default and help); the four layers are merged per key, remembering where each value
+//! came from, and then parsed into typed fields. A bad value is reported with the key,
+//! its source and what is allowed, and the binary exits with code 2.
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use coditect_store::{PgConfig, SqliteConfig, StoreConfig, Synchronous};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One configurable value, as it appears in each layer.
+pub struct Setting {
+    /// Key in the TOML file.
+    pub key: &'static str,
+    /// Long flag, without the dashes.
+    pub flag: &'static str,
+    pub env: &'static str,
+    /// `None`: unset unless given.
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+    /// Never echo the value (it may carry a password).
+    pub secret: bool,
+}
+
+const fn setting(
+    key: &'static str,
+    flag: &'static str,
+    env: &'static str,
+    default: Option<&'static str>,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        flag,
+        env,
+        default,
+        help,
+        secret: false,
+    }
+}
+
+pub const SETTINGS: &[Setting] = &[
+    setting(
+        "listen",
+        "listen",
+        "CODITECT_LISTEN",
+        Some("127.0.0.1:8080"),
+        "Address and port the HTTP API listens on (host:port)",
+    ),
+    setting(
+        "data_dir",
+        "data-dir",
+        "CODITECT_DATA_DIR",
+        Some("data"),
+        "Directory for the node's embedded SQLite store and keys; created if missing, must be writable",
+    ),
+    Setting {
+        secret: true,
+        ..setting(
+            "database_url",
+            "database-url",
+            "CODITECT_DATABASE_URL",
+            None,
+            "PostgreSQL URL for shared mode (postgres://user:password@host:port/db); absent = embedded SQLite only",
+        )
+    },
+    setting(
+        "log_format",
+        "log-format",
+        "CODITECT_LOG_FORMAT",
+        Some("text"),
+        "Log output on stderr: text or json",
+    ),
+    setting(
+        "log_level",
+        "log-level",
+        "CODITECT_LOG_LEVEL",
+        Some("info"),
+        "Log filter (tracing directives such as info or coditect_hub=debug,info); RUST_LOG wins when set",
+    ),
+    setting(
+        "body_limit",
+        "body-limit",
+        "CODITECT_BODY_LIMIT",
+        Some("5MiB"),
+        "Largest request body accepted, in bytes or with a KiB/MiB suffix",
+    ),
+    setting(
+        "request_timeout",
+        "request-timeout",
+        "CODITECT_REQUEST_TIMEOUT",
+        Some("30s"),
+        "Longest time a request may take before it is answered 503 (e.g. 30s, 2m)",
+    ),
+    setting(
+        "shutdown_timeout",
+        "shutdown-timeout",
+        "CODITECT_SHUTDOWN_TIMEOUT",
+        Some("30s"),
+        "On SIGTERM/SIGINT, longest wait for in-flight requests before closing anyway",
+    ),
+    setting(
+        "cors_origins",
+        "cors-origins",
+        "CODITECT_CORS_ORIGINS",
+        None,
+        "Comma-separated origins allowed by CORS (e.g. https://app.example.com); absent = CORS off",
+    ),
+    setting(
+        "sqlite_synchronous",
+        "sqlite-synchronous",
+        "CODITECT_SQLITE_SYNCHRONOUS",
+        Some("full"),
+        "SQLite durability: full (acks survive power loss) or normal (acks survive a process crash only)",
+    ),
+    setting(
+        "pg_pool_size",
+        "pg-pool-size",
+        "CODITECT_PG_POOL_SIZE",
+        Some("16"),
+        "Most PostgreSQL connections this replica opens",
+    ),
+    setting(
+        "pg_statement_timeout",
+        "pg-statement-timeout",
+        "CODITECT_PG_STATEMENT_TIMEOUT",
+        Some("30s"),
+        "PostgreSQL statement and lock timeout per query",
+    ),
+    setting(
+        "pg_connect_timeout",
+        "pg-connect-timeout",
+        "CODITECT_PG_CONNECT_TIMEOUT",
+        Some("5s"),
+        "Longest wait to open a PostgreSQL connection or borrow one from the pool",
+    ),
+];
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(&'static str),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("the default"),
+            Source::File(path) => write!(f, "config file {}", path.display()),
+            Source::Env(var) => write!(f, "environment variable {var}"),
+            Source::Flag(flag) => write!(f, "flag --{flag}"),
+        }
+    }
+}
+
+/// A configuration problem. The process exits with code 2 on any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {key} from {from}: {shown}; expected {allowed}")]
+    Invalid {
+        key: &'static str,
+        from: Source,
+        shown: String,
+        allowed: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("unknown key `{key}` in config file {path}; known keys: {known}")]
+    UnknownKey {
+        key: String,
+        path: PathBuf,
+        known: String,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A value that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The hub's typed configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<Secret>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub cors_origins: Vec<String>,
+    pub sqlite_synchronous: Synchronous,
+    pub pg_pool_size: usize,
+    pub pg_statement_timeout: Duration,
+    pub pg_connect_timeout: Duration,
+    sources: BTreeMap<&'static str, Source>,
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Invocation {
+    /// Run the server.
+    Serve(Box<Config>),
+}
+
+/// The command-line interface: one flag per setting, plus `--config`.
+pub fn command() -> Command {
+    let mut cmd = Command::new("coditect-hub")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("CODITECT hub: the central server of the CODITECT control plane")
+        .long_about(
+            "CODITECT hub: the central server of the CODITECT control plane.\n\n\
+             Every option can also be set in a TOML file (--config FILE, keys as shown in \
+             brackets) or in the environment (CODITECT_*). Precedence: defaults < file < \
+             environment < flags. An invalid value stops the hub with exit code 2.",
+        )
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .help("TOML configuration file [env: CODITECT_CONFIG]")
+                .action(ArgAction::Set),
+        );
+    for s in SETTINGS {
+        let default = s
+            .default
+            .map(|d| format!(" [default: {d}]"))
+            .unwrap_or_default();
+        cmd = cmd.arg(
+            Arg::new(s.key)
+                .long(s.flag)
+                .value_name("VALUE")
+                .help(format!(
+                    "{} [key: {}] [env: {}]{default}",
+                    s.help, s.key, s.env
+                ))
+                .action(ArgAction::Set),
+        );
+    }
+    cmd
+}
+
+impl Config {
+    /// Parses the command line and loads the configuration, reading the environment
+    /// through `env` (injectable for tests).
+    pub fn from_args<I, T>(
+        args: I,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Invocation, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = command().try_get_matches_from(args)?;
+        Config::from_matches(&matches, env)
+            .map(|c| Invocation::Serve(Box::new(c)))
+            .map_err(|e| command().error(clap::error::ErrorKind::ValueValidation, e))
+    }
+
+    /// Defaults only, with the data directory set: the starting point for tests.
+    pub fn defaults(data_dir: &Path) -> Config {
+        let mut config = Config::from_layers(&BTreeMap::new(), None, &|_| None)
+            .unwrap_or_else(|e| unreachable!("the built-in defaults are valid: {e}"));
+        config.data_dir = data_dir.to_path_buf();
+        config
+    }
+
+    fn from_matches(
+        matches: &ArgMatches,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let flags: BTreeMap<&'static str, String> = SETTINGS
+            .iter()
+            .filter_map(|s| Some((s.key, matches.get_one::<String>(s.key)?.clone())))
+            .collect();
+        let file = matches
+            .get_one::<String>("config")
+            .cloned()
+            .or_else(|| env("CODITECT_CONFIG"))
+            .map(PathBuf::from);
+        Config::from_layers(&flags, file.as_deref(), env)
+    }
+
+    fn from_layers(
+        flags: &BTreeMap<&'static str, String>,
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file_values = match file {
+            Some(path) => read_file(path)?,
+            None => BTreeMap::new(),
+        };
+        let mut raw = Raw::default();
+        for s in SETTINGS {
+            let layered = flags
+                .get(s.key)
+                .map(|v| (v.clone(), Source::Flag(s.flag)))
+                .or_else(|| env(s.env).map(|v| (v, Source::Env(s.env))))
+                .or_else(|| {
+                    let path = file?.to_path_buf();
+                    file_values
+                        .get(s.key)
+                        .map(|v| (v.clone(), Source::File(path)))
+                })
+                .or_else(|| s.default.map(|d| (d.to_string(), Source::Default)));
+            if let Some((value, source)) = layered {
+                raw.values.insert(s.key, (value, source));
+            }
+        }
+        raw.build()
+    }
+
+    /// Where the value of `key` came from.
+    pub fn source(&self, key: &str) -> Source {
+        self.sources.get(key).cloned().unwrap_or(Source::Default)
+    }
+
+    /// The error for a value that parsed but does not work at run time (e.g. an
+    /// unwritable data directory).
+    pub fn invalid(
+        &self,
+        key: &'static str,
+        shown: impl Into<String>,
+        allowed: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            key,
+            from: self.source(key),
+            shown: shown.into(),
+            allowed: allowed.into(),
+        }
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        let mut sqlite = SqliteConfig::new(self.data_dir.join("hub.db"));
+        sqlite.synchronous = self.sqlite_synchronous;
+        StoreConfig {
+            sqlite,
+            postgres: self.database_url.as_ref().map(|url| {
+                let mut pg = PgConfig::new(url.expose());
+                pg.pool_size = self.pg_pool_size;
+                pg.statement_timeout = self.pg_statement_timeout;
+                pg.connect_timeout = self.pg_connect_timeout;
+                pg.acquire_timeout = self.pg_connect_timeout;
+                pg.application_name = "coditect-hub".into();
+                pg
+            }),
+        }
+    }
+}
+
+/// Reads a TOML file into key → value-as-text. Arrays of strings become comma-separated.
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let file_err = |reason: String| ConfigError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
+            return Err(ConfigError::UnknownKey {
+                key,
+                path: path.to_path_buf(),
+                known: SETTINGS
+                    .iter()
+                    .map(|s| s.key)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or(()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|()| ConfigError::Invalid {
+                    key: setting.key,
+                    from: Source::File(path.to_path_buf()),
+                    shown: "an array with non-string items".into(),
+                    allowed: "an array of strings".into(),
+                })?
+                .join(","),
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: setting.key,
+                    from: Source::File(path.to_path_buf()),
+                    shown: format!("a {}", other.type_str()),
+                    allowed: "a string or a number".into(),
+                });
+            }
+        };
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+/// Merged but not yet parsed values.
+#[derive(Default)]
+struct Raw {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl Raw {
+    /// Parses `key` with `parse`, which returns what is allowed on failure.
+    fn parse<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some((value, source)) = self.values.get(key) else {
+            return Ok(None);
+        };
+        let secret = SETTINGS.iter().any(|s| s.key == key && s.secret);
+        parse(value.trim())
+            .map(Some)
+            .map_err(|allowed| ConfigError::Invalid {
+                key,
+                from: source.clone(),
+                shown: if secret {
+                    "the given value".into()
+                } else {
+                    format!("{value:?}")
+                },
+                allowed,
+            })
+    }
+
+    fn required<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.parse(key, parse)?
+            .ok_or_else(|| ConfigError::Usage(format!("{key} has no value")))
+    }
+
+    fn build(self) -> Result<Config, ConfigError> {
+        let duration = |min: Duration, max: Duration| {
+            move |s: &str| {
+                let allowed = || {
+                    format!(
+                        "a duration between {} and {} (e.g. 30s, 5m)",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    )
+                };
+                let d = humantime::parse_duration(s).map_err(|_| allowed())?;
+                if d < min || d > max {
+                    return Err(allowed());
+                }
+                Ok(d)
+            }
+        };
+        Ok(Config {
+            listen: self.required("listen", |s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|_| "an IP address and port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080".into())
+            })?,
+            data_dir: self.required("data_dir", |s| {
+                if s.is_empty() {
+                    Err("a directory path".into())
+                } else {
+                    Ok(PathBuf::from(s))
+                }
+            })?,
+            database_url: self.parse("database_url", |s| {
+                PgConfig::validate_url(s).map(|()| Secret(s.to_string()))
+            })?,
+            log_format: self.required("log_format", |s| match s.to_ascii_lowercase().as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("one of: text, json".into()),
+            })?,
+            log_level: self.required("log_level", |s| {
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(s)
+                    .map(|_| s.to_string())
+                    .map_err(|_| "a tracing filter such as info, debug or coditect_hub=debug,warn".into())
+            })?,
+            body_limit: self.required("body_limit", |s| {
+                parse_size(s)
+                    .filter(|n| (1024..=1 << 30).contains(n))
+                    .ok_or_else(|| "a size between 1KiB and 1GiB, in bytes or with a KiB/MiB/GiB suffix".into())
+            })?,
+            request_timeout: self.required(
+                "request_timeout",
+                duration(Duration::from_secs(1), Duration::from_secs(3600)),
+            )?,
+            shutdown_timeout: self.required(
+                "shutdown_timeout",
+                duration(Duration::from_secs(0), Duration::from_secs(3600)),
+            )?,
+            cors_origins: self
+                .parse("cors_origins", |s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|o| !o.is_empty())
+                        .map(|o| {
+                            let host = o
+                                .strip_prefix("https://")
+                                .or_else(|| o.strip_prefix("http://"));
+                            let ok = host.is_some_and(|h| !h.is_empty() && !h.contains('/'))
+                                && axum::http::HeaderValue::from_str(o).is_ok();
+                            if ok {
+                                Ok(o.to_string())
+                            } else {
+                                Err("comma-separated origins such as https://app.example.com (scheme and host, no path)".to_string())
+                            }
+                        })
+                        .collect()
+                })?
+                .unwrap_or_default(),
+            sqlite_synchronous: self.required("sqlite_synchronous", |s| s.parse())?,
+            pg_pool_size: self.required("pg_pool_size", |s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| "a whole number from 1 to 1000".into())
+            })?,
+            pg_statement_timeout: self.required(
+                "pg_statement_timeout",
+                duration(Duration::from_millis(100), Duration::from_secs(3600)),
+            )?,
+            pg_connect_timeout: self.required(
+                "pg_connect_timeout",
+                duration(Duration::from_millis(100), Duration::from_secs(300)),
+            )?,
+            sources: self.values.into_iter().map(|(k, (_, src))| (k, src)).collect(),
+        })
+    }
+}
+
+/// `1048576`, `512KiB`, `5MiB`, `1GiB` (also KB/MB/GB, meaning the same binary units).
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |k: &str| env.get(k).cloned();
+        let argv = std::iter::once("coditect-hub").chain(args.iter().copied());
+        match Config::from_args(argv, &lookup) {
+            Ok(Invocation::Serve(c)) => Ok(*c),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), contents).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let c = load(&[], &[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert!(c.database_url.is_none());
+        assert_eq!(c.body_limit, 5 << 20);
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.sqlite_synchronous, Synchronous::Full);
+        assert!(c.cors_origins.is_empty());
+        assert_eq!(c.source("listen"), Source::Default);
+    }
+
+    #[test]
+    fn layers_override_in_order_file_env_flag() {
+        let f = file(
+            "listen = \"127.0.0.1:1001\"\ndata_dir = \"/from/file\"\nbody_limit = 2048\npg_pool_size = 3\n",
+        );
+        let path = f.path().to_str().unwrap();
+        let c = load(
+            &["--config", path, "--listen", "127.0.0.1:1003"],
+            &[
+                ("CODITECT_LISTEN", "127.0.0.1:1002"),
+                ("CODITECT_DATA_DIR", "/from/env"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 1003);
+        assert_eq!(c.source("listen"), Source::Flag("listen"));
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.source("data_dir"), Source::Env("CODITECT_DATA_DIR"));
+        assert_eq!(c.body_limit, 2048);
+        assert_eq!(c.pg_pool_size, 3);
+        assert_eq!(
+            c.source("pg_pool_size"),
+            Source::File(f.path().to_path_buf())
+        );
+    }
+
+    #[test]
+    fn config_file_can_come_from_the_environment() {
+        let f = file("listen = \"127.0.0.1:1001\"\n");
+        let c = load(&[], &[("CODITECT_CONFIG", f.path().to_str().unwrap())]).unwrap();
+        assert_eq!(c.listen.port(), 1001);
+    }
+
+    #[test]
+    fn bad_values_name_key_source_and_what_is_allowed() {
+        let err = load(&[], &[("CODITECT_LISTEN", "localhost")]).unwrap_err();
+        assert!(err.contains("listen"), "{err}");
+        assert!(
+            err.contains("environment variable CODITECT_LISTEN"),
+            "{err}"
+        );
+        assert!(err.contains("\"localhost\""), "{err}");
+        assert!(err.contains("IP address and port"), "{err}");
+
+        let err = load(&["--log-format", "xml"], &[]).unwrap_err();
+        assert!(
+            err.contains("flag --log-format") && err.contains("text, json"),
+            "{err}"
+        );
+
+        let f = file("request_timeout = \"forever\"\n");
+        let err = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap_err();
+        assert!(
+            err.contains("request_timeout") && err.contains("config file"),
+            "{err}"
+        );
+        assert!(err.contains("duration"), "{err}");
+
+        let err = load(&["--pg-pool-size", "0"], &[]).unwrap_err();
+        assert!(err.contains("1 to 1000"), "{err}");
+
+        let err = load(&["--body-limit", "12XB"], &[]).unwrap_err();
+        assert!(err.contains("body_limit"), "{err}");
+
+        let err = load(&["--cors-origins", "https://a.example/path"], &[]).unwrap_err();
+        assert!(err.contains("cors_origins"), "{err}");
+    }
+
+    #[test]
+    fn database_url_errors_never_echo_the_secret() {
+        let err = load(&[], &[("CODITECT_DATABASE_URL", "mysql://u:hunter2@h/db")]).unwrap_err();
+        assert!(err.contains("database_url"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let c = load(
+            &[],
+            &[("CODITECT_DATABASE_URL", "postgres://u:hunter2@h:5432/db")],
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(
+            c.database_url.unwrap().expose(),
+            "postgres://u:hunter2@h:5432/db"
+        );
+    }
+
+    #[test]
+    fn file_problems_are_reported() {
+        let err = load(&["--config", "/nonexistent/hub.toml"], &[]).unwrap_err();
+        assert!(
+            err.contains("cannot read config file /nonexistent/hub.toml"),
+            "{err}"
+        );
+
+        let f = file("lisen = \"127.0.0.1:1\"\n");
+        let err = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap_err();
+        assert!(err.contains("unknown key `lisen`"), "{err}");
+
+        let f = file("listen = [\n");
+        let err = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap_err();
+        assert!(err.contains("cannot read config file"), "{err}");
+    }
+
+    #[test]
+    fn arrays_in_the_file_become_lists() {
+        let f = file("cors_origins = [\"https://a.example\", \"http://localhost:3000\"]\n");
+        let c = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
+        assert_eq!(
+            c.cors_origins,
+            vec!["https://a.example", "http://localhost:3000"]
+        );
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("512KiB"), Some(512 << 10));
+        assert_eq!(parse_size("5 MiB"), Some(5 << 20));
+        assert_eq!(parse_size("1gb"), Some(1 << 30));
+        assert_eq!(parse_size("MiB"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("99999999999999999999MiB"), None);
+    }
+
+    #[test]
+    fn help_names_every_setting_with_its_env_and_key() {
+        let help = command().render_long_help().to_string();
+        for s in SETTINGS {
+            assert!(help.contains(&format!("--{}", s.flag)), "{}", s.flag);
+            assert!(help.contains(s.env), "{}", s.env);
+        }
+    }
+}

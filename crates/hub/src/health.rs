@@ -1,0 +1,56 @@
+//! Health and readiness.
+//!
+//! - `GET /health`, `GET /api/admin/health`: probes every component (stores) and reports
+//!   `healthy | degraded | unhealthy` with per-component latency; 503 when unhealthy.
+//! - `GET /ready`: for load balancers; 200 only when every store is reachable and
+//!   migrated and the hub is not shutting down. Cheap: no probe, just state.
+
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use coditect_proto::{HealthReport, HealthStatus};
+use serde_json::json;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/admin/health", get(health))
+        .route("/ready", get(ready))
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let components = state.store().probe().await;
+    let status = HealthStatus::of(&components);
+    let report = HealthReport {
+        status,
+        components,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_seconds: state.uptime().as_secs(),
+        timestamp: chrono::Utc::now(),
+    };
+    let code = match status {
+        HealthStatus::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        HealthStatus::Healthy | HealthStatus::Degraded => StatusCode::OK,
+    };
+    (code, Json(report)).into_response()
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let not_ready = |reason: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason})),
+        )
+            .into_response()
+    };
+    if state.is_draining() {
+        return not_ready("shutting down");
+    }
+    if !state.store().is_ready() {
+        return not_ready("shared store not reachable or not migrated");
+    }
+    Json(json!({"status": "ready"})).into_response()
+}

@@ -1,0 +1,59 @@
+//! Extractors whose rejections are [`ApiError`]s, so a malformed request gets the
+//! envelope with a message naming the problem.
+
+use super::error::ApiError;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use coditect_proto::ErrorCode;
+use serde::de::DeserializeOwned;
+
+/// JSON body, parsed into `T`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "expected a JSON body with Content-Type: application/json",
+        ),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request(format!("malformed JSON: {}", inner_reason(&e.body_text())))
+        }
+        JsonRejection::JsonDataError(e) => ApiError::bad_request(format!(
+            "invalid JSON body: {}",
+            inner_reason(&e.body_text())
+        )),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "request body is over the size limit",
+            )
+        }
+        other => ApiError::bad_request(format!(
+            "cannot read the request body: {}",
+            other.body_text()
+        )),
+    }
+}
+
+/// axum's texts read "Failed to parse the request body as JSON: <reason>"; keep the reason.
+fn inner_reason(text: &str) -> &str {
+    text.split_once(": ").map_or(text, |(_, reason)| reason)
+}

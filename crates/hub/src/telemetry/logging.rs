@@ -1,0 +1,31 @@
+//! Structured logs on stderr, as text or JSON. The filter comes from `RUST_LOG` when set,
+//! else from the `log_level` setting. Messages are lower-case without trailing
+//! punctuation; values travel as fields.
+
+use crate::config::LogFormat;
+use std::io::IsTerminal;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. Safe to call more than once (later calls are no-ops),
+/// which keeps in-process test servers simple.
+pub fn init(format: LogFormat, level: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::builder().parse(v).ok())
+        .or_else(|| EnvFilter::builder().parse(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+}

@@ -1,0 +1,99 @@
+//! Prometheus metrics through the `metrics` facade. The recorder is process-global and
+//! installed once; every hub in the process renders from the same registry.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Latency buckets in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide recorder's handle, installing the recorder on first use.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// Periodic housekeeping the exporter needs (draining histogram buffers).
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests answered, by method, matched route template and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency, by method, matched route template and status"
+    );
+    describe_gauge!("http_requests_in_flight", "HTTP requests being handled now");
+    describe_gauge!(
+        "hub_uptime_seconds",
+        Unit::Seconds,
+        "seconds since this hub started"
+    );
+    describe_histogram!(
+        "store_sqlite_group_jobs",
+        "write jobs committed together in one SQLite transaction"
+    );
+    describe_histogram!(
+        "store_sqlite_group_commit_seconds",
+        Unit::Seconds,
+        "time to run and commit one SQLite write group"
+    );
+    describe_gauge!(
+        "store_sqlite_write_queue_depth",
+        "write jobs waiting for the SQLite writer"
+    );
+    describe_gauge!(
+        "store_pg_pool_connections",
+        "open PostgreSQL connections in the pool"
+    );
+}
+
+/// `GET /metrics` and `GET /api/admin/metrics`: Prometheus text exposition.
+pub fn routes() -> axum::Router<crate::state::AppState> {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(render))
+        .route("/api/admin/metrics", axum::routing::get(render))
+}
+
+async fn render(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+) -> impl axum::response::IntoResponse {
+    metrics::gauge!("hub_uptime_seconds").set(state.uptime().as_secs_f64());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics().render(),
+    )
+}

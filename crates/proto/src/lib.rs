@@ -1,0 +1,13 @@
+//! Wire types shared by every CODITECT binary: the hub, the monitor and the CLI.
+//!
+//! Invariant: nothing here knows HTTP, SQL or any transport. Types are plain data with
+//! serde derives and "parse, don't validate" constructors, so a value of one of these
+//! types is always well-formed.
+
+pub mod error;
+pub mod health;
+pub mod ids;
+
+pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};
+pub use health::{ComponentHealth, HealthReport, HealthStatus};
+pub use ids::{IdParseError, TenantId};

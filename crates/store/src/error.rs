@@ -1,0 +1,84 @@
+//! One error type for every store operation, classified by what a caller can do about it.
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The engine cannot be reached or is too busy right now; retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The write would break a uniqueness rule.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The disk (or quota) is full; nothing was written.
+    #[error("storage full: {0}")]
+    Full(String),
+    /// The store was closed (the process is shutting down).
+    #[error("store closed")]
+    Closed,
+    /// The schema on disk does not match this binary's migrations.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// Anything else: a bug or corruption. Log it; never show it to a client.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Full(_))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode as C;
+        match err.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Unavailable(err.to_string()),
+            Some(C::DiskFull) => StoreError::Full(err.to_string()),
+            Some(C::ConstraintViolation) => StoreError::Conflict(err.to_string()),
+            _ => StoreError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        if let Some(state) = err.code() {
+            let transient = [
+                SqlState::QUERY_CANCELED, // statement_timeout
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::LOCK_NOT_AVAILABLE,
+            ];
+            if *state == SqlState::UNIQUE_VIOLATION {
+                return StoreError::Conflict(err.to_string());
+            }
+            if *state == SqlState::DISK_FULL {
+                return StoreError::Full(err.to_string());
+            }
+            if transient.contains(state) {
+                return StoreError::Unavailable(err.to_string());
+            }
+            return StoreError::Internal(err.to_string());
+        }
+        // No SQLSTATE: the connection itself failed (refused, reset, closed, timed out).
+        StoreError::Unavailable(err.to_string())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            deadpool_postgres::PoolError::Closed => StoreError::Closed,
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Persistence for CODITECT behind small per-domain traits.
+//!
+//! Two engines implement every domain trait:
+//! - [`sqlite`]: the embedded default, one WAL file per node, always present (in shared
+//!   mode it is the node-local store that later holds the outbox);
+//! - [`postgres`]: the shared engine that any number of hub replicas use together.
+//!
+//! [`Store`] opens what the configuration asks for and hands out each domain through an
+//! accessor (`store.tenants()`), routed to the engine that owns that domain.
+//!
+//! Invariants: nothing here knows HTTP; every table is keyed by `tenant_id` first (the
+//! future distribution column); domain traits speak in domain types (no SQL, no rows), so
+//! another engine (the notes' FoundationDB) can be added by implementing them.
+
+pub mod error;
+pub mod migrate;
+pub mod postgres;
+pub mod sqlite;
+pub mod tenants;
+
+pub use error::StoreError;
+pub use postgres::{PgConfig, PgStore, SchemaState};
+pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
+pub use tenants::{Tenant, TenantStore};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use coditect_proto::ComponentHealth;
+
+/// The current instant at the precision both engines store (microseconds).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The node-local embedded store (always opened).
+    pub sqlite: SqliteConfig,
+    /// The shared store; `None` runs embedded only.
+    pub postgres: Option<PgConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageMode {
+    /// One node, SQLite only.
+    Embedded,
+    /// Shared PostgreSQL plus the node-local SQLite.
+    Shared,
+}
+
+impl StorageMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageMode::Embedded => "embedded",
+            StorageMode::Shared => "shared",
+        }
+    }
+}
+
+/// Every store a node uses, opened together and closed together. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    local: SqliteStore,
+    shared: Option<PgStore>,
+}
+
+impl Store {
+    /// Opens the local store (failing if it cannot) and, in shared mode, starts connecting
+    /// to PostgreSQL in the background (never failing because the server is down).
+    pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        let local = SqliteStore::open(config.sqlite).await?;
+        let shared = match &config.postgres {
+            Some(pg) => match PgStore::start(pg) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    local.close().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        Ok(Store { local, shared })
+    }
+
+    pub fn mode(&self) -> StorageMode {
+        match self.shared {
+            Some(_) => StorageMode::Shared,
+            None => StorageMode::Embedded,
+        }
+    }
+
+    pub fn local(&self) -> &SqliteStore {
+        &self.local
+    }
+
+    pub fn shared(&self) -> Option<&PgStore> {
+        self.shared.as_ref()
+    }
+
+    /// Whether every engine is reachable and migrated (for readiness probes).
+    pub fn is_ready(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|pg| pg.schema_state() == SchemaState::Ready)
+    }
+
+    /// Probes every engine concurrently.
+    pub async fn probe(&self) -> Vec<ComponentHealth> {
+        let local = self.local.probe();
+        match &self.shared {
+            Some(pg) => {
+                let (local, shared) = tokio::join!(local, pg.probe());
+                vec![local, shared]
+            }
+            None => vec![local.await],
+        }
+    }
+
+    /// Tenants live in the shared engine when there is one.
+    pub fn tenants(&self) -> &dyn TenantStore {
+        match &self.shared {
+            Some(pg) => pg,
+            None => &self.local,
+        }
+    }
+
+    pub async fn close(&self) {
+        if let Some(pg) = &self.shared {
+            pg.close().await;
+        }
+        self.local.close().await;
+    }
+}

@@ -1,0 +1,243 @@
+//! The embedded engine: one SQLite file in WAL mode.
+//!
+//! Shape: one writer thread that commits queued jobs in groups ([`writer`]), and a pool of
+//! read-only connections ([`readers`]). Pragmas: `journal_mode=WAL`, `foreign_keys=ON`,
+//! `busy_timeout` (for other processes holding the lock, e.g. a backup), and the
+//! configured `synchronous` level, which decides what an acknowledgement means:
+//!
+//! | `synchronous` | acked write survives a process crash (`kill -9`) | survives power loss / OS crash |
+//! |---|---|---|
+//! | `full` (default) | yes | yes: the WAL is fsynced before `COMMIT` returns |
+//! | `normal` | yes: the write is in the WAL file (OS page cache) | no: the last commits may roll back |
+//!
+//! Group commit amortises the fsync of `full` over every job committed together.
+
+mod readers;
+mod tenants;
+mod writer;
+
+use crate::{StoreError, migrate};
+use coditect_proto::ComponentHealth;
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How hard SQLite works to make a commit durable (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
+impl FromStr for Synchronous {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Synchronous::Full),
+            "normal" => Ok(Synchronous::Normal),
+            _ => Err("one of: full, normal".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// How long a statement waits for a lock held by another process.
+    pub busy_timeout: Duration,
+    /// Read-only connections in the pool.
+    pub readers: usize,
+    /// Write jobs that may wait for the writer before callers are slowed down.
+    pub write_queue: usize,
+    /// Most jobs committed in one transaction.
+    pub max_group: usize,
+}
+
+impl SqliteConfig {
+    pub fn new(path: impl Into<PathBuf>) -> SqliteConfig {
+        SqliteConfig {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            readers: 4,
+            write_queue: 1024,
+            max_group: 256,
+        }
+    }
+}
+
+/// Handle to an open SQLite store; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: writer::Writer,
+    readers: readers::Readers,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, applies pending migrations and starts the
+    /// writer thread.
+    pub async fn open(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(config))
+            .await
+            .map_err(|e| StoreError::Internal(format!("open task failed: {e}")))?
+    }
+
+    fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+        let mut conn = Connection::open(&config.path)?;
+        conn.busy_timeout(config.busy_timeout)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Internal(format!(
+                "sqlite refused WAL mode (journal_mode is {mode})"
+            )));
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={};
+             PRAGMA foreign_keys=ON;
+             PRAGMA temp_store=MEMORY;
+             PRAGMA journal_size_limit=67108864;",
+            config.synchronous.pragma()
+        ))?;
+        migrate_sqlite(&mut conn)?;
+
+        let readers = (0..config.readers.max(1))
+            .map(|_| open_reader(&config.path, config.busy_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        let writer = writer::Writer::spawn(conn, config.write_queue, config.max_group)?;
+        tracing::info!(path = %config.path.display(), synchronous = config.synchronous.pragma(), "sqlite store open");
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: config.path,
+                writer,
+                readers: readers::Readers::new(readers),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `work` on the writer thread inside a savepoint of the current group
+    /// transaction. Resolves once the group committed: an `Ok` is durable.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.writer.write(work).await
+    }
+
+    /// Runs `work` on a pooled read-only connection.
+    pub async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.readers.read(work).await
+    }
+
+    /// Probes both paths: a read, and a (no-op) trip through the writer queue, whose
+    /// latency shows how far behind the writer is.
+    pub async fn probe(&self) -> ComponentHealth {
+        let started = Instant::now();
+        let read = self
+            .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await;
+        let write = match read {
+            Ok(_) => self.write(|_| Ok(())).await,
+            Err(e) => Err(e),
+        };
+        ComponentHealth {
+            name: "sqlite".into(),
+            healthy: write.is_ok(),
+            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            critical: true,
+            message: write.err().map(|e| probe_message(&e)),
+        }
+    }
+
+    /// Waits for running reads, commits queued writes, checkpoints the WAL and closes.
+    pub async fn close(&self) {
+        self.inner.readers.close().await;
+        self.inner.writer.close().await;
+        tracing::info!(path = %self.inner.path.display(), "sqlite store closed");
+    }
+}
+
+fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.execute_batch("PRAGMA query_only=ON;")?;
+    Ok(conn)
+}
+
+fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
+    // BEGIN IMMEDIATE takes the write lock first, so concurrent openers serialize here.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(migrate::BOOKKEEPING)?;
+    let applied = {
+        let mut stmt = tx.prepare("SELECT version, checksum FROM schema_migrations")?;
+        stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let plan = migrate::plan(&applied, migrate::SQLITE)?;
+    plan.log("sqlite");
+    for m in &plan.pending {
+        tx.execute_batch(m.sql)
+            .map_err(|e| StoreError::Migration(format!("{} failed: {e}", m.name)))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![m.version, m.name, m.checksum(), chrono::Utc::now().to_rfc3339()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A health message safe to show: the kind of failure, never paths or SQL.
+pub(crate) fn probe_message(err: &StoreError) -> String {
+    match err {
+        StoreError::Unavailable(_) => "unavailable".into(),
+        StoreError::Full(_) => "storage full".into(),
+        StoreError::Closed => "closed".into(),
+        StoreError::Migration(_) => "schema migration failed".into(),
+        StoreError::Conflict(_) | StoreError::Internal(_) => "failing".into(),
+    }
+}
+
+/// Microseconds since the epoch, the on-disk form of instants.
+pub(crate) fn to_micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(crate) fn from_micros(us: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+    chrono::DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| StoreError::Internal(format!("timestamp {us} out of range")))
+}
+
+pub(crate) fn uuid_from_blob(bytes: &[u8]) -> Result<uuid::Uuid, StoreError> {
+    uuid::Uuid::from_slice(bytes)
+        .map_err(|_| StoreError::Internal("malformed uuid in store".into()))
+}

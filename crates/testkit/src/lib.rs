@@ -1,0 +1,10 @@
+//! Test support shared by the crates' test suites and the bench: throw-away PostgreSQL
+//! clusters and fresh databases on the suite's cluster. Never a production dependency.
+//!
+//! The suite's cluster is provisioned by `scripts/test`, which exports its base URL as
+//! `CODITECT_TEST_PG` (`postgres://user@127.0.0.1:port`). Tests that must stop or restart
+//! PostgreSQL start a private [`PgCluster`] instead.
+
+pub mod pg;
+
+pub use pg::{PgCluster, fresh_database, suite_pg_url};
