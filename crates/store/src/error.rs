@@ -46,7 +46,9 @@ impl From<rusqlite::Error> for StoreError {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(err: tokio_postgres::Error) -> Self {
         use tokio_postgres::error::SqlState;
-        if let Some(state) = err.code() {
+        if let Some(db) = err.as_db_error() {
+            let state = db.code();
+            let detail = format!("{} ({}): {}", db.severity(), state.code(), db.message());
             let transient = [
                 SqlState::QUERY_CANCELED, // statement_timeout
                 SqlState::ADMIN_SHUTDOWN,
@@ -58,15 +60,15 @@ impl From<tokio_postgres::Error> for StoreError {
                 SqlState::LOCK_NOT_AVAILABLE,
             ];
             if *state == SqlState::UNIQUE_VIOLATION {
-                return StoreError::Conflict(err.to_string());
+                return StoreError::Conflict(detail);
             }
             if *state == SqlState::DISK_FULL {
-                return StoreError::Full(err.to_string());
+                return StoreError::Full(detail);
             }
             if transient.contains(state) {
-                return StoreError::Unavailable(err.to_string());
+                return StoreError::Unavailable(detail);
             }
-            return StoreError::Internal(err.to_string());
+            return StoreError::Internal(detail);
         }
         // No SQLSTATE: the connection itself failed (refused, reset, closed, timed out).
         StoreError::Unavailable(err.to_string())

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use writer::WriterStats;
 
 /// How hard SQLite works to make a commit durable (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +135,16 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Groups and jobs the writer has committed so far.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.writer.stats()
+    }
+
+    /// Write jobs waiting for the writer.
+    pub fn write_queue_depth(&self) -> usize {
+        self.inner.writer.queue_depth()
     }
 
     /// Runs `work` on the writer thread inside a savepoint of the current group

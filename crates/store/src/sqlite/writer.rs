@@ -7,7 +7,8 @@
 use crate::StoreError;
 use rusqlite::{Connection, TransactionBehavior};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -64,6 +65,22 @@ enum Command {
 pub(crate) struct Writer {
     queue: mpsc::Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<Counters>,
+}
+
+/// What the writer has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed (or attempted).
+    pub groups: u64,
+    /// Jobs run inside them.
+    pub jobs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    groups: AtomicU64,
+    jobs: AtomicU64,
 }
 
 impl Writer {
@@ -73,14 +90,29 @@ impl Writer {
         max_group: usize,
     ) -> Result<Writer, StoreError> {
         let (queue, rx) = mpsc::channel(queue_len.max(1));
+        let stats = Arc::new(Counters::default());
+        let counters = stats.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_group.max(1)))
+            .spawn(move || writer_loop(conn, rx, max_group.max(1), &counters))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer {
             queue,
             thread: Mutex::new(Some(thread)),
+            stats,
         })
+    }
+
+    pub(crate) fn stats(&self) -> WriterStats {
+        WriterStats {
+            groups: self.stats.groups.load(Ordering::Relaxed),
+            jobs: self.stats.jobs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Jobs waiting in the queue (not counting the group being committed).
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -98,8 +130,7 @@ impl Writer {
             .send(Command::Run(Box::new(job)))
             .await
             .map_err(|_| StoreError::Closed)?;
-        metrics::gauge!("store_sqlite_write_queue_depth")
-            .set((self.queue.max_capacity() - self.queue.capacity()) as f64);
+        metrics::gauge!("store_sqlite_write_queue_depth").set(self.queue_depth() as f64);
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -116,7 +147,12 @@ impl Writer {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, max_group: usize) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    max_group: usize,
+    stats: &Counters,
+) {
     let mut closing = None;
     let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(max_group);
     while closing.is_none() {
@@ -133,7 +169,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, max_group:
             }
         }
         if !group.is_empty() {
-            commit_group(&mut conn, &mut group);
+            commit_group(&mut conn, &mut group, stats);
         }
     }
     // Anything that slipped into the queue before it closed still gets written and answered.
@@ -144,7 +180,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, max_group:
         }
     }
     if !group.is_empty() {
-        commit_group(&mut conn, &mut group);
+        commit_group(&mut conn, &mut group, stats);
     }
     if let Err(e) = conn.execute_batch("PRAGMA optimize; PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "sqlite checkpoint on close failed");
@@ -157,9 +193,11 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, max_group:
     }
 }
 
-fn commit_group(conn: &mut Connection, group: &mut Vec<Box<dyn Job>>) {
+fn commit_group(conn: &mut Connection, group: &mut Vec<Box<dyn Job>>, stats: &Counters) {
     let started = Instant::now();
     let jobs = group.len();
+    stats.groups.fetch_add(1, Ordering::Relaxed);
+    stats.jobs.fetch_add(jobs as u64, Ordering::Relaxed);
     let outcome = run_group(conn, group);
     if let Err(e) = &outcome {
         tracing::error!(error = %e, jobs, "sqlite group commit failed; every job in it is refused");

@@ -1,0 +1,189 @@
+//! The shared engine against real PostgreSQL: the suite's cluster for most tests, a
+//! private cluster for the tests that stop and start the server.
+
+mod common;
+
+use coditect_store::{PgConfig, PgStore, SchemaState, StoreError, Tenant, TenantStore};
+use coditect_testkit::{PgCluster, fresh_database};
+use std::time::Duration;
+
+async fn ready_store(url: &str) -> PgStore {
+    let store = PgStore::start(&PgConfig::new(url)).expect("start");
+    store
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("ready");
+    store
+}
+
+#[tokio::test]
+async fn tenants_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::tenants_round_trip(&store).await;
+    common::tenants_paginate_in_id_order(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn replicas_starting_together_migrate_once() {
+    let url = fresh_database().await;
+    let stores: Vec<PgStore> = (0..8)
+        .map(|_| PgStore::start(&PgConfig::new(url.as_str())).expect("start"))
+        .collect();
+    for store in &stores {
+        store
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .expect("every replica becomes ready");
+    }
+    let client = stores[0].client().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT version, count(*) FROM schema_migrations GROUP BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), coditect_store::migrate::POSTGRES.len());
+    for row in rows {
+        assert_eq!(row.get::<_, i64>(1), 1, "each migration recorded once");
+    }
+    drop(client);
+    for store in stores {
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn an_edited_migration_fails_for_good() {
+    let url = fresh_database().await;
+    let store = ready_store(&url).await;
+    store
+        .client()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    store.close().await;
+
+    let store = PgStore::start(&PgConfig::new(url.as_str())).unwrap();
+    let err = store.wait_ready(Duration::from_secs(30)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Migration(_)), "{err}");
+    assert!(matches!(store.schema_state(), SchemaState::Failed(_)));
+    let probe = store.probe().await;
+    assert!(!probe.healthy);
+    assert_eq!(probe.message.as_deref(), Some("schema migration failed"));
+    assert!(matches!(
+        store.get_tenant(coditect_proto::TenantId::new()).await,
+        Err(StoreError::Migration(_))
+    ));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn statement_timeout_applies_to_every_session() {
+    let mut config = PgConfig::new(fresh_database().await);
+    config.statement_timeout = Duration::from_millis(200);
+    let store = PgStore::start(&config).unwrap();
+    store.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = store.client().await.unwrap();
+    let err = client.query("SELECT pg_sleep(5)", &[]).await.unwrap_err();
+    assert!(
+        matches!(StoreError::from(err), StoreError::Unavailable(_)),
+        "a query over the timeout is cancelled and reported as retryable"
+    );
+    drop(client);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn target_never_shows_the_password() {
+    let config = PgConfig::new("postgres://app:s3cret@db.internal:6543/coditect");
+    assert_eq!(config.target(), "app@db.internal:6543/coditect");
+    assert!(!format!("{config:?}").contains("s3cret"));
+}
+
+#[tokio::test]
+async fn starts_while_the_server_is_down_and_connects_when_it_comes_up() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .expect("private cluster");
+    cluster.stop().unwrap();
+
+    let mut config = PgConfig::new(cluster.url());
+    config.connect_timeout = Duration::from_millis(500);
+    let store = PgStore::start(&config).expect("starting never needs the server");
+    assert!(store.wait_ready(Duration::from_secs(1)).await.is_err());
+    assert!(matches!(store.schema_state(), SchemaState::Connecting { attempts } if attempts >= 1));
+    let probe = store.probe().await;
+    assert!(!probe.healthy);
+    assert_eq!(probe.message.as_deref(), Some("unreachable"));
+    assert!(matches!(
+        store.get_tenant(coditect_proto::TenantId::new()).await,
+        Err(StoreError::Unavailable(_))
+    ));
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.start_server().expect("restart");
+        cluster
+    })
+    .await
+    .unwrap();
+    store
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("ready once the server is up");
+    assert!(store.probe().await.healthy);
+    common::tenants_round_trip(&store).await;
+    store.close().await;
+    drop(cluster);
+}
+
+#[tokio::test]
+async fn recovers_after_the_server_restarts() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .expect("private cluster");
+    let mut config = PgConfig::new(cluster.url());
+    config.connect_timeout = Duration::from_millis(500);
+    config.pool_size = 4;
+    let store = PgStore::start(&config).unwrap();
+    store.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let before = Tenant::new("before-restart");
+    store.create_tenant(&before).await.unwrap();
+    // Fill the pool with connections that the restart will kill.
+    let mut warm = Vec::new();
+    for _ in 0..4 {
+        warm.push(store.client().await.unwrap());
+    }
+    drop(warm);
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart().expect("restart");
+        cluster
+    })
+    .await
+    .unwrap();
+
+    // Dead pooled connections are verified and replaced: the next calls succeed without
+    // restarting anything on our side.
+    let got = store
+        .get_tenant(before.id)
+        .await
+        .expect("read after restart");
+    assert_eq!(got.as_ref(), Some(&before));
+    let after = Tenant::new("after-restart");
+    store
+        .create_tenant(&after)
+        .await
+        .expect("write after restart");
+    assert!(store.probe().await.healthy);
+    store.close().await;
+    drop(cluster);
+}
