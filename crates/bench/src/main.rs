@@ -1,1 +1,38 @@
-fn main() {}
+//! CODITECT benchmarks. Each suite prints a Markdown table; every figure of our own layers
+//! sits next to the same work done by the raw engine underneath, so the overhead reads
+//! as a ratio even on a noisy shared machine. Results and commands: BENCHMARKS.md.
+
+mod baseline;
+mod report;
+mod rows;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "coditect-bench",
+    about = "CODITECT benchmarks (tables on stdout)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Subcommand)]
+enum Suite {
+    /// Raw storage engines on the log-entry shape: SQLite batched inserts, PostgreSQL
+    /// COPY, and the store's group-commit writer over the same rows.
+    Baseline(baseline::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.suite {
+            Suite::Baseline(args) => baseline::run(args).await,
+        }
+    })
+}

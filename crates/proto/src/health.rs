@@ -36,6 +36,11 @@ pub struct HealthReport {
     pub timestamp: DateTime<Utc>,
 }
 
+/// A duration in milliseconds, rounded to the microsecond (for reports and log fields).
+pub fn duration_ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 impl HealthStatus {
     /// Overall status: unhealthy if a critical component is down, degraded if any other is.
     pub fn of(components: &[ComponentHealth]) -> HealthStatus {
@@ -77,6 +82,14 @@ mod tests {
         assert_eq!(
             HealthStatus::of(&[component(false, true), component(false, false)]),
             HealthStatus::Unhealthy
+        );
+    }
+
+    #[test]
+    fn durations_round_to_the_microsecond() {
+        assert_eq!(
+            duration_ms(std::time::Duration::from_nanos(1_234_567)),
+            1.235
         );
     }
 

@@ -9,5 +9,5 @@ pub mod health;
 pub mod ids;
 
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};
-pub use health::{ComponentHealth, HealthReport, HealthStatus};
+pub use health::{ComponentHealth, HealthReport, HealthStatus, duration_ms};
 pub use ids::{IdParseError, TenantId};

@@ -71,8 +71,23 @@ impl From<tokio_postgres::Error> for StoreError {
             return StoreError::Internal(detail);
         }
         // No SQLSTATE: the connection itself failed (refused, reset, closed, timed out).
-        StoreError::Unavailable(err.to_string())
+        StoreError::Unavailable(with_causes(&err))
     }
+}
+
+/// `error: cause: cause…`, since some drivers keep the useful part in `source()`.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {

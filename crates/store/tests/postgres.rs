@@ -1,6 +1,8 @@
 //! The shared engine against real PostgreSQL: the suite's cluster for most tests, a
 //! private cluster for the tests that stop and start the server.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
 mod common;
 
 use coditect_store::{PgConfig, PgStore, SchemaState, StoreError, Tenant, TenantStore};

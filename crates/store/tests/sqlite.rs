@@ -1,5 +1,7 @@
 //! The embedded engine against real SQLite files.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
 mod common;
 
 use coditect_store::{SqliteConfig, SqliteStore, StoreError, Synchronous, Tenant, TenantStore};

@@ -54,18 +54,24 @@ pub struct PgCluster {
     port: u16,
     bin: PathBuf,
     keep: bool,
+    durable: bool,
 }
 
 impl PgCluster {
-    /// `initdb` + start in a new temporary directory on a free port.
+    /// `initdb` + start in a new temporary directory on a free port, tuned for tests:
+    /// no fsync (commits survive a server crash, not an OS crash).
     pub fn start() -> io::Result<PgCluster> {
-        let dir =
-            std::env::temp_dir().join(format!("coditect-pg-{}", uuid::Uuid::new_v4().simple()));
-        Self::create(&dir)
+        Self::create(&temp_cluster_dir(), false)
+    }
+
+    /// Like [`PgCluster::start`] but with PostgreSQL's default durability (fsync on), for
+    /// benchmarks that compare durable writes.
+    pub fn start_durable() -> io::Result<PgCluster> {
+        Self::create(&temp_cluster_dir(), true)
     }
 
     /// `initdb` + start in `dir` (which must not exist yet).
-    pub fn create(dir: &Path) -> io::Result<PgCluster> {
+    pub fn create(dir: &Path, durable: bool) -> io::Result<PgCluster> {
         let bin = bin_dir()?;
         std::fs::create_dir_all(dir)?;
         if running_as_root() {
@@ -88,6 +94,7 @@ impl PgCluster {
             port: 0,
             bin,
             keep: false,
+            durable,
         };
         // A free port can be taken between probing and binding: try a few.
         let mut last = None;
@@ -112,6 +119,7 @@ impl PgCluster {
             port,
             bin: bin_dir()?,
             keep: false,
+            durable: false,
         })
     }
 
@@ -138,9 +146,13 @@ impl PgCluster {
     /// Starts the server again after [`PgCluster::stop`], on the same port.
     pub fn start_server(&self) -> io::Result<()> {
         let data = self.dir.join("data");
+        let speed = if self.durable {
+            ""
+        } else {
+            " -c fsync=off -c full_page_writes=off"
+        };
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 \
-             -c fsync=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400{speed}",
             self.port,
             data.display()
         );
@@ -185,6 +197,10 @@ impl Drop for PgCluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+fn temp_cluster_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("coditect-pg-{}", uuid::Uuid::new_v4().simple()))
 }
 
 /// Where `initdb` and `pg_ctl` live: `$CODITECT_TEST_PG_BIN`, else the newest

@@ -56,12 +56,13 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
 
-    let latency_ms = elapsed.as_secs_f64() * 1e3;
+    let latency_ms = coditect_proto::duration_ms(elapsed);
     let _entered = span.enter();
-    if status >= 500 {
-        tracing::warn!(status, latency_ms, "request failed");
-    } else if is_probe(&route) && status < 400 {
+    if is_probe(&route) && status != 500 {
+        // Probes run every few seconds; their 503s are answers, not failures.
         tracing::debug!(status, latency_ms, "request handled");
+    } else if status >= 500 {
+        tracing::warn!(status, latency_ms, "request failed");
     } else {
         tracing::info!(status, latency_ms, "request handled");
     }
@@ -85,7 +86,10 @@ impl Drop for InFlight {
 }
 
 fn is_probe(route: &str) -> bool {
-    matches!(route, "/health" | "/ready" | "/metrics")
+    matches!(
+        route,
+        "/health" | "/ready" | "/metrics" | "/api/admin/health" | "/api/admin/metrics"
+    )
 }
 
 /// A bounded set of label values: unknown methods would grow the metric without limit.

@@ -226,7 +226,7 @@ impl PgStore {
         ComponentHealth {
             name: "postgres".into(),
             healthy: message.is_none(),
-            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            latency_ms: coditect_proto::duration_ms(started.elapsed()),
             critical: true,
             message,
         }

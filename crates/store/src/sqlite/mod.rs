@@ -180,7 +180,7 @@ impl SqliteStore {
         ComponentHealth {
             name: "sqlite".into(),
             healthy: write.is_ok(),
-            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            latency_ms: coditect_proto::duration_ms(started.elapsed()),
             critical: true,
             message: write.err().map(|e| probe_message(&e)),
         }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.as_slice() {
-        [cmd, dir] if cmd == "start" => PgCluster::create(&PathBuf::from(dir)).map(|c| {
+        [cmd, dir] if cmd == "start" => PgCluster::create(&PathBuf::from(dir), false).map(|c| {
             println!("{}", c.base_url());
             c.keep();
         }),

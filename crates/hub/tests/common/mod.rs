@@ -1,0 +1,328 @@
+//! The hub test harness.
+//!
+//! - [`spawn_app`]: a real hub, in this process, on a random port, against a fresh store
+//!   (a new SQLite file, or a new database on the suite's PostgreSQL cluster).
+//! - [`HubProcess`]: the real `coditect-hub` binary as a child process, for what only a
+//!   process shows (exit codes, signals, logs).
+//! - [`both_backends!`]: runs one async test body once per storage engine.
+
+#![allow(dead_code)]
+
+use axum::Router;
+use coditect_hub::{AppState, Config, Hub, StartError};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Defines `mod $name { sqlite, postgres }` calling `$name(Backend::…)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), StartError>>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Sends SIGTERM's equivalent and waits until the hub has drained and closed.
+    pub async fn stop(mut self) -> Result<(), StartError> {
+        self.trigger_shutdown();
+        self.wait().await
+    }
+
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn wait(&mut self) -> Result<(), StartError> {
+        match self.server.take() {
+            Some(task) => task.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.trigger_shutdown();
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}, Router::new()).await
+}
+
+/// A hub with `configure` applied to its defaults and `routes` mounted under the standard
+/// middleware. Returns once it listens and its stores are ready.
+pub async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut Config),
+    routes: Router<AppState>,
+) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::defaults(data_dir.path());
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    if backend == Backend::Postgres {
+        let url = coditect_testkit::fresh_database().await;
+        config.database_url = Some(coditect_hub::config::Secret::new(url));
+        config.pg_pool_size = 4;
+    }
+    configure(&mut config);
+    coditect_hub::telemetry::logging::init(config.log_format, "warn");
+    let hub = Hub::start(config)
+        .await
+        .expect("hub starts")
+        .with_routes(routes);
+    if let Some(pg) = hub.state().store().shared() {
+        pg.wait_ready(Duration::from_secs(30))
+            .await
+            .expect("postgres ready");
+    }
+    let addr = hub.local_addr();
+    let state = hub.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(hub.serve(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        state,
+        data_dir,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+/// Reads a JSON body, failing the test with the raw text if it is not JSON.
+pub async fn json(res: reqwest::Response) -> Value {
+    let text = res.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// Asserts `res` is the error envelope with `status` and `code`; returns the message.
+pub async fn assert_envelope(res: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(res.status().as_u16(), status, "status");
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    assert!(res.headers().contains_key("x-request-id"));
+    let body = json(res).await;
+    let error = &body["error"];
+    assert_eq!(error["code"], code, "{body}");
+    assert!(
+        error["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{body}"
+    );
+    let message = error["message"].as_str().expect("message").to_string();
+    assert!(!message.is_empty());
+    assert_eq!(
+        body.as_object().map(|o| o.len()),
+        Some(1),
+        "only `error`: {body}"
+    );
+    message
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The `coditect-hub` binary running as a child process with JSON logs on stderr.
+pub struct HubProcess {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    pub addr: Option<SocketAddr>,
+}
+
+pub fn hub_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_coditect-hub"))
+}
+
+impl HubProcess {
+    /// Starts the binary with `args` and `env` (on top of `--listen 127.0.0.1:0` and JSON
+    /// logs) and waits until it logs its address, or exits.
+    pub fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> HubProcess {
+        let mut cmd = Command::new(hub_binary());
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn coditect-hub");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let addr = serde_json::from_str::<Value>(&line)
+                        .ok()
+                        .filter(|v| v["message"] == "hub listening")
+                        .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()));
+                    if let Some(addr) = addr {
+                        let _ = addr_tx.send(addr);
+                    }
+                    lines.lock().expect("lines").push(line);
+                }
+            });
+        }
+        let mut process = HubProcess {
+            child,
+            lines,
+            addr: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(addr) = addr_rx.recv_timeout(Duration::from_millis(50)) {
+                process.addr = Some(addr);
+                break;
+            }
+            if let Ok(Some(_)) = process.child.try_wait() {
+                break;
+            }
+        }
+        process
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr.expect("hub is listening"), path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader thread drain the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    /// Log lines parsed as JSON objects.
+    pub fn json_logs(&self) -> Vec<Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn logged(&self, message: &str) -> bool {
+        self.json_logs().iter().any(|l| l["message"] == message)
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (for commands that exit at once), with a clean env.
+pub fn run_hub(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(hub_binary());
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run coditect-hub")
+}
