@@ -14,6 +14,7 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     telemetry::logging::init(config.log_format, &config.log_level);
+    telemetry::logging::install_panic_hook();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -129,37 +129,23 @@ async fn sigterm_drains_and_exits_cleanly_with_json_logs_carrying_request_ids() 
 
 #[tokio::test]
 async fn postgres_down_at_start_then_up_then_restarted_is_survived_without_a_restart() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .unwrap()
-        .expect("private cluster");
-    let url = cluster.url();
-    let cluster = tokio::task::spawn_blocking(move || {
-        cluster.stop().unwrap();
-        cluster
-    })
-    .await
-    .unwrap();
+    // Blocking cluster control is fine here: the hub under test is another process.
+    let cluster = PgCluster::start().expect("private cluster");
+    cluster.stop().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProcess::spawn(
         dir.path(),
         &["--pg-connect-timeout", "500ms"],
-        &[("CODITECT_DATABASE_URL", &url)],
+        &[("CODITECT_DATABASE_URL", &cluster.url())],
     );
     assert!(
         hub.addr.is_some(),
-        "the hub serves while postgres is down: {:?}",
+        "serves while postgres is down: {:?}",
         hub.logs()
     );
-    let client = reqwest::Client::new();
-    let health = |client: reqwest::Client, url: String| async move {
-        let res = client.get(url).send().await.unwrap();
-        let status = res.status().as_u16();
-        (status, res.json::<Value>().await.unwrap())
-    };
 
-    let (status, body) = health(client.clone(), hub.url("/health")).await;
+    let (status, body) = get_json(&hub.url("/health")).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unhealthy");
     let pg = body["components"]
@@ -170,10 +156,7 @@ async fn postgres_down_at_start_then_up_then_restarted_is_survived_without_a_res
         .expect("postgres component")
         .clone();
     assert_eq!(pg["healthy"], false);
-    assert_eq!(
-        client.get(hub.url("/ready")).send().await.unwrap().status(),
-        503
-    );
+    assert_eq!(get_json(&hub.url("/ready")).await.0, 503);
     assert!(
         eventually(Duration::from_secs(10), || async {
             hub.logged("postgres unreachable, retrying")
@@ -191,42 +174,20 @@ async fn postgres_down_at_start_then_up_then_restarted_is_survived_without_a_res
         "{retry}"
     );
 
-    let cluster = tokio::task::spawn_blocking(move || {
-        cluster.start_server().unwrap();
-        cluster
-    })
-    .await
-    .unwrap();
+    cluster.start_server().unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || {
-            let (client, url) = (client.clone(), hub.url("/health"));
-            async move { health(client, url).await.0 == 200 }
-        })
-        .await,
+        becomes_healthy(&hub).await,
         "healthy once postgres is up: {:?}",
         hub.logs()
     );
-    assert_eq!(
-        client.get(hub.url("/ready")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(get_json(&hub.url("/ready")).await.0, 200);
 
     // PostgreSQL restarts under a running hub: it recovers by itself.
-    let cluster = tokio::task::spawn_blocking(move || {
-        cluster.restart().unwrap();
-        cluster
-    })
-    .await
-    .unwrap();
+    cluster.restart().unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || {
-            let (client, url) = (client.clone(), hub.url("/health"));
-            async move {
-                let (status, body) = health(client, url).await;
-                status == 200 && body["status"] == "healthy"
-            }
-        })
-        .await
+        becomes_healthy(&hub).await,
+        "healthy after a restart: {:?}",
+        hub.logs()
     );
     for line in hub.logs() {
         assert!(
@@ -234,5 +195,17 @@ async fn postgres_down_at_start_then_up_then_restarted_is_survived_without_a_res
             "{line}"
         );
     }
-    drop(cluster);
+}
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let res = reqwest::get(url).await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+async fn becomes_healthy(hub: &HubProcess) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        let (status, body) = get_json(&hub.url("/health")).await;
+        status == 200 && body["status"] == "healthy"
+    })
+    .await
 }

@@ -165,7 +165,7 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
         .map(String::as_str)
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    tracing::error!(panic = message, "handler panicked");
+    tracing::error!(panic = message, "handler panicked, answered 500");
     ApiError::new(ErrorCode::InternalError, "an internal error occurred").into_response()
 }
 

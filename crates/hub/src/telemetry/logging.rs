@@ -29,3 +29,22 @@ pub fn init(format: LogFormat, level: &str) {
             .try_init(),
     };
 }
+
+/// Routes panics through the log (inside the current request's span, so they carry its
+/// request id) instead of raw text on stderr, which would break JSON log output. Only the
+/// binary installs it: tests keep the default hook to show their own failures.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(panic = message, %location, "panic");
+    }));
+}
