@@ -746,6 +746,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_lists_every_setting_at_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/hub.example.toml");
+        let example = load(&["--config", path], &[]).unwrap();
+        let defaults = load(&[], &[]).unwrap();
+        assert_eq!(
+            format!("{:?}", example.listen),
+            format!("{:?}", defaults.listen)
+        );
+        assert_eq!(example.body_limit, defaults.body_limit);
+        assert_eq!(example.pg_pool_size, defaults.pg_pool_size);
+        let text = std::fs::read_to_string(path).unwrap();
+        for s in SETTINGS {
+            assert!(
+                text.contains(&format!("{} = ", s.key)),
+                "{} is documented",
+                s.key
+            );
+        }
+    }
+
+    #[test]
     fn help_names_every_setting_with_its_env_and_key() {
         let help = command().render_long_help().to_string();
         for s in SETTINGS {
