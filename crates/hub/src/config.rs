@@ -389,7 +389,17 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+    // The parser's own message quotes the offending line, which may hold a password: keep
+    // only its reason and position.
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(String::new(), |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        file_err(format!("invalid TOML{at}: {}", e.message().trim()))
+    })?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
         let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
@@ -719,9 +729,11 @@ mod tests {
         let err = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap_err();
         assert!(err.contains("unknown key `lisen`"), "{err}");
 
-        let f = file("listen = [\n");
+        let f = file("listen = \"127.0.0.1:1\"\ndatabase_url = \"postgres://u:hunter2@h/db\n");
         let err = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap_err();
         assert!(err.contains("cannot read config file"), "{err}");
+        assert!(err.contains("invalid TOML at line 2"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! - `GET /health`, `GET /api/admin/health`: probes every component (stores) and reports
 //!   `healthy | degraded | unhealthy` with per-component latency; 503 when unhealthy.
-//! - `GET /ready`: for load balancers; 200 only when every store is reachable and
-//!   migrated and the hub is not shutting down. Cheap: no probe, just state.
+//! - `GET /ready`: for load balancers; 200 once every store has been reached and migrated,
+//!   until shutdown begins. Cheap: no probe, just state. A PostgreSQL outage after that shows
+//!   in `/health` but not here: every replica shares the one PostgreSQL, so taking them all
+//!   out of rotation would turn a degraded service into an outage.
 
 use crate::state::AppState;
 use axum::extract::State;

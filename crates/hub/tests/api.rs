@@ -64,6 +64,7 @@ both_backends!(
     slow_requests_time_out_with_a_503,
     cors_is_off_unless_origins_are_configured,
     shutdown_drains_in_flight_requests_then_closes_the_store,
+    shutdown_stops_waiting_at_the_deadline,
 );
 
 async fn health_reports_every_store_as_healthy(backend: Backend) {
@@ -218,11 +219,28 @@ async fn malformed_json_is_a_400_envelope_naming_the_problem(backend: Backend) {
 }
 
 async fn handler_panic_is_a_500_envelope_and_the_hub_lives_on(backend: Backend) {
-    let app = app_with_test_routes(backend).await;
-    let message = assert_envelope(app.get("/test/panic").await, 500, "INTERNAL_ERROR").await;
+    // An error-only log still carries the request id on the panic's line.
+    let app = spawn_app_with(backend, |c| c.log_level = "error".into(), test_routes()).await;
+    let res = app
+        .client
+        .get(app.url("/test/panic"))
+        .header("x-request-id", "panic-probe-7")
+        .send()
+        .await
+        .unwrap();
+    let message = assert_envelope(res, 500, "INTERNAL_ERROR").await;
     assert!(
         !message.contains("secret"),
         "panic details stay in the log: {message}"
+    );
+    let logged = common::captured_logs().into_iter().find(|l| {
+        l["message"] == "handler panicked, answered 500"
+            && l["span"]["request_id"] == "panic-probe-7"
+    });
+    let line = logged.expect("the panic is logged with its request id");
+    assert!(
+        line["panic"].as_str().unwrap().contains("handler bug"),
+        "{line}"
     );
     assert_eq!(app.get("/health").await.status(), 200);
 }
@@ -248,8 +266,19 @@ async fn request_ids_are_kept_or_minted(backend: Backend) {
     assert_ne!(a, b, "every request gets its own id, errors included");
 }
 
+/// The value of one counter series in a Prometheus text scrape (0 when absent).
+fn counter(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn metrics_label_requests_by_route_template(backend: Backend) {
     let app = app_with_test_routes(backend).await;
+    // The registry is process-wide: compare before and after, never absolute values.
+    let slow = r#"http_requests_total{method="GET",route="/test/slow/{ms}",status="200"}"#;
+    let before = counter(&app.get("/metrics").await.text().await.unwrap(), slow);
     app.get("/health").await;
     app.get("/test/slow/1").await;
     app.get("/test/slow/2").await;
@@ -265,13 +294,15 @@ async fn metrics_label_requests_by_route_template(backend: Backend) {
         );
         let text = res.text().await.unwrap();
         assert!(
-            text.contains(r#"http_requests_total{method="GET",route="/health",status="200"}"#),
+            counter(
+                &text,
+                r#"http_requests_total{method="GET",route="/health",status="200"}"#
+            ) >= 1.0,
             "{text}"
         );
-        assert!(
-            text.contains(
-                r#"http_requests_total{method="GET",route="/test/slow/{ms}",status="200"} 2"#
-            ),
+        assert_eq!(
+            counter(&text, slow) - before,
+            2.0,
             "two paths, one series: {text}"
         );
         assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
@@ -361,4 +392,34 @@ async fn shutdown_drains_in_flight_requests_then_closes_the_store(backend: Backe
     );
     let probe = app.state.store().local().probe().await;
     assert!(!probe.healthy, "store closed after drain");
+}
+
+async fn shutdown_stops_waiting_at_the_deadline(backend: Backend) {
+    let mut app = spawn_app_with(
+        backend,
+        |c| c.shutdown_timeout = Duration::from_millis(300),
+        test_routes(),
+    )
+    .await;
+    let stuck = {
+        let url = app.url("/test/slow/20000");
+        let client = app.client.clone();
+        tokio::spawn(async move { client.get(url).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.trigger_shutdown();
+    app.wait().await.expect("stops");
+    assert!(
+        !stuck.is_finished(),
+        "the hub stopped without waiting for the stuck request"
+    );
+    assert!(
+        common::captured_logs()
+            .iter()
+            .any(|l| l["message"] == "drain deadline passed, closing with requests in flight")
+    );
+    assert!(
+        !app.state.store().local().probe().await.healthy,
+        "stores closed"
+    );
 }

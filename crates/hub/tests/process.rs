@@ -72,6 +72,19 @@ fn a_data_dir_that_cannot_be_written_exits_2() {
 }
 
 #[test]
+fn an_existing_read_only_data_dir_exits_2() {
+    // /proc exists but takes no new files, even from root (for whom chmod changes nothing).
+    let out = run_hub(&["--listen", "127.0.0.1:0", "--data-dir", "/proc"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid data_dir from flag --data-dir"),
+        "{err}"
+    );
+    assert!(err.contains("expected a writable directory"), "{err}");
+}
+
+#[test]
 fn two_hubs_never_share_a_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let first = HubProcess::spawn(dir.path(), &[], &[]);

@@ -31,13 +31,52 @@ impl StoreError {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_uniqueness_violations_are_conflicts() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE CHECK (name <> ''));
+             INSERT INTO t VALUES (1, 'a');",
+        )
+        .unwrap();
+        let err = |sql: &str| StoreError::from(conn.execute(sql, []).unwrap_err());
+        assert!(matches!(
+            err("INSERT INTO t VALUES (1, 'b')"),
+            StoreError::Conflict(_)
+        ));
+        assert!(matches!(
+            err("INSERT INTO t VALUES (2, 'a')"),
+            StoreError::Conflict(_)
+        ));
+        assert!(matches!(
+            err("INSERT INTO t VALUES (3, NULL)"),
+            StoreError::Internal(_)
+        ));
+        assert!(matches!(
+            err("INSERT INTO t VALUES (4, '')"),
+            StoreError::Internal(_)
+        ));
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
-        use rusqlite::ffi::ErrorCode as C;
-        match err.sqlite_error_code() {
-            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Unavailable(err.to_string()),
-            Some(C::DiskFull) => StoreError::Full(err.to_string()),
-            Some(C::ConstraintViolation) => StoreError::Conflict(err.to_string()),
+        use rusqlite::ffi;
+        let rusqlite::Error::SqliteFailure(failure, _) = &err else {
+            return StoreError::Internal(err.to_string());
+        };
+        match (failure.code, failure.extended_code) {
+            (_, ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                StoreError::Conflict(err.to_string())
+            }
+            (ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked, _) => {
+                StoreError::Unavailable(err.to_string())
+            }
+            (ffi::ErrorCode::DiskFull, _) => StoreError::Full(err.to_string()),
             _ => StoreError::Internal(err.to_string()),
         }
     }

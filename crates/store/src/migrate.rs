@@ -1,7 +1,7 @@
 //! Versioned schema migrations, shared bookkeeping for both engines.
 //!
 //! Each engine has its own ordered list of SQL files under `migrations/<engine>/`. A
-//! migration is applied once, recorded in `schema_migrations` with a checksum of its text,
+//! migration is applied once, recorded in `coditect_migrations` with a checksum of its text,
 //! and never edited afterwards: a changed checksum stops start-up. Applying is serialized
 //! (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock) and atomic
 //! (all pending migrations commit together or not at all), so several replicas may start
@@ -40,7 +40,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite": 1 => "0001_init");
 pub const POSTGRES: &[Migration] = migrations!("postgres": 1 => "0001_init");
 
 /// The bookkeeping table, identical on both engines.
-pub const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+pub const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS coditect_migrations (
     version BIGINT NOT NULL PRIMARY KEY,
     name TEXT NOT NULL,
     checksum TEXT NOT NULL,

@@ -38,18 +38,15 @@ async fn replicas_starting_together_migrate_once() {
             .await
             .expect("every replica becomes ready");
     }
+    // Without the advisory lock, replicas racing on CREATE TABLE fail for good
+    // (duplicate table is not transient), so "every replica ready" is the real check.
     let client = stores[0].client().await.unwrap();
-    let rows = client
-        .query(
-            "SELECT version, count(*) FROM schema_migrations GROUP BY version",
-            &[],
-        )
+    let recorded: i64 = client
+        .query_one("SELECT count(*) FROM coditect_migrations", &[])
         .await
-        .unwrap();
-    assert_eq!(rows.len(), coditect_store::migrate::POSTGRES.len());
-    for row in rows {
-        assert_eq!(row.get::<_, i64>(1), 1, "each migration recorded once");
-    }
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, coditect_store::migrate::POSTGRES.len() as i64);
     drop(client);
     for store in stores {
         store.close().await;
@@ -65,7 +62,7 @@ async fn an_edited_migration_fails_for_good() {
         .await
         .unwrap()
         .execute(
-            "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1",
+            "UPDATE coditect_migrations SET checksum = 'edited' WHERE version = 1",
             &[],
         )
         .await
@@ -100,6 +97,26 @@ async fn statement_timeout_applies_to_every_session() {
     );
     drop(client);
     store.close().await;
+}
+
+#[test]
+fn urls_are_checked_before_use() {
+    for ok in [
+        "postgres://u:p@db:5432/coditect",
+        "postgresql://db/coditect",
+        "postgres://u@db/coditect?sslmode=disable",
+    ] {
+        assert_eq!(PgConfig::validate_url(ok), Ok(()), "{ok}");
+    }
+    for bad in [
+        "mysql://u:p@db/coditect",
+        "postgres:///coditect",
+        "postgres://u:p@db/coditect?sslmode=require",
+        "postgres://u:p@db:notaport/coditect",
+    ] {
+        let err = PgConfig::validate_url(bad).unwrap_err();
+        assert!(!err.contains("u:p"), "{err}");
+    }
 }
 
 #[tokio::test]

@@ -53,7 +53,7 @@ async fn migrations_apply_once_and_reopen_is_a_no_op() {
         let n = store
             .read(|c| {
                 Ok(
-                    c.query_row("SELECT count(*) FROM schema_migrations", [], |r| {
+                    c.query_row("SELECT count(*) FROM coditect_migrations", [], |r| {
                         r.get::<_, i64>(0)
                     })?,
                 )
@@ -83,7 +83,7 @@ async fn an_edited_migration_stops_the_open() {
     open(&dir).await.close().await;
     let conn = rusqlite_connection(&dir);
     conn.execute(
-        "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1",
+        "UPDATE coditect_migrations SET checksum = 'edited' WHERE version = 1",
         [],
     )
     .unwrap();
@@ -269,4 +269,32 @@ async fn probe_reports_a_healthy_store_and_a_closed_one() {
     let probe = store.probe().await;
     assert!(!probe.healthy);
     assert_eq!(probe.message.as_deref(), Some("closed"));
+}
+
+#[tokio::test]
+async fn reads_abandoned_by_their_caller_give_their_connection_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("test.db"));
+    config.readers = 2;
+    let store = SqliteStore::open(config).await.unwrap();
+    // Far more abandoned reads than connections: each caller gives up mid-read.
+    for _ in 0..10 {
+        let slow = store.read(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(())
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), slow)
+                .await
+                .is_err()
+        );
+    }
+    for _ in 0..10 {
+        store
+            .get_tenant(coditect_proto::TenantId::new())
+            .await
+            .unwrap();
+    }
+    assert!(store.probe().await.healthy);
+    store.close().await;
 }

@@ -37,7 +37,9 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id, method, route = %route);
+    // ERROR level: the span (and so the request id) exists whatever the log filter, so
+    // even a warn-only log keeps the id on its lines.
+    let span = tracing::error_span!("request", request_id = %id, method, route = %route);
 
     let in_flight = InFlight::enter();
     let mut res = next.run(req).instrument(span.clone()).await;

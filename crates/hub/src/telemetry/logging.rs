@@ -5,10 +5,19 @@
 use crate::config::LogFormat;
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
-/// Installs the global subscriber. Safe to call more than once (later calls are no-ops),
-/// which keeps in-process test servers simple.
+/// Installs the global subscriber writing to stderr. Safe to call more than once (later
+/// calls are no-ops), which keeps in-process test servers simple.
 pub fn init(format: LogFormat, level: &str) {
+    init_with_writer(format, level, std::io::stderr);
+}
+
+/// Like [`init`], writing wherever `writer` says (tests capture logs this way).
+pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::builder().parse(v).ok())
@@ -16,7 +25,7 @@ pub fn init(format: LogFormat, level: &str) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())

@@ -113,7 +113,11 @@ pub async fn spawn_app_with(
         config.pg_pool_size = 4;
     }
     configure(&mut config);
-    coditect_hub::telemetry::logging::init(config.log_format, "warn");
+    coditect_hub::telemetry::logging::init_with_writer(
+        coditect_hub::config::LogFormat::Json,
+        &config.log_level,
+        || Capture,
+    );
     let hub = Hub::start(config)
         .await
         .expect("hub starts")
@@ -137,6 +141,34 @@ pub async fn spawn_app_with(
         shutdown: Some(tx),
         server: Some(server),
     }
+}
+
+/// Everything in-process hubs logged so far (JSON lines), also echoed to stderr so a
+/// failing test shows it. The subscriber is process-wide: the first hub's log level wins.
+static CAPTURED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut captured) = CAPTURED.lock() {
+            captured.extend_from_slice(buf);
+        }
+        std::io::stderr().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// The captured log lines, parsed.
+pub fn captured_logs() -> Vec<Value> {
+    let bytes = CAPTURED.lock().map(|c| c.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// Reads a JSON body, failing the test with the raw text if it is not JSON.

@@ -55,16 +55,25 @@ impl PgConfig {
         }
     }
 
-    /// Checks that `url` is a PostgreSQL connection URL. The error never repeats the URL.
+    /// Checks that `url` is a PostgreSQL connection URL this build can use. The error never
+    /// repeats the URL (it may hold a password).
     pub fn validate_url(url: &str) -> Result<(), String> {
+        const SHAPE: &str =
+            "a postgres:// URL with a host (postgres://user:password@host:port/database)";
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err("a URL starting with postgres:// or postgresql://".into());
+            return Err(SHAPE.into());
         }
-        tokio_postgres::Config::from_str(url)
-            .map(|_| ())
-            .map_err(|_| {
-                "a valid postgres:// URL (postgres://user:password@host:port/database)".into()
-            })
+        let cfg = tokio_postgres::Config::from_str(url).map_err(|_| SHAPE.to_string())?;
+        if cfg.get_hosts().is_empty() {
+            return Err(SHAPE.into());
+        }
+        if !matches!(
+            cfg.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer
+        ) {
+            return Err("sslmode=disable or prefer: this build connects without TLS".into());
+        }
+        Ok(())
     }
 
     /// `user@host:port/database`, for logs: everything but the password.
@@ -262,13 +271,13 @@ async fn supervise(pool: Pool, target: String, state: watch::Sender<SchemaState>
             }
             Err(e) => {
                 let jittered = delay.mul_f64(rand::rng().random_range(0.8..1.2));
-                tracing::warn!(
-                    %target,
-                    attempt = attempts,
-                    retry_in_ms = jittered.as_millis() as u64,
-                    error = %e,
-                    "postgres unreachable, retrying"
-                );
+                let retry_in_ms = jittered.as_millis() as u64;
+                if let StoreError::Unavailable(_) = e {
+                    tracing::warn!(%target, attempt = attempts, retry_in_ms, error = %e, "postgres unreachable, retrying");
+                } else {
+                    // Reached but refused: credentials, missing database, permissions.
+                    tracing::error!(%target, attempt = attempts, retry_in_ms, error = %e, "postgres refused the hub, retrying");
+                }
                 state.send_replace(SchemaState::Connecting { attempts });
                 tokio::time::sleep(jittered).await;
                 delay = (delay * 2).min(MAX);
@@ -283,24 +292,33 @@ const MIGRATION_LOCK: i64 = 0x636f_6469_7465_6374;
 async fn migrate_pg(pool: &Pool) -> Result<(), StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // Migrations may legitimately outlast the per-query timeouts, and waiting for another
+    // replica's migration (the advisory lock) is the point.
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        .await?;
     tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(migrate::BOOKKEEPING).await?;
     let applied = tx
-        .query("SELECT version, checksum FROM schema_migrations", &[])
+        .query("SELECT version, checksum FROM coditect_migrations", &[])
         .await?
         .iter()
-        .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
-        .collect::<Vec<_>>();
+        .map(|r| Ok((r.try_get::<_, i64>(0)?, r.try_get::<_, String>(1)?)))
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+        .map_err(|e| {
+            StoreError::Migration(format!("coditect_migrations has an unexpected shape: {e}"))
+        })?;
     let plan = migrate::plan(&applied, migrate::POSTGRES)?;
     plan.log("postgres");
     for m in &plan.pending {
-        tx.batch_execute(m.sql).await.map_err(|e| match e.code() {
-            Some(_) => StoreError::Migration(format!("{} failed: {e}", m.name)),
-            None => e.into(),
-        })?;
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                transient @ StoreError::Unavailable(_) => transient,
+                other => StoreError::Migration(format!("{} failed: {other}", m.name)),
+            })?;
         tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO coditect_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
             &[&m.version, &m.name, &m.checksum(), &chrono::Utc::now().to_rfc3339()],
         )
         .await?;

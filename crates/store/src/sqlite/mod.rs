@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use writer::WriterStats;
 
+/// Longest a health probe waits (a backed-up writer queue reads as unhealthy).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How hard SQLite works to make a commit durable (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
@@ -102,22 +105,17 @@ impl SqliteStore {
     }
 
     fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
-        let mut conn = Connection::open(&config.path)?;
-        conn.busy_timeout(config.busy_timeout)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Internal(format!(
-                "sqlite refused WAL mode (journal_mode is {mode})"
-            )));
-        }
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous={};
-             PRAGMA foreign_keys=ON;
-             PRAGMA temp_store=MEMORY;
-             PRAGMA journal_size_limit=67108864;",
-            config.synchronous.pragma()
-        ))?;
-        migrate_sqlite(&mut conn)?;
+        // Switching to WAL and migrating need locks that SQLite may refuse at once (without
+        // waiting for busy_timeout) while another process opens the same file: retry.
+        let deadline = Instant::now() + config.busy_timeout;
+        let conn = loop {
+            match open_writer(&config) {
+                Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(rand::random_range(5..50)));
+                }
+                other => break other?,
+            }
+        };
 
         let readers = (0..config.readers.max(1))
             .map(|_| open_reader(&config.path, config.busy_timeout))
@@ -170,13 +168,14 @@ impl SqliteStore {
     /// latency shows how far behind the writer is.
     pub async fn probe(&self) -> ComponentHealth {
         let started = Instant::now();
-        let read = self
-            .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-            .await;
-        let write = match read {
-            Ok(_) => self.write(|_| Ok(())).await,
-            Err(e) => Err(e),
+        let both = async {
+            self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+                .await?;
+            self.write(|_| Ok(())).await
         };
+        let write = tokio::time::timeout(PROBE_TIMEOUT, both)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("probe timed out".into())));
         ComponentHealth {
             name: "sqlite".into(),
             healthy: write.is_ok(),
@@ -194,6 +193,26 @@ impl SqliteStore {
     }
 }
 
+fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(&config.path)?;
+    conn.busy_timeout(config.busy_timeout)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Internal(format!(
+            "sqlite refused WAL mode (journal_mode is {mode})"
+        )));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={};
+         PRAGMA foreign_keys=ON;
+         PRAGMA temp_store=MEMORY;
+         PRAGMA journal_size_limit=67108864;",
+        config.synchronous.pragma()
+    ))?;
+    migrate_sqlite(&mut conn)?;
+    Ok(conn)
+}
+
 fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
@@ -209,7 +228,7 @@ fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(migrate::BOOKKEEPING)?;
     let applied = {
-        let mut stmt = tx.prepare("SELECT version, checksum FROM schema_migrations")?;
+        let mut stmt = tx.prepare("SELECT version, checksum FROM coditect_migrations")?;
         stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<Vec<_>, _>>()?
     };
@@ -219,7 +238,7 @@ fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(m.sql)
             .map_err(|e| StoreError::Migration(format!("{} failed: {e}", m.name)))?;
         tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO coditect_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)",
             rusqlite::params![m.version, m.name, m.checksum(), chrono::Utc::now().to_rfc3339()],
         )?;
     }
