@@ -31,38 +31,6 @@ impl StoreError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_uniqueness_violations_are_conflicts() {
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE CHECK (name <> ''));
-             INSERT INTO t VALUES (1, 'a');",
-        )
-        .unwrap();
-        let err = |sql: &str| StoreError::from(conn.execute(sql, []).unwrap_err());
-        assert!(matches!(
-            err("INSERT INTO t VALUES (1, 'b')"),
-            StoreError::Conflict(_)
-        ));
-        assert!(matches!(
-            err("INSERT INTO t VALUES (2, 'a')"),
-            StoreError::Conflict(_)
-        ));
-        assert!(matches!(
-            err("INSERT INTO t VALUES (3, NULL)"),
-            StoreError::Internal(_)
-        ));
-        assert!(matches!(
-            err("INSERT INTO t VALUES (4, '')"),
-            StoreError::Internal(_)
-        ));
-    }
-}
-
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
         use rusqlite::ffi;
@@ -136,5 +104,37 @@ impl From<deadpool_postgres::PoolError> for StoreError {
             deadpool_postgres::PoolError::Closed => StoreError::Closed,
             other => StoreError::Unavailable(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_uniqueness_violations_are_conflicts() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE CHECK (name <> ''));
+             INSERT INTO t VALUES (1, 'a');",
+        )
+        .unwrap();
+        let err = |sql: &str| StoreError::from(conn.execute(sql, []).unwrap_err());
+        assert!(matches!(
+            err("INSERT INTO t VALUES (1, 'b')"),
+            StoreError::Conflict(_)
+        ));
+        assert!(matches!(
+            err("INSERT INTO t VALUES (2, 'a')"),
+            StoreError::Conflict(_)
+        ));
+        assert!(matches!(
+            err("INSERT INTO t VALUES (3, NULL)"),
+            StoreError::Internal(_)
+        ));
+        assert!(matches!(
+            err("INSERT INTO t VALUES (4, '')"),
+            StoreError::Internal(_)
+        ));
     }
 }
