@@ -85,7 +85,9 @@ impl Hub {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
-    /// finish (at most `shutdown_timeout`) and closes the stores.
+    /// finish (at most `shutdown_timeout`) and closes the stores. Past the deadline the
+    /// stores close under any request still running: its further store calls fail with
+    /// 503 (nothing half-acknowledged), and the process exit ends it.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
