@@ -69,6 +69,37 @@ uuid_id!(
     TenantId,
     "tenant"
 );
+uuid_id!(
+    /// A person or a service account, inside one tenant.
+    UserId,
+    "user"
+);
+uuid_id!(
+    /// A login session (what access and refresh tokens belong to).
+    SessionId,
+    "session"
+);
+uuid_id!(
+    /// A development workspace registered in a tenant.
+    WorkspaceId,
+    "workspace"
+);
+uuid_id!(
+    /// An API key (its id; the secret is never stored).
+    ApiKeyId,
+    "api key"
+);
+uuid_id!(
+    /// One record of the audit trail.
+    AuditId,
+    "audit record"
+);
+
+impl TenantId {
+    /// The tenant of records that belong to no tenant (e.g. a failed login for an unknown
+    /// email). No real tenant ever gets this id.
+    pub const NONE: TenantId = TenantId(Uuid::nil());
+}
 
 #[cfg(test)]
 mod tests {

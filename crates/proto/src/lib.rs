@@ -6,8 +6,10 @@
 
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod ids;
 
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};
 pub use health::{ComponentHealth, HealthReport, HealthStatus, duration_ms};
-pub use ids::{IdParseError, TenantId};
+pub use identity::{Email, Role, SessionStatus};
+pub use ids::{ApiKeyId, AuditId, IdParseError, SessionId, TenantId, UserId, WorkspaceId};

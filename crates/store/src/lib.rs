@@ -12,16 +12,28 @@
 //! future distribution column); domain traits speak in domain types (no SQL, no rows), so
 //! another engine (the notes' FoundationDB) can be added by implementing them.
 
+pub mod api_keys;
+pub mod audit;
 pub mod error;
 pub mod migrate;
 pub mod postgres;
+pub mod sessions;
+pub mod signing_keys;
 pub mod sqlite;
 pub mod tenants;
+pub mod users;
+pub mod workspaces;
 
+pub use api_keys::{ApiKey, ApiKeyStore};
+pub use audit::{AuditQuery, AuditRecord, AuditStore};
 pub use error::StoreError;
 pub use postgres::{PgConfig, PgStore, SchemaState};
+pub use sessions::{RefreshOutcome, Session, SessionStore};
+pub use signing_keys::{PublicKeyRecord, SigningKeyStore};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
 pub use tenants::{Tenant, TenantStore};
+pub use users::{User, UserStore, UserUpdate};
+pub use workspaces::{Workspace, WorkspaceStore};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use coditect_proto::ComponentHealth;
@@ -54,6 +66,21 @@ impl StorageMode {
             StorageMode::Shared => "shared",
         }
     }
+}
+
+/// `store.users()` and friends: each shared domain is served by PostgreSQL in shared mode
+/// and by the node's SQLite otherwise.
+macro_rules! domain_accessors {
+    ($($name:ident: $domain:ident),* $(,)?) => {
+        $(
+            pub fn $name(&self) -> &dyn $domain {
+                match &self.shared {
+                    Some(pg) => pg,
+                    None => &self.local,
+                }
+            }
+        )*
+    };
 }
 
 /// Every store a node uses, opened together and closed together. Cheap to clone.
@@ -115,12 +142,14 @@ impl Store {
         }
     }
 
-    /// Tenants live in the shared engine when there is one.
-    pub fn tenants(&self) -> &dyn TenantStore {
-        match &self.shared {
-            Some(pg) => pg,
-            None => &self.local,
-        }
+    domain_accessors! {
+        tenants: TenantStore,
+        users: UserStore,
+        sessions: SessionStore,
+        api_keys: ApiKeyStore,
+        workspaces: WorkspaceStore,
+        audit: AuditStore,
+        signing_keys: SigningKeyStore,
     }
 
     pub async fn close(&self) {

@@ -36,8 +36,8 @@ macro_rules! migrations {
     };
 }
 
-pub const SQLITE: &[Migration] = migrations!("sqlite": 1 => "0001_init");
-pub const POSTGRES: &[Migration] = migrations!("postgres": 1 => "0001_init");
+pub const SQLITE: &[Migration] = migrations!("sqlite": 1 => "0001_init", 2 => "0002_identity");
+pub const POSTGRES: &[Migration] = migrations!("postgres": 1 => "0001_init", 2 => "0002_identity");
 
 /// The bookkeeping table, identical on both engines.
 pub const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS coditect_migrations (
@@ -104,16 +104,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_are_strictly_increasing() {
+    fn versions_are_strictly_increasing_and_match_file_names() {
         for list in [SQLITE, POSTGRES] {
             assert!(list.windows(2).all(|w| w[0].version < w[1].version));
             assert_eq!(list[0].version, 1);
+            for m in list {
+                assert!(
+                    m.name.starts_with(&format!("{:04}_", m.version)),
+                    "{}",
+                    m.name
+                );
+            }
         }
+        let names = |list: &[Migration]| list.iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(names(SQLITE), names(POSTGRES), "both engines move in step");
     }
 
     #[test]
     fn plan_skips_applied_and_rejects_edited() {
-        let applied = vec![(1, SQLITE[0].checksum())];
+        let applied: Vec<_> = SQLITE.iter().map(|m| (m.version, m.checksum())).collect();
         let plan = plan(&applied, SQLITE).unwrap();
         assert!(plan.pending.is_empty());
         assert!(plan.unknown.is_empty());
@@ -125,7 +134,12 @@ mod tests {
         let err = super::plan(&edited, SQLITE).unwrap_err();
         assert!(matches!(err, StoreError::Migration(m) if m.contains("changed")));
 
-        let newer = vec![(1, SQLITE[0].checksum()), (9999, "x".into())];
+        let mut newer = applied.clone();
+        newer.push((9999, "x".into()));
         assert_eq!(super::plan(&newer, SQLITE).unwrap().unknown, vec![9999]);
+        assert_eq!(
+            super::plan(&applied[..1], SQLITE).unwrap().pending.len(),
+            SQLITE.len() - 1
+        );
     }
 }

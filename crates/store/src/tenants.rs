@@ -31,6 +31,8 @@ pub trait TenantStore: Send + Sync {
 
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError>;
 
+    async fn find_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError>;
+
     /// Up to `limit` tenants ordered by id, starting after `after` (keyset pagination).
     async fn list_tenants(
         &self,

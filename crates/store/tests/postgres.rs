@@ -5,7 +5,7 @@
 
 mod common;
 
-use coditect_store::{PgConfig, PgStore, SchemaState, StoreError, Tenant, TenantStore};
+use coditect_store::{AuditStore, PgConfig, PgStore, SchemaState, StoreError, Tenant, TenantStore};
 use coditect_testkit::{PgCluster, fresh_database};
 use std::time::Duration;
 
@@ -190,4 +190,67 @@ async fn recovers_after_the_server_restarts() {
     assert!(store.probe().await.healthy);
     store.close().await;
     drop(cluster);
+}
+
+#[tokio::test]
+async fn users_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::users_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sessions_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::sessions_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn api_keys_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::api_keys_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn workspaces_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::workspaces_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn audit_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::audit_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn signing_keys_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::signing_keys_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_audit_log_refuses_updates_deletes_and_truncates() {
+    let store = ready_store(&fresh_database().await).await;
+    let t = coditect_proto::TenantId::new();
+    store
+        .append_audit(&[common::audit_record(t, "auth.login", "alice")])
+        .await
+        .unwrap();
+    let client = store.client().await.unwrap();
+    for sql in [
+        "UPDATE audit_log SET result = 'forged'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ] {
+        let err = StoreError::from(client.execute(sql, &[]).await.unwrap_err());
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    drop(client);
+    store.close().await;
 }

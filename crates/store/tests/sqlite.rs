@@ -4,7 +4,9 @@
 
 mod common;
 
-use coditect_store::{SqliteConfig, SqliteStore, StoreError, Synchronous, Tenant, TenantStore};
+use coditect_store::{
+    AuditStore, SqliteConfig, SqliteStore, StoreError, Synchronous, Tenant, TenantStore,
+};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -296,5 +298,75 @@ async fn reads_abandoned_by_their_caller_give_their_connection_back() {
             .unwrap();
     }
     assert!(store.probe().await.healthy);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn users_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::users_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sessions_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::sessions_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn api_keys_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::api_keys_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn workspaces_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::workspaces_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn audit_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::audit_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn signing_keys_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::signing_keys_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_audit_log_refuses_updates_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let t = coditect_proto::TenantId::new();
+    store
+        .append_audit(&[common::audit_record(t, "auth.login", "alice")])
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE audit_log SET result = 'forged'",
+        "DELETE FROM audit_log",
+    ] {
+        let err = store
+            .write(move |c| Ok(c.execute(sql, [])?))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
     store.close().await;
 }

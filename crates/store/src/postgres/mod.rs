@@ -8,7 +8,11 @@
 //!   has, the store answers `Unavailable` and reports itself unhealthy. The hub never
 //!   exits because PostgreSQL is down.
 
+mod audit;
+mod identity;
+mod rows;
 mod tenants;
+mod workspaces;
 
 use crate::{StoreError, migrate};
 use coditect_proto::ComponentHealth;
@@ -213,6 +217,37 @@ impl PgStore {
         let status = self.inner.pool.status();
         metrics::gauge!("store_pg_pool_connections").set(status.size as f64);
         Ok(client)
+    }
+
+    /// Runs one statement (prepared once per connection); rows changed.
+    pub(crate) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.execute(&stmt, params).await?)
+    }
+
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.query(&stmt, params).await?)
+    }
+
+    pub(crate) async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.query_opt(&stmt, params).await?)
     }
 
     pub async fn probe(&self) -> ComponentHealth {

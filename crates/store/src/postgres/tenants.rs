@@ -1,41 +1,52 @@
 use super::PgStore;
+use super::rows::{PgRowExt, map_rows};
 use crate::StoreError;
 use crate::tenants::{Tenant, TenantStore};
 use async_trait::async_trait;
 use coditect_proto::TenantId;
 use tokio_postgres::Row;
 
-fn tenant_from_row(row: &Row) -> Tenant {
-    Tenant {
-        id: TenantId::from_uuid(row.get(0)),
-        name: row.get(1),
-        created_at: row.get(2),
-    }
+const COLUMNS: &str = "tenant_id, name, created_at";
+
+fn tenant_from_row(row: &Row) -> Result<Tenant, StoreError> {
+    Ok(Tenant {
+        id: TenantId::from_uuid(row.col(0)?),
+        name: row.col(1)?,
+        created_at: row.col(2)?,
+    })
 }
 
 #[async_trait]
 impl TenantStore for PgStore {
     async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("INSERT INTO tenants (tenant_id, name, created_at) VALUES ($1, $2, $3)")
-            .await?;
-        client
-            .execute(
-                &stmt,
-                &[&tenant.id.as_uuid(), &tenant.name, &tenant.created_at],
-            )
-            .await?;
-        Ok(())
+        self.execute(
+            "INSERT INTO tenants (tenant_id, name, created_at) VALUES ($1, $2, $3)",
+            &[&tenant.id.as_uuid(), &tenant.name, &tenant.created_at],
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT tenant_id, name, created_at FROM tenants WHERE tenant_id = $1")
-            .await?;
-        let row = client.query_opt(&stmt, &[&id.as_uuid()]).await?;
-        Ok(row.as_ref().map(tenant_from_row))
+        self.query_opt(
+            &format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1"),
+            &[&id.as_uuid()],
+        )
+        .await?
+        .as_ref()
+        .map(tenant_from_row)
+        .transpose()
+    }
+
+    async fn find_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        self.query_opt(
+            &format!("SELECT {COLUMNS} FROM tenants WHERE name = $1"),
+            &[&name],
+        )
+        .await?
+        .as_ref()
+        .map(tenant_from_row)
+        .transpose()
     }
 
     async fn list_tenants(
@@ -43,15 +54,16 @@ impl TenantStore for PgStore {
         after: Option<TenantId>,
         limit: u32,
     ) -> Result<Vec<Tenant>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT tenant_id, name, created_at FROM tenants
-                 WHERE $1::uuid IS NULL OR tenant_id > $1 ORDER BY tenant_id LIMIT $2",
+        let after = after.map(|a| a.as_uuid());
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tenants
+                     WHERE $1::uuid IS NULL OR tenant_id > $1 ORDER BY tenant_id LIMIT $2"
+                ),
+                &[&after, &i64::from(limit)],
             )
             .await?;
-        let after = after.map(|a| a.as_uuid());
-        let rows = client.query(&stmt, &[&after, &i64::from(limit)]).await?;
-        Ok(rows.iter().map(tenant_from_row).collect())
+        map_rows(&rows, tenant_from_row)
     }
 }

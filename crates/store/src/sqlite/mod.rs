@@ -12,8 +12,11 @@
 //!
 //! Group commit amortises the fsync of `full` over every job committed together.
 
+mod audit;
+mod identity;
 mod readers;
 mod tenants;
+mod workspaces;
 mod writer;
 
 use crate::{StoreError, migrate};
@@ -270,4 +273,58 @@ pub(crate) fn from_micros(us: i64) -> Result<chrono::DateTime<chrono::Utc>, Stor
 pub(crate) fn uuid_from_blob(bytes: &[u8]) -> Result<uuid::Uuid, StoreError> {
     uuid::Uuid::from_slice(bytes)
         .map_err(|_| StoreError::Internal("malformed uuid in store".into()))
+}
+
+/// Typed column access in the store's on-disk conventions.
+pub(crate) trait RowExt {
+    fn uuid(&self, idx: usize) -> Result<uuid::Uuid, StoreError>;
+    fn opt_uuid(&self, idx: usize) -> Result<Option<uuid::Uuid>, StoreError>;
+    fn instant(&self, idx: usize) -> Result<chrono::DateTime<chrono::Utc>, StoreError>;
+    fn opt_instant(&self, idx: usize) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError>;
+    fn parsed<T: FromStr>(&self, idx: usize) -> Result<T, StoreError>;
+}
+
+impl RowExt for rusqlite::Row<'_> {
+    fn uuid(&self, idx: usize) -> Result<uuid::Uuid, StoreError> {
+        uuid_from_blob(&self.get::<_, Vec<u8>>(idx)?)
+    }
+
+    fn opt_uuid(&self, idx: usize) -> Result<Option<uuid::Uuid>, StoreError> {
+        self.get::<_, Option<Vec<u8>>>(idx)?
+            .map(|b| uuid_from_blob(&b))
+            .transpose()
+    }
+
+    fn instant(&self, idx: usize) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+        from_micros(self.get(idx)?)
+    }
+
+    fn opt_instant(&self, idx: usize) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        self.get::<_, Option<i64>>(idx)?
+            .map(from_micros)
+            .transpose()
+    }
+
+    fn parsed<T: FromStr>(&self, idx: usize) -> Result<T, StoreError> {
+        let text: String = self.get(idx)?;
+        text.parse()
+            .map_err(|_| StoreError::Internal(format!("unexpected value {text:?} in store")))
+    }
+}
+
+/// A UUID in its on-disk form.
+pub(crate) fn blob(id: uuid::Uuid) -> [u8; 16] {
+    id.into_bytes()
+}
+
+/// Collects every row of `rows` through `map`.
+pub(crate) fn collect<T>(
+    mut rows: rusqlite::Rows<'_>,
+    map: impl Fn(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(map(row)?);
+    }
+    Ok(out)
 }

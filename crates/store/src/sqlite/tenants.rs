@@ -1,15 +1,17 @@
-use super::{SqliteStore, from_micros, to_micros, uuid_from_blob};
+use super::{RowExt, SqliteStore, blob, collect, to_micros};
 use crate::StoreError;
 use crate::tenants::{Tenant, TenantStore};
 use async_trait::async_trait;
 use coditect_proto::TenantId;
 use rusqlite::{OptionalExtension, Row, params};
 
+const COLUMNS: &str = "tenant_id, name, created_at";
+
 fn tenant_from_row(row: &Row<'_>) -> Result<Tenant, StoreError> {
     Ok(Tenant {
-        id: TenantId::from_uuid(uuid_from_blob(&row.get::<_, Vec<u8>>(0)?)?),
+        id: TenantId::from_uuid(row.uuid(0)?),
         name: row.get(1)?,
-        created_at: from_micros(row.get(2)?)?,
+        created_at: row.instant(2)?,
     })
 }
 
@@ -22,7 +24,7 @@ impl TenantStore for SqliteStore {
                 "INSERT INTO tenants (tenant_id, name, created_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![
-                t.id.as_uuid().as_bytes().as_slice(),
+                blob(t.id.as_uuid()),
                 t.name,
                 to_micros(t.created_at)
             ])?;
@@ -33,14 +35,23 @@ impl TenantStore for SqliteStore {
 
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
         self.read(move |c| {
-            c.prepare_cached(
-                "SELECT tenant_id, name, created_at FROM tenants WHERE tenant_id = ?1",
-            )?
-            .query_row(params![id.as_uuid().as_bytes().as_slice()], |row| {
-                Ok(tenant_from_row(row))
-            })
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tenants WHERE tenant_id = ?1"
+            ))?
+            .query_row(params![blob(id.as_uuid())], |row| Ok(tenant_from_row(row)))
             .optional()?
             .transpose()
+        })
+        .await
+    }
+
+    async fn find_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        let name = name.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM tenants WHERE name = ?1"))?
+                .query_row(params![name], |row| Ok(tenant_from_row(row)))
+                .optional()?
+                .transpose()
         })
         .await
     }
@@ -51,18 +62,13 @@ impl TenantStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Tenant>, StoreError> {
         let after = after
-            .map(|a| a.as_uuid().as_bytes().to_vec())
+            .map(|a| blob(a.as_uuid()).to_vec())
             .unwrap_or_default();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT tenant_id, name, created_at FROM tenants WHERE tenant_id > ?1 ORDER BY tenant_id LIMIT ?2",
-            )?;
-            let mut rows = stmt.query(params![after, limit])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(tenant_from_row(row)?);
-            }
-            Ok(out)
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tenants WHERE tenant_id > ?1 ORDER BY tenant_id LIMIT ?2"
+            ))?;
+            collect(stmt.query(params![after, limit])?, tenant_from_row)
         })
         .await
     }

@@ -63,3 +63,513 @@ pub async fn tenants_paginate_in_id_order(store: &dyn TenantStore) {
         d.len()
     });
 }
+
+use chrono::{Duration, Utc};
+use coditect_proto::{AuditId, Email, Role, SessionId, SessionStatus, UserId, WorkspaceId};
+use coditect_store::{
+    ApiKey, ApiKeyStore, AuditQuery, AuditRecord, AuditStore, PublicKeyRecord, RefreshOutcome,
+    Session, SessionStore, SigningKeyStore, User, UserStore, UserUpdate, Workspace, WorkspaceStore,
+};
+
+/// Every domain, as the conformance checks need them.
+pub trait Engine:
+    TenantStore + UserStore + SessionStore + ApiKeyStore + WorkspaceStore + AuditStore + SigningKeyStore
+{
+}
+
+impl<T> Engine for T where
+    T: TenantStore
+        + UserStore
+        + SessionStore
+        + ApiKeyStore
+        + WorkspaceStore
+        + AuditStore
+        + SigningKeyStore
+{
+}
+
+pub async fn tenant(store: &dyn TenantStore) -> Tenant {
+    let t = Tenant::new(format!("t-{}", TenantId::new()));
+    store.create_tenant(&t).await.expect("tenant");
+    t
+}
+
+pub fn user_in(tenant: &Tenant, role: Role) -> User {
+    let now = coditect_store::now();
+    User {
+        tenant_id: tenant.id,
+        id: UserId::new(),
+        email: Email::parse(&format!("u{}@example.com", UserId::new())).unwrap(),
+        password_hash: Some("$argon2id$fake".into()),
+        role,
+        platform_admin: false,
+        disabled: false,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+pub async fn users_conform(store: &dyn Engine) {
+    let a = tenant(store).await;
+    let b = tenant(store).await;
+    let alice = user_in(&a, Role::Admin);
+    store.create_user(&alice).await.unwrap();
+    assert_eq!(
+        store.get_user(a.id, alice.id).await.unwrap().as_ref(),
+        Some(&alice)
+    );
+    assert_eq!(
+        store.get_user(b.id, alice.id).await.unwrap(),
+        None,
+        "scoped by tenant"
+    );
+    assert_eq!(
+        store
+            .find_user_by_email(&alice.email)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&alice)
+    );
+
+    let same_email_elsewhere = User {
+        id: UserId::new(),
+        tenant_id: b.id,
+        ..alice.clone()
+    };
+    assert!(matches!(
+        store.create_user(&same_email_elsewhere).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let no_tenant = user_in(&Tenant::new("ghost"), Role::Member);
+    assert!(
+        store.create_user(&no_tenant).await.is_err(),
+        "users belong to a real tenant"
+    );
+
+    let mut ids = vec![alice.id];
+    for _ in 0..4 {
+        let u = user_in(&a, Role::Member);
+        store.create_user(&u).await.unwrap();
+        ids.push(u.id);
+    }
+    store.create_user(&user_in(&b, Role::Member)).await.unwrap();
+    let first = store.list_users(a.id, None, 3).await.unwrap();
+    let rest = store
+        .list_users(a.id, first.last().map(|u| u.id), 10)
+        .await
+        .unwrap();
+    let listed: Vec<UserId> = first.iter().chain(&rest).map(|u| u.id).collect();
+    ids.sort();
+    assert_eq!(listed, ids, "one tenant's users, in id order, across pages");
+
+    let later = coditect_store::now() + Duration::seconds(5);
+    let update = UserUpdate {
+        role: Some(Role::Viewer),
+        disabled: Some(true),
+        password_hash: None,
+    };
+    let updated = store
+        .update_user(a.id, alice.id, &update, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((updated.role, updated.disabled), (Role::Viewer, true));
+    assert_eq!(
+        updated.password_hash, alice.password_hash,
+        "untouched fields stay"
+    );
+    assert_eq!(updated.updated_at, later);
+    assert_eq!(
+        store
+            .update_user(b.id, alice.id, &update, later)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.count_users().await.unwrap() >= 6);
+}
+
+fn session_of(user: &User, now: chrono::DateTime<Utc>) -> Session {
+    Session {
+        tenant_id: user.tenant_id,
+        id: SessionId::new(),
+        user_id: user.id,
+        status: SessionStatus::Active,
+        created_at: now,
+        last_access_at: now,
+        expires_at: now + Duration::days(30),
+        ended_at: None,
+        end_reason: None,
+        ip: Some("127.0.0.1".into()),
+        user_agent: Some("test".into()),
+    }
+}
+
+pub async fn sessions_conform(store: &dyn Engine) {
+    let t = tenant(store).await;
+    let u = user_in(&t, Role::Member);
+    store.create_user(&u).await.unwrap();
+    let now = coditect_store::now();
+    let idle = now - Duration::hours(24);
+
+    let s = session_of(&u, now);
+    store.create_session(&s, b"r1").await.unwrap();
+    assert_eq!(
+        store.get_session(t.id, s.id).await.unwrap().as_ref(),
+        Some(&s)
+    );
+    assert_eq!(
+        store.get_session(TenantId::new(), s.id).await.unwrap(),
+        None
+    );
+
+    store
+        .touch_session(t.id, s.id, now + Duration::minutes(5))
+        .await
+        .unwrap();
+    store
+        .touch_session(t.id, s.id, now + Duration::minutes(1))
+        .await
+        .unwrap();
+    let touched = store.get_session(t.id, s.id).await.unwrap().unwrap();
+    assert_eq!(
+        touched.last_access_at,
+        now + Duration::minutes(5),
+        "never moves back"
+    );
+
+    // Rotation: the current token rotates once; presenting it again kills the session.
+    let at = now + Duration::minutes(6);
+    assert!(matches!(
+        store.rotate_refresh(t.id, s.id, b"r1", b"r2", at, idle).await.unwrap(),
+        RefreshOutcome::Rotated(ref x) if x.last_access_at == at
+    ));
+    assert_eq!(
+        store
+            .rotate_refresh(t.id, s.id, b"nope", b"r3", at, idle)
+            .await
+            .unwrap(),
+        RefreshOutcome::Rejected
+    );
+    assert_eq!(
+        store
+            .rotate_refresh(TenantId::new(), s.id, b"r2", b"r3", at, idle)
+            .await
+            .unwrap(),
+        RefreshOutcome::Rejected,
+        "another tenant's session is not found"
+    );
+    match store
+        .rotate_refresh(t.id, s.id, b"r1", b"r3", at, idle)
+        .await
+        .unwrap()
+    {
+        RefreshOutcome::Reused(ended) => {
+            assert_eq!(ended.status, SessionStatus::Terminated);
+            assert_eq!(ended.end_reason.as_deref(), Some("refresh_token_reused"));
+        }
+        other => panic!("reuse must terminate the session: {other:?}"),
+    }
+    assert_eq!(
+        store
+            .rotate_refresh(t.id, s.id, b"r2", b"r4", at, idle)
+            .await
+            .unwrap(),
+        RefreshOutcome::Rejected,
+        "a terminated session never rotates again"
+    );
+
+    // An idle session does not rotate.
+    let sleepy = session_of(&u, now - Duration::hours(30));
+    store.create_session(&sleepy, b"z1").await.unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh(t.id, sleepy.id, b"z1", b"z2", now, idle)
+            .await
+            .unwrap(),
+        RefreshOutcome::Rejected
+    );
+
+    // Ending sessions.
+    let s2 = session_of(&u, now);
+    let s3 = session_of(&u, now);
+    store.create_session(&s2, b"a").await.unwrap();
+    store.create_session(&s3, b"b").await.unwrap();
+    assert!(store.end_session(t.id, s2.id, "logout", now).await.unwrap());
+    assert!(
+        !store.end_session(t.id, s2.id, "logout", now).await.unwrap(),
+        "once"
+    );
+    let s4 = session_of(&u, now);
+    store.create_session(&s4, b"c").await.unwrap();
+    assert_eq!(
+        store
+            .end_user_sessions(t.id, u.id, Some(s4.id), "password_changed", now)
+            .await
+            .unwrap(),
+        2,
+        "s3 and the idle (still active) one ended, s4 kept, s and s2 were already ended"
+    );
+    assert_eq!(
+        store
+            .get_session(t.id, s4.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        SessionStatus::Active
+    );
+    assert_eq!(
+        store
+            .get_session(t.id, s3.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        SessionStatus::Terminated
+    );
+
+    assert!(store.count_live_sessions(now, idle).await.unwrap() >= 1);
+    // Purge: ended long ago, idle or expired sessions go; s4 (live) stays.
+    let purged = store
+        .purge_sessions(now, idle, now + Duration::hours(1))
+        .await
+        .unwrap();
+    assert!(purged >= 4, "{purged}");
+    assert!(store.get_session(t.id, s.id).await.unwrap().is_none());
+    assert!(store.get_session(t.id, sleepy.id).await.unwrap().is_none());
+    assert!(store.get_session(t.id, s4.id).await.unwrap().is_some());
+}
+
+pub async fn api_keys_conform(store: &dyn Engine) {
+    let t = tenant(store).await;
+    let owner = user_in(&t, Role::Service);
+    let other = user_in(&t, Role::Member);
+    store.create_user(&owner).await.unwrap();
+    store.create_user(&other).await.unwrap();
+    let now = coditect_store::now();
+    let key = |owner: &User| ApiKey {
+        tenant_id: t.id,
+        id: coditect_proto::ApiKeyId::new(),
+        owner_id: owner.id,
+        name: "ci".into(),
+        prefix: "cdk_abcd".into(),
+        secret_hash: vec![7; 32],
+        role: Role::Service,
+        workspace_id: Some(WorkspaceId::new()),
+        created_at: now,
+        expires_at: Some(now + Duration::days(1)),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let k1 = key(&owner);
+    let k2 = key(&other);
+    store.create_api_key(&k1).await.unwrap();
+    store.create_api_key(&k2).await.unwrap();
+    assert_eq!(
+        store.get_api_key(t.id, k1.id).await.unwrap().as_ref(),
+        Some(&k1)
+    );
+    assert_eq!(
+        store.get_api_key(TenantId::new(), k1.id).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.list_api_keys(t.id, Some(owner.id)).await.unwrap(),
+        vec![k1.clone()]
+    );
+    assert_eq!(
+        store.list_api_keys(t.id, None).await.unwrap(),
+        vec![k2.clone(), k1.clone()]
+    );
+
+    store
+        .touch_api_key(t.id, k1.id, now + Duration::minutes(2))
+        .await
+        .unwrap();
+    store
+        .touch_api_key(t.id, k1.id, now + Duration::minutes(1))
+        .await
+        .unwrap();
+    let used = store.get_api_key(t.id, k1.id).await.unwrap().unwrap();
+    assert_eq!(used.last_used_at, Some(now + Duration::minutes(2)));
+
+    assert!(store.revoke_api_key(t.id, k1.id, now).await.unwrap());
+    assert!(!store.revoke_api_key(t.id, k1.id, now).await.unwrap());
+    let revoked = store.get_api_key(t.id, k1.id).await.unwrap().unwrap();
+    assert!(!revoked.is_usable(now));
+    assert!(k2.is_usable(now) && !k2.is_usable(now + Duration::days(2)));
+}
+
+pub async fn workspaces_conform(store: &dyn Engine) {
+    let a = tenant(store).await;
+    let b = tenant(store).await;
+    let ua = user_in(&a, Role::Member);
+    let ua2 = user_in(&a, Role::Member);
+    let ub = user_in(&b, Role::Member);
+    for u in [&ua, &ua2, &ub] {
+        store.create_user(u).await.unwrap();
+    }
+    let now = coditect_store::now();
+    let ws = |t: &Tenant, owner: &User, name: &str| Workspace {
+        tenant_id: t.id,
+        id: WorkspaceId::new(),
+        name: name.into(),
+        owner_id: owner.id,
+        created_at: now,
+    };
+    let w1 = ws(&a, &ua, "api");
+    store.create_workspace(&w1).await.unwrap();
+    assert!(matches!(
+        store.create_workspace(&ws(&a, &ua2, "api")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.create_workspace(&ws(&b, &ub, "api")).await.unwrap();
+    let w2 = ws(&a, &ua2, "web");
+    store.create_workspace(&w2).await.unwrap();
+
+    assert_eq!(
+        store.get_workspace(a.id, w1.id).await.unwrap().as_ref(),
+        Some(&w1)
+    );
+    assert_eq!(store.get_workspace(b.id, w1.id).await.unwrap(), None);
+    assert_eq!(
+        store.list_workspaces(a.id, None, None, 10).await.unwrap(),
+        vec![w1.clone(), w2.clone()]
+    );
+    assert_eq!(
+        store
+            .list_workspaces(a.id, Some(ua2.id), None, 10)
+            .await
+            .unwrap(),
+        vec![w2.clone()]
+    );
+    assert_eq!(
+        store
+            .list_workspaces(a.id, None, Some(w1.id), 10)
+            .await
+            .unwrap(),
+        vec![w2.clone()]
+    );
+
+    assert!(store.delete_workspace(a.id, w1.id, now).await.unwrap());
+    assert!(!store.delete_workspace(a.id, w1.id, now).await.unwrap());
+    assert!(
+        !store.delete_workspace(b.id, w2.id, now).await.unwrap(),
+        "other tenant"
+    );
+    assert_eq!(store.get_workspace(a.id, w1.id).await.unwrap(), None);
+    store
+        .create_workspace(&ws(&a, &ua, "api"))
+        .await
+        .expect("a deleted name is free again");
+}
+
+pub fn audit_record(tenant: TenantId, action: &str, actor: &str) -> AuditRecord {
+    AuditRecord {
+        tenant_id: tenant,
+        id: AuditId::new(),
+        at: coditect_store::now(),
+        actor_type: "user".into(),
+        actor_id: Some(actor.into()),
+        action: action.into(),
+        resource_type: "session".into(),
+        resource_id: None,
+        result: "success".into(),
+        ip: Some("10.0.0.1".into()),
+        user_agent: None,
+        request_id: Some("req-1".into()),
+        detail: None,
+    }
+}
+
+pub async fn audit_conform(store: &dyn Engine) {
+    let t = TenantId::new();
+    let records: Vec<AuditRecord> = (0..6)
+        .map(|i| {
+            audit_record(
+                t,
+                if i % 2 == 0 {
+                    "auth.login"
+                } else {
+                    "auth.logout"
+                },
+                if i < 3 { "alice" } else { "bob" },
+            )
+        })
+        .collect();
+    store.append_audit(&records).await.unwrap();
+    store
+        .append_audit(&[audit_record(TenantId::new(), "auth.login", "alice")])
+        .await
+        .unwrap();
+
+    let query = |before, limit| AuditQuery {
+        tenant_id: t,
+        actor_id: None,
+        action: None,
+        since: None,
+        until: None,
+        before,
+        limit,
+    };
+    let page1 = store.list_audit(&query(None, 4)).await.unwrap();
+    let page2 = store
+        .list_audit(&query(page1.last().map(|r| r.id), 4))
+        .await
+        .unwrap();
+    let all: Vec<AuditRecord> = page1.into_iter().chain(page2).collect();
+    let mut expected = records.clone();
+    expected.reverse();
+    assert_eq!(all, expected, "newest first, one tenant, across pages");
+
+    let logins = store
+        .list_audit(&AuditQuery {
+            action: Some("auth.login".into()),
+            actor_id: Some("alice".into()),
+            ..query(None, 10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(logins.len(), 2);
+    let window = store
+        .list_audit(&AuditQuery {
+            since: Some(records[2].at),
+            until: Some(records[4].at),
+            ..query(None, 10)
+        })
+        .await
+        .unwrap();
+    assert!(
+        window
+            .iter()
+            .all(|r| r.at >= records[2].at && r.at < records[4].at)
+    );
+}
+
+pub async fn signing_keys_conform(store: &dyn Engine) {
+    let now = coditect_store::now();
+    let key = |kid: &str, expires| PublicKeyRecord {
+        kid: kid.into(),
+        alg: "RS256".into(),
+        n: vec![1, 2, 3],
+        e: vec![1, 0, 1],
+        created_at: now,
+        expires_at: expires,
+    };
+    let live = key(&format!("live-{}", UserId::new()), now + Duration::hours(1));
+    let dead = key(
+        &format!("dead-{}", UserId::new()),
+        now - Duration::seconds(1),
+    );
+    store.publish_key(&live).await.unwrap();
+    store
+        .publish_key(&live)
+        .await
+        .expect("publishing twice is fine");
+    store.publish_key(&dead).await.unwrap();
+    let keys = store.list_keys(now).await.unwrap();
+    assert!(keys.contains(&live));
+    assert!(!keys.iter().any(|k| k.kid == dead.kid));
+}
