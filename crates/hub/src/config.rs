@@ -140,6 +140,114 @@ pub const SETTINGS: &[Setting] = &[
         Some("5s"),
         "Longest wait to open a PostgreSQL connection or borrow one from the pool",
     ),
+    setting(
+        "auth_issuer",
+        "auth-issuer",
+        "CODITECT_AUTH_ISSUER",
+        Some("coditect"),
+        "`iss` of access tokens (usually the hub's public URL); tokens with another are refused",
+    ),
+    setting(
+        "auth_audience",
+        "auth-audience",
+        "CODITECT_AUTH_AUDIENCE",
+        Some("coditect-api"),
+        "`aud` of access tokens; tokens with another are refused",
+    ),
+    setting(
+        "auth_access_ttl",
+        "auth-access-ttl",
+        "CODITECT_AUTH_ACCESS_TTL",
+        Some("15m"),
+        "Lifetime of access tokens",
+    ),
+    setting(
+        "auth_session_idle_timeout",
+        "auth-session-idle-timeout",
+        "CODITECT_AUTH_SESSION_IDLE_TIMEOUT",
+        Some("24h"),
+        "A session unused for this long ends",
+    ),
+    setting(
+        "auth_session_lifetime",
+        "auth-session-lifetime",
+        "CODITECT_AUTH_SESSION_LIFETIME",
+        Some("30d"),
+        "A session ends this long after login, however active",
+    ),
+    setting(
+        "auth_session_cache_ttl",
+        "auth-session-cache-ttl",
+        "CODITECT_AUTH_SESSION_CACHE_TTL",
+        Some("2s"),
+        "How long a replica trusts its cached view of a session or API key (bounds how late other replicas see a logout)",
+    ),
+    setting(
+        "auth_key_rotation",
+        "auth-key-rotation",
+        "CODITECT_AUTH_KEY_ROTATION",
+        Some("30d"),
+        "Age at which this node's token-signing key is replaced (old keys verify until their tokens expire)",
+    ),
+    setting(
+        "auth_signing_key_file",
+        "auth-signing-key-file",
+        "CODITECT_AUTH_SIGNING_KEY_FILE",
+        None,
+        "PEM file (PKCS#8 RSA) to sign tokens with instead of generated keys in data_dir/keys; never rotated automatically",
+    ),
+    setting(
+        "auth_login_max_failures",
+        "auth-login-max-failures",
+        "CODITECT_AUTH_LOGIN_MAX_FAILURES",
+        Some("5"),
+        "Failed logins allowed per account within the window (per client address: 10x) before 429",
+    ),
+    setting(
+        "auth_login_window",
+        "auth-login-window",
+        "CODITECT_AUTH_LOGIN_WINDOW",
+        Some("15m"),
+        "Window over which failed logins are counted",
+    ),
+    setting(
+        "auth_argon2_memory_kib",
+        "auth-argon2-memory-kib",
+        "CODITECT_AUTH_ARGON2_MEMORY_KIB",
+        Some("19456"),
+        "Argon2id memory cost for new password hashes, KiB (OWASP: 19456 with 2 iterations)",
+    ),
+    setting(
+        "auth_argon2_iterations",
+        "auth-argon2-iterations",
+        "CODITECT_AUTH_ARGON2_ITERATIONS",
+        Some("2"),
+        "Argon2id time cost (iterations) for new password hashes",
+    ),
+    setting(
+        "bootstrap_email",
+        "bootstrap-email",
+        "CODITECT_BOOTSTRAP_EMAIL",
+        None,
+        "On a store without users: e-mail of the first platform admin to create",
+    ),
+    Setting {
+        secret: true,
+        ..setting(
+            "bootstrap_password",
+            "bootstrap-password",
+            "CODITECT_BOOTSTRAP_PASSWORD",
+            None,
+            "On a store without users: password of the first platform admin (prefer the environment)",
+        )
+    },
+    setting(
+        "bootstrap_tenant",
+        "bootstrap-tenant",
+        "CODITECT_BOOTSTRAP_TENANT",
+        Some("default"),
+        "Name of the first tenant, created with the first admin",
+    ),
 ];
 
 /// Where a value came from, for error messages.
@@ -226,7 +334,34 @@ pub struct Config {
     pub pg_pool_size: usize,
     pub pg_statement_timeout: Duration,
     pub pg_connect_timeout: Duration,
+    pub auth: AuthConfig,
+    pub bootstrap: Option<Bootstrap>,
+    pub bootstrap_tenant: String,
     sources: BTreeMap<&'static str, Source>,
+}
+
+/// Identity and token settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub session_idle_timeout: Duration,
+    pub session_lifetime: Duration,
+    pub session_cache_ttl: Duration,
+    pub key_rotation: Duration,
+    pub signing_key_file: Option<PathBuf>,
+    pub login_max_failures: u32,
+    pub login_window: Duration,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+}
+
+/// The first platform admin, created on a store without users.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub email: coditect_proto::Email,
+    pub password: Secret,
 }
 
 /// What the command line asked for.
@@ -234,6 +369,8 @@ pub struct Config {
 pub enum Invocation {
     /// Run the server.
     Serve(Box<Config>),
+    /// Administer the store of a (possibly running) hub, then exit.
+    Admin(Box<Config>, crate::admin::AdminCommand),
 }
 
 /// The command-line interface: one flag per setting, plus `--config`.
@@ -252,8 +389,10 @@ pub fn command() -> Command {
                 .long("config")
                 .value_name("FILE")
                 .help("TOML configuration file [env: CODITECT_CONFIG]")
+                .global(true)
                 .action(ArgAction::Set),
-        );
+        )
+        .subcommand(crate::admin::command());
     for s in SETTINGS {
         let default = s
             .default
@@ -267,6 +406,7 @@ pub fn command() -> Command {
                     "{} [key: {}] [env: {}]{default}",
                     s.help, s.key, s.env
                 ))
+                .global(true)
                 .action(ArgAction::Set),
         );
     }
@@ -285,9 +425,18 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         let matches = command().try_get_matches_from(args)?;
-        Config::from_matches(&matches, env)
-            .map(|c| Invocation::Serve(Box::new(c)))
-            .map_err(|e| command().error(clap::error::ErrorKind::ValueValidation, e))
+        let invalid = |e: ConfigError| command().error(clap::error::ErrorKind::ValueValidation, e);
+        match matches.subcommand() {
+            Some(("admin", admin)) => {
+                let cmd = crate::admin::AdminCommand::from_matches(admin)
+                    .map_err(|e| command().error(clap::error::ErrorKind::ValueValidation, e))?;
+                let config = Config::from_matches(admin_leaf(admin), env).map_err(invalid)?;
+                Ok(Invocation::Admin(Box::new(config), cmd))
+            }
+            _ => Config::from_matches(&matches, env)
+                .map(|c| Invocation::Serve(Box::new(c)))
+                .map_err(invalid),
+        }
     }
 
     /// Defaults only, with the data directory set: the starting point for tests.
@@ -380,6 +529,11 @@ impl Config {
             }),
         }
     }
+}
+
+/// Global options are visible on the innermost subcommand's matches.
+fn admin_leaf(admin: &ArgMatches) -> &ArgMatches {
+    admin.subcommand().map_or(admin, |(_, leaf)| leaf)
 }
 
 /// Reads a TOML file into key → value-as-text. Arrays of strings become comma-separated.
@@ -574,8 +728,78 @@ impl Raw {
                 "pg_connect_timeout",
                 duration(Duration::from_millis(100), Duration::from_secs(300)),
             )?,
+            auth: AuthConfig {
+                issuer: self.required("auth_issuer", non_empty)?,
+                audience: self.required("auth_audience", non_empty)?,
+                access_ttl: self.required("auth_access_ttl", duration(MINUTE, DAY))?,
+                session_idle_timeout: self
+                    .required("auth_session_idle_timeout", duration(MINUTE, 30 * DAY))?,
+                session_lifetime: self
+                    .required("auth_session_lifetime", duration(Duration::from_secs(300), 365 * DAY))?,
+                session_cache_ttl: self.required(
+                    "auth_session_cache_ttl",
+                    duration(Duration::ZERO, Duration::from_secs(5)),
+                )?,
+                key_rotation: self.required("auth_key_rotation", duration(HOUR, 365 * DAY))?,
+                signing_key_file: self.parse("auth_signing_key_file", |s| {
+                    non_empty(s).map(PathBuf::from)
+                })?,
+                login_max_failures: self.required("auth_login_max_failures", |s| {
+                    whole(s, 1, 1000)
+                })?,
+                login_window: self.required("auth_login_window", duration(Duration::from_secs(1), DAY))?,
+                argon2_memory_kib: self.required("auth_argon2_memory_kib", |s| {
+                    whole(s, 1024, 4 * 1024 * 1024)
+                })?,
+                argon2_iterations: self.required("auth_argon2_iterations", |s| whole(s, 1, 100))?,
+            },
+            bootstrap: self.bootstrap()?,
+            bootstrap_tenant: self.required("bootstrap_tenant", non_empty)?,
             sources: self.values.into_iter().map(|(k, (_, src))| (k, src)).collect(),
         })
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("a non-empty value".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn whole(s: &str, min: u32, max: u32) -> Result<u32, String> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("a whole number from {min} to {max}"))
+}
+
+impl Raw {
+    /// Both bootstrap values or neither: half a first admin is a mistake worth stopping for.
+    fn bootstrap(&self) -> Result<Option<Bootstrap>, ConfigError> {
+        let email = self.parse("bootstrap_email", coditect_proto::Email::parse)?;
+        let password = self.parse("bootstrap_password", |s| {
+            if s.chars().count() < 12 {
+                Err("a password of at least 12 characters".to_string())
+            } else {
+                Ok(Secret(s.to_string()))
+            }
+        })?;
+        match (email, password) {
+            (Some(email), Some(password)) => Ok(Some(Bootstrap { email, password })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError::Usage(
+                "bootstrap_email is set but bootstrap_password is not (CODITECT_BOOTSTRAP_PASSWORD)".into(),
+            )),
+            (None, Some(_)) => Err(ConfigError::Usage(
+                "bootstrap_password is set but bootstrap_email is not (CODITECT_BOOTSTRAP_EMAIL)".into(),
+            )),
+        }
     }
 }
 
@@ -609,6 +833,7 @@ mod tests {
         let argv = std::iter::once("coditect-hub").chain(args.iter().copied());
         match Config::from_args(argv, &lookup) {
             Ok(Invocation::Serve(c)) => Ok(*c),
+            Ok(Invocation::Admin(..)) => Err("unexpected admin command".into()),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -776,6 +1001,70 @@ mod tests {
                 s.key
             );
         }
+    }
+
+    #[test]
+    fn admin_commands_take_the_global_options_after_them() {
+        let argv = [
+            "coditect-hub",
+            "admin",
+            "create-user",
+            "--email",
+            "Ops@Example.com",
+            "--role",
+            "admin",
+            "--data-dir",
+            "/srv/hub",
+        ];
+        match Config::from_args(argv, &|_| None) {
+            Ok(Invocation::Admin(
+                config,
+                crate::admin::AdminCommand::CreateUser { email, role, .. },
+            )) => {
+                assert_eq!(config.data_dir, PathBuf::from("/srv/hub"));
+                assert_eq!(email.as_str(), "ops@example.com");
+                assert_eq!(role, coditect_proto::Role::Admin);
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = Config::from_args(
+            ["coditect-hub", "admin", "create-user", "--email", "nope"],
+            &|_| None,
+        );
+        assert!(bad.unwrap_err().to_string().contains("--email"));
+    }
+
+    #[test]
+    fn bootstrap_needs_both_halves_and_a_real_password() {
+        let err = load(&[], &[("CODITECT_BOOTSTRAP_EMAIL", "a@b.io")]).unwrap_err();
+        assert!(
+            err.contains("bootstrap_password is set")
+                || err.contains("CODITECT_BOOTSTRAP_PASSWORD"),
+            "{err}"
+        );
+        let err = load(
+            &[],
+            &[
+                ("CODITECT_BOOTSTRAP_EMAIL", "a@b.io"),
+                ("CODITECT_BOOTSTRAP_PASSWORD", "short"),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("12 characters") && !err.contains("short"),
+            "{err}"
+        );
+        let c = load(
+            &[],
+            &[
+                ("CODITECT_BOOTSTRAP_EMAIL", "a@b.io"),
+                ("CODITECT_BOOTSTRAP_PASSWORD", "a long enough secret"),
+            ],
+        )
+        .unwrap();
+        let b = c.bootstrap.unwrap();
+        assert_eq!(b.email.as_str(), "a@b.io");
+        assert!(!format!("{:?}", b.password).contains("secret"));
     }
 
     #[test]

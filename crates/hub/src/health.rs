@@ -1,7 +1,8 @@
 //! Health and readiness.
 //!
-//! - `GET /health`, `GET /api/admin/health`: probes every component (stores) and reports
-//!   `healthy | degraded | unhealthy` with per-component latency; 503 when unhealthy.
+//! - `GET /health` (public, for probes) and `GET /api/admin/health` (platform admins):
+//!   probe every component (stores) and report `healthy | degraded | unhealthy` with
+//!   per-component latency; 503 when unhealthy.
 //! - `GET /ready`: for load balancers; 200 once every store has been reached and migrated,
 //!   until shutdown begins. Cheap: no probe, just state. A PostgreSQL outage after that shows
 //!   in `/health` but not here: every replica shares the one PostgreSQL, so taking them all
@@ -19,12 +20,25 @@ use serde_json::json;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
-        .route("/api/admin/health", get(health))
+        .route("/api/admin/health", get(admin_health))
         .route("/ready", get(ready))
 }
 
+/// The same report, for platform admins (the admin namespace is authenticated).
+async fn admin_health(
+    State(state): State<AppState>,
+    principal: crate::authz::Principal,
+) -> Result<Response, crate::http::ApiError> {
+    state
+        .gate()
+        .scoped(&principal)
+        .require_platform_admin("admin.health")
+        .await?;
+    Ok(health(State(state)).await)
+}
+
 async fn health(State(state): State<AppState>) -> Response {
-    let components = state.store().probe().await;
+    let components = state.gate().system().probe().await;
     let status = HealthStatus::of(&components);
     let report = HealthReport {
         status,
@@ -51,7 +65,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     if state.is_draining() {
         return not_ready("shutting down");
     }
-    if !state.store().is_ready() {
+    if !state.gate().system().is_ready() {
         return not_ready("shared store not reachable or not migrated");
     }
     Json(json!({"status": "ready"})).into_response()

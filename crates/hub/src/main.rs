@@ -1,3 +1,4 @@
+use coditect_hub::admin::{self, AdminError};
 use coditect_hub::{Config, Hub, Invocation, shutdown_signal, telemetry};
 use std::process::ExitCode;
 
@@ -7,14 +8,6 @@ fn main() -> ExitCode {
         Ok(invocation) => invocation,
         Err(e) => e.exit(),
     };
-    match invocation {
-        Invocation::Serve(config) => serve(*config),
-    }
-}
-
-fn serve(config: Config) -> ExitCode {
-    telemetry::logging::init(config.log_format, &config.log_level);
-    telemetry::logging::install_panic_hook();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,15 +18,37 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        let hub = Hub::start(config).await?;
-        hub.serve(shutdown_signal()).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("coditect-hub: {e}");
-            ExitCode::from(e.exit_code())
+    match invocation {
+        Invocation::Serve(config) => {
+            telemetry::logging::init(config.log_format, &config.log_level);
+            telemetry::logging::install_panic_hook();
+            let result = runtime.block_on(async {
+                let hub = Hub::start(*config).await?;
+                hub.serve(shutdown_signal()).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("coditect-hub: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Invocation::Admin(config, command) => {
+            // Only warnings and errors: the command prints its own result.
+            telemetry::logging::init(config.log_format, "warn");
+            let result =
+                runtime.block_on(admin::run(*config, command, || admin::read_password(&env)));
+            match result {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("coditect-hub admin: {e}");
+                    ExitCode::from(AdminError::exit_code(&e))
+                }
+            }
         }
     }
 }

@@ -1,6 +1,10 @@
 //! The hub's lifecycle: prepare the data directory, open the stores, bind, serve, and on
 //! shutdown drain in-flight requests, then close the stores.
 
+use crate::auth::Auth;
+use crate::auth::keys::{KeyConfig, KeyError, KeyRing};
+use crate::authz::Gate;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::state::AppState;
 use crate::telemetry;
@@ -10,6 +14,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -19,6 +24,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -28,7 +35,8 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Config(_) => 2,
-            StartError::Store(_) | StartError::Serve(_) => 1,
+            StartError::Keys(KeyError::File { .. }) => 2,
+            StartError::Store(_) | StartError::Keys(_) | StartError::Serve(_) => 1,
         }
     }
 }
@@ -41,8 +49,23 @@ pub struct Hub {
     data_dir_lock: File,
 }
 
+/// Where this node keeps its token-signing keys.
+pub fn key_config(config: &Config) -> KeyConfig {
+    KeyConfig {
+        dir: config.data_dir.join("keys"),
+        fixed_file: config.auth.signing_key_file.clone(),
+        rotation: config.auth.key_rotation,
+        access_ttl: config.auth.access_ttl,
+    }
+}
+
 impl Hub {
     pub async fn start(config: Config) -> Result<Hub, StartError> {
+        Hub::start_with_clock(config, Clock::system()).await
+    }
+
+    /// Like [`Hub::start`] with a given clock (tests move it to cross timeouts).
+    pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Hub, StartError> {
         let data_dir_lock = prepare_data_dir(&config)?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             config.invalid(
@@ -59,7 +82,16 @@ impl Hub {
             version = env!("CARGO_PKG_VERSION"),
             "hub starting"
         );
-        let state = AppState::new(config, store, telemetry::metrics::handle());
+        let keys = match KeyRing::open(key_config(&config), clock.clone()).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                store.close().await;
+                return Err(e.into());
+            }
+        };
+        let auth = Auth::new(&config.auth, keys);
+        let gate = Gate::new(store, clock, config.auth.session_cache_ttl);
+        let state = AppState::new(config, gate, auth, telemetry::metrics::handle());
         Ok(Hub {
             state,
             listener,
@@ -100,7 +132,12 @@ impl Hub {
             data_dir_lock,
         } = self;
         let app = crate::http::router(state.clone(), extra);
-        let upkeep: JoinHandle<()> = telemetry::metrics::spawn_upkeep(state.metrics().clone());
+        let background: Vec<JoinHandle<()>> = vec![
+            telemetry::metrics::spawn_upkeep(state.metrics().clone()),
+            tokio::spawn(keep_keys_fresh(state.clone())),
+            tokio::spawn(sweep_sessions(state.clone())),
+            tokio::spawn(bootstrap_when_ready(state.clone())),
+        ];
 
         let (fired, on_fired) = tokio::sync::oneshot::channel::<()>();
         let draining = state.clone();
@@ -136,11 +173,80 @@ impl Hub {
                 Ok(())
             }
         };
-        upkeep.abort();
-        state.store().close().await;
+        for task in background {
+            task.abort();
+        }
+        state.gate().system().close().await;
         drop(data_dir_lock);
         tracing::info!("hub stopped");
         outcome
+    }
+}
+
+/// Publishes this node's signing key and reloads everyone's, every 30 s (sooner while the
+/// store is unreachable), rotating the key when it is due.
+async fn keep_keys_fresh(state: AppState) {
+    loop {
+        let next = match state
+            .auth()
+            .keys
+            .refresh(state.gate().system().signing_keys())
+            .await
+        {
+            Ok(()) => Duration::from_secs(30),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh signing keys");
+                Duration::from_secs(2)
+            }
+        };
+        tokio::time::sleep(next).await;
+    }
+}
+
+/// Deletes expired sessions and updates the active-sessions gauge, every minute.
+async fn sweep_sessions(state: AppState) {
+    /// Ended sessions stay visible (GET /api/v1/sessions/{id}) this long.
+    const KEEP_ENDED: chrono::Duration = chrono::Duration::days(1);
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let system = state.gate().system();
+        if !system.is_ready() {
+            continue;
+        }
+        let now = state.gate().clock().now();
+        let idle_cutoff = state.auth().idle_cutoff(now);
+        match system
+            .purge_sessions(now, idle_cutoff, now - KEEP_ENDED)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired sessions deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete expired sessions"),
+        }
+        match system.count_live_sessions(now, idle_cutoff).await {
+            Ok(n) => metrics::gauge!("auth_active_sessions").set(n as f64),
+            Err(e) => tracing::warn!(error = %e, "cannot count active sessions"),
+        }
+    }
+}
+
+/// Creates the first platform admin once the store is ready, if configured and needed.
+async fn bootstrap_when_ready(state: AppState) {
+    while !state.gate().system().is_ready() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let config = state.config();
+    let result = crate::auth::bootstrap::run(
+        &state.gate().system(),
+        &state.auth().passwords,
+        state.gate().clock(),
+        config.bootstrap.as_ref(),
+        &config.bootstrap_tenant,
+    )
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "cannot create the first admin");
     }
 }
 

@@ -1,7 +1,9 @@
-//! What every handler can reach: configuration, stores, metrics, lifecycle.
+//! What every handler can reach: configuration, the authorization gate (never the raw
+//! store), authentication, metrics, lifecycle.
 
+use crate::auth::Auth;
+use crate::authz::Gate;
 use crate::config::Config;
-use coditect_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,18 +16,20 @@ pub struct AppState {
 
 struct Inner {
     config: Config,
-    store: Store,
+    gate: Gate,
+    auth: Auth,
     metrics: PrometheusHandle,
     started: Instant,
     draining: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Store, metrics: PrometheusHandle) -> AppState {
+    pub fn new(config: Config, gate: Gate, auth: Auth, metrics: PrometheusHandle) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 config,
-                store,
+                gate,
+                auth,
                 metrics,
                 started: Instant::now(),
                 draining: AtomicBool::new(false),
@@ -37,8 +41,12 @@ impl AppState {
         &self.inner.config
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    pub fn gate(&self) -> &Gate {
+        &self.inner.gate
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
     }
 
     pub fn metrics(&self) -> &PrometheusHandle {

@@ -10,6 +10,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use coditect_hub::AppState;
 use coditect_hub::http::Json;
+use coditect_proto::Role;
 use common::{Backend, assert_envelope, json, spawn_app, spawn_app_with};
 use serde::Deserialize;
 use std::time::Duration;
@@ -69,8 +70,13 @@ both_backends!(
 
 async fn health_reports_every_store_as_healthy(backend: Backend) {
     let app = spawn_app(backend).await;
-    for path in ["/health", "/api/admin/health"] {
-        let res = app.get(path).await;
+    let tenant = app.seed_tenant("ops").await;
+    let operator = app.seed_user(tenant, Role::Admin, true).await;
+    let token = app.login(&operator).await.access;
+    for res in [
+        app.get("/health").await,
+        app.get_as("/api/admin/health", &token).await,
+    ] {
         assert_eq!(res.status(), 200);
         let body = json(res).await;
         assert_eq!(body["status"], "healthy", "{body}");
@@ -90,6 +96,13 @@ async fn health_reports_every_store_as_healthy(backend: Backend) {
             assert_eq!(c["healthy"], true, "{c}");
             assert!(c["latency_ms"].as_f64().is_some_and(|l| l >= 0.0), "{c}");
         }
+    }
+    // The admin namespace needs a platform admin.
+    assert_envelope(app.get("/api/admin/health").await, 401, "AUTH_REQUIRED").await;
+    let tenant_admin = app.seed_user(tenant, Role::Admin, false).await;
+    let token = app.login(&tenant_admin).await.access;
+    for path in ["/api/admin/health", "/api/admin/metrics"] {
+        assert_envelope(app.get_as(path, &token).await, 403, "ACCESS_DENIED").await;
     }
 }
 
@@ -279,12 +292,15 @@ async fn metrics_label_requests_by_route_template(backend: Backend) {
     // The registry is process-wide: compare before and after, never absolute values.
     let slow = r#"http_requests_total{method="GET",route="/test/slow/{ms}",status="200"}"#;
     let before = counter(&app.get("/metrics").await.text().await.unwrap(), slow);
+    let tenant = app.seed_tenant("ops").await;
+    let operator = app.seed_user(tenant, Role::Admin, true).await;
+    let token = app.login(&operator).await.access;
     app.get("/health").await;
     app.get("/test/slow/1").await;
     app.get("/test/slow/2").await;
     app.get("/users/8d2f0c1e-unique-raw-path").await;
     for path in ["/metrics", "/api/admin/metrics"] {
-        let res = app.get(path).await;
+        let res = app.get_as(path, &token).await;
         assert_eq!(res.status(), 200);
         assert!(
             res.headers()["content-type"]
@@ -390,8 +406,8 @@ async fn shutdown_drains_in_flight_requests_then_closes_the_store(backend: Backe
         tokio::net::TcpStream::connect(app.addr).await.is_err(),
         "listener closed"
     );
-    let probe = app.state.store().local().probe().await;
-    assert!(!probe.healthy, "store closed after drain");
+    let probes = app.state.gate().system().probe().await;
+    assert!(!probes[0].healthy, "store closed after drain");
 }
 
 async fn shutdown_stops_waiting_at_the_deadline(backend: Backend) {
@@ -419,7 +435,7 @@ async fn shutdown_stops_waiting_at_the_deadline(backend: Backend) {
             .any(|l| l["message"] == "drain deadline passed, closing with requests in flight")
     );
     assert!(
-        !app.state.store().local().probe().await.healthy,
+        !app.state.gate().system().probe().await[0].healthy,
         "stores closed"
     );
 }

@@ -22,7 +22,7 @@ pub struct PublicKeyRecord {
 
 #[async_trait]
 pub trait SigningKeyStore: Send + Sync {
-    /// Publishes a key (a key already published is left as it is).
+    /// Publishes a key; publishing it again can only extend its `expires_at`.
     async fn publish_key(&self, key: &PublicKeyRecord) -> Result<(), StoreError>;
 
     /// Keys not expired at `now`, newest first.

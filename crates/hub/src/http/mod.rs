@@ -7,7 +7,7 @@ pub mod extract;
 pub mod middleware;
 
 pub use error::ApiError;
-pub use extract::Json;
+pub use extract::{Json, Path, Query};
 
 use crate::state::AppState;
 use axum::Router;
@@ -38,6 +38,13 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     Router::new()
         .merge(crate::health::routes())
         .merge(crate::telemetry::metrics::routes())
+        .merge(crate::auth::routes())
+        .merge(crate::sessions::routes())
+        .merge(crate::users::routes())
+        .merge(crate::tenants::routes())
+        .merge(crate::api_keys::routes())
+        .merge(crate::workspaces::routes())
+        .merge(crate::audit::routes())
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

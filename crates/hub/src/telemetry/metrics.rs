@@ -78,11 +78,25 @@ fn describe() {
     );
 }
 
-/// `GET /metrics` and `GET /api/admin/metrics`: Prometheus text exposition.
+/// `GET /metrics` (for scrapers) and `GET /api/admin/metrics` (platform admins):
+/// Prometheus text exposition.
 pub fn routes() -> axum::Router<crate::state::AppState> {
     axum::Router::new()
         .route("/metrics", axum::routing::get(render))
-        .route("/api/admin/metrics", axum::routing::get(render))
+        .route("/api/admin/metrics", axum::routing::get(admin_render))
+}
+
+async fn admin_render(
+    state: axum::extract::State<crate::state::AppState>,
+    principal: crate::authz::Principal,
+) -> Result<axum::response::Response, crate::http::ApiError> {
+    use axum::response::IntoResponse;
+    state
+        .gate()
+        .scoped(&principal)
+        .require_platform_admin("admin.metrics")
+        .await?;
+    Ok(render(state).await.into_response())
 }
 
 async fn render(

@@ -9,7 +9,9 @@
 #![allow(dead_code)]
 
 use axum::Router;
+use coditect_hub::clock::Clock;
 use coditect_hub::{AppState, Config, Hub, StartError};
+use coditect_proto::{Email, Role, TenantId, UserId};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -49,6 +51,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub state: AppState,
+    pub clock: Clock,
     pub data_dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), StartError>>>,
@@ -65,6 +68,98 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// `method path` with a bearer credential and an optional JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post_as(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    /// A tenant created directly through the hub's system door (test set-up).
+    pub async fn seed_tenant(&self, name: &str) -> TenantId {
+        self.state
+            .gate()
+            .system()
+            .ensure_tenant(&format!("{name}-{}", UserId::new()))
+            .await
+            .expect("tenant")
+            .id
+    }
+
+    /// A user with a password, created directly (test set-up).
+    pub async fn seed_user(&self, tenant: TenantId, role: Role, platform_admin: bool) -> TestUser {
+        let email = format!("{}-{}@example.com", role, UserId::new());
+        let password = "correct horse battery staple".to_string();
+        let (_, id) = coditect_hub::auth::bootstrap::create_account(
+            &self.state.gate().system(),
+            &self.state.auth().passwords,
+            &self.clock,
+            coditect_hub::auth::bootstrap::NewAccount {
+                email: Email::parse(&email).expect("email"),
+                password: Some(password.clone()),
+                role,
+                platform_admin,
+                tenant: tenant.to_string(),
+                create_tenant: false,
+            },
+        )
+        .await
+        .expect("user");
+        TestUser {
+            id,
+            tenant,
+            email,
+            password,
+            role,
+        }
+    }
+
+    /// Logs `user` in; panics unless it works.
+    pub async fn login(&self, user: &TestUser) -> Tokens {
+        let res = self
+            .client
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({"email": user.email, "password": user.password}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(res.status(), 200, "login of {}", user.email);
+        let body = json(res).await;
+        Tokens {
+            access: body["access_token"].as_str().expect("access").to_string(),
+            refresh: body["refresh_token"].as_str().expect("refresh").to_string(),
+            session_id: body["session_id"].as_str().expect("session").to_string(),
+        }
+    }
+
+    /// A tenant with an admin, logged in.
+    pub async fn tenant_with_admin(&self, name: &str) -> (TenantId, TestUser, Tokens) {
+        let tenant = self.seed_tenant(name).await;
+        let admin = self.seed_user(tenant, Role::Admin, false).await;
+        let tokens = self.login(&admin).await;
+        (tenant, admin, tokens)
     }
 
     /// Sends SIGTERM's equivalent and waits until the hub has drained and closed.
@@ -112,17 +207,21 @@ pub async fn spawn_app_with(
         config.database_url = Some(coditect_hub::config::Secret::new(url));
         config.pg_pool_size = 4;
     }
+    // Cheap password hashing: the suite logs in hundreds of times.
+    config.auth.argon2_memory_kib = 1024;
+    config.auth.argon2_iterations = 1;
     configure(&mut config);
     coditect_hub::telemetry::logging::init_with_writer(
         coditect_hub::config::LogFormat::Json,
         &config.log_level,
         || Capture,
     );
-    let hub = Hub::start(config)
+    let clock = Clock::system();
+    let hub = Hub::start_with_clock(config, clock.clone())
         .await
         .expect("hub starts")
         .with_routes(routes);
-    if let Some(pg) = hub.state().store().shared() {
+    if let Some(pg) = hub.state().gate().system().shared() {
         pg.wait_ready(Duration::from_secs(30))
             .await
             .expect("postgres ready");
@@ -137,10 +236,27 @@ pub async fn spawn_app_with(
         addr,
         client: reqwest::Client::new(),
         state,
+        clock,
         data_dir,
         shutdown: Some(tx),
         server: Some(server),
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: UserId,
+    pub tenant: TenantId,
+    pub email: String,
+    pub password: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+    pub session_id: String,
 }
 
 /// Everything in-process hubs logged so far (JSON lines), also echoed to stderr so a

@@ -493,7 +493,7 @@ impl SigningKeyStore for PgStore {
     async fn publish_key(&self, k: &PublicKeyRecord) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO jwt_keys (kid, alg, n, e, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (kid) DO NOTHING",
+             ON CONFLICT (kid) DO UPDATE SET expires_at = greatest(jwt_keys.expires_at, excluded.expires_at)",
             &[&k.kid, &k.alg, &k.n, &k.e, &k.created_at, &k.expires_at],
         )
         .await

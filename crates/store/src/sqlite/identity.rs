@@ -556,7 +556,7 @@ impl SigningKeyStore for SqliteStore {
         self.write(move |c| {
             c.prepare_cached(
                 "INSERT INTO jwt_keys (kid, alg, n, e, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (kid) DO NOTHING",
+                 ON CONFLICT (kid) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)",
             )?
             .execute(params![
                 k.kid,

@@ -1,0 +1,127 @@
+//! API keys: `POST /api/v1/api-keys` (the key is in the answer, once), `GET
+//! /api/v1/api-keys` (never the key), `DELETE /api/v1/api-keys/{id}` (revoke).
+//!
+//! Keys start with `cdk_`; send them as `Authorization: Bearer cdk_…` or `X-API-Key: cdk_…`.
+//! A key acts with the intersection of its role and its owner's current role, and, when
+//! given a `workspace_id`, only on that workspace.
+
+use crate::auth::secrets;
+use crate::authz::{NewApiKey, Principal};
+use crate::http::{ApiError, Json, Path};
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use chrono::{DateTime, Utc};
+use coditect_proto::{ApiKeyId, Role, TenantId, UserId, WorkspaceId};
+use coditect_store::ApiKey;
+use serde::{Deserialize, Serialize};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/api-keys", get(list).post(create))
+        .route("/api/v1/api-keys/{id}", delete(revoke))
+}
+
+#[derive(Serialize)]
+struct ApiKeyView {
+    id: ApiKeyId,
+    tenant_id: TenantId,
+    owner_id: UserId,
+    name: String,
+    prefix: String,
+    role: Role,
+    workspace_id: Option<WorkspaceId>,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    last_used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKey> for ApiKeyView {
+    fn from(k: ApiKey) -> Self {
+        ApiKeyView {
+            id: k.id,
+            tenant_id: k.tenant_id,
+            owner_id: k.owner_id,
+            name: k.name,
+            prefix: k.prefix,
+            role: k.role,
+            workspace_id: k.workspace_id,
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            last_used_at: k.last_used_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    /// Default `service`: enough to ship logs.
+    role: Option<Role>,
+    /// Default: the caller.
+    owner_id: Option<UserId>,
+    workspace_id: Option<WorkspaceId>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+struct CreatedKey {
+    /// The key itself: shown here once, never again.
+    key: String,
+    #[serde(flatten)]
+    view: ApiKeyView,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(req): Json<CreateKey>,
+) -> Result<(StatusCode, axum::Json<CreatedKey>), ApiError> {
+    let name = crate::tenants::check_name(&req.name, "name")?;
+    let id = ApiKeyId::new();
+    let minted = secrets::mint(secrets::Kind::ApiKey, principal.tenant_id, id.as_uuid());
+    let key = state
+        .gate()
+        .scoped(&principal)
+        .create_api_key(NewApiKey {
+            owner: req.owner_id,
+            name,
+            role: req.role.unwrap_or(Role::Service),
+            workspace: req.workspace_id,
+            expires_at: req.expires_at,
+            prefix: secrets::display_prefix(&minted.token),
+            secret_hash: minted.hash,
+            id,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedKey {
+            key: minted.token,
+            view: key.into(),
+        }),
+    ))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let keys = state.gate().scoped(&principal).list_api_keys().await?;
+    let items: Vec<ApiKeyView> = keys.into_iter().map(ApiKeyView::from).collect();
+    Ok(axum::Json(serde_json::json!({ "items": items })))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<ApiKeyId>,
+) -> Result<StatusCode, ApiError> {
+    state.gate().scoped(&principal).revoke_api_key(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,102 @@
+//! `GET /api/v1/audit`: the audit trail, newest first (administrators; platform admins may
+//! name another `tenant_id`). Filters: `actor`, `action`, `since`, `until` (RFC 3339),
+//! `cursor`, `limit` (≤ 1000).
+
+use crate::authz::{AuditFilter, Principal};
+use crate::http::{ApiError, Query};
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use coditect_proto::{AuditId, TenantId};
+use coditect_store::AuditRecord;
+use serde::{Deserialize, Serialize};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/audit", get(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    tenant_id: Option<TenantId>,
+    actor: Option<String>,
+    action: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct AuditView {
+    id: AuditId,
+    tenant_id: TenantId,
+    timestamp: DateTime<Utc>,
+    actor_type: String,
+    actor_id: Option<String>,
+    action: String,
+    resource_type: String,
+    resource_id: Option<String>,
+    result: String,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    detail: Option<String>,
+}
+
+impl From<AuditRecord> for AuditView {
+    fn from(r: AuditRecord) -> Self {
+        AuditView {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            timestamp: r.at,
+            actor_type: r.actor_type,
+            actor_id: r.actor_id,
+            action: r.action,
+            resource_type: r.resource_type,
+            resource_id: r.resource_id,
+            result: r.result,
+            ip: r.ip,
+            user_agent: r.user_agent,
+            request_id: r.request_id,
+            detail: r.detail,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AuditPage {
+    items: Vec<AuditView>,
+    next_cursor: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(p): Query<AuditParams>,
+) -> Result<axum::Json<AuditPage>, ApiError> {
+    if let (Some(since), Some(until)) = (p.since, p.until)
+        && since > until
+    {
+        return Err(ApiError::bad_request("since must not be after until"));
+    }
+    let page = state
+        .gate()
+        .scoped(&principal)
+        .list_audit(AuditFilter {
+            tenant: p.tenant_id,
+            actor_id: p.actor,
+            action: p.action,
+            since: p.since,
+            until: p.until,
+            cursor: p.cursor,
+            limit: p.limit,
+        })
+        .await?;
+    Ok(axum::Json(AuditPage {
+        items: page.items.into_iter().map(AuditView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}

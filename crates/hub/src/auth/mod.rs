@@ -1,0 +1,339 @@
+//! Authentication: login, token refresh, logout, the JWKS, and turning a request's
+//! credential into a [`Principal`](crate::authz::Principal).
+//!
+//! - `POST /api/v1/auth/login` `{email, password}` → access + refresh token and a session
+//! - `POST /api/v1/auth/refresh` `{refresh_token}` → a new pair (the old refresh token is
+//!   spent; presenting it again terminates the session)
+//! - `POST /api/v1/auth/logout` → ends the caller's session
+//! - `GET /.well-known/jwks.json` → the public keys that verify access tokens
+
+pub mod bootstrap;
+pub mod keys;
+pub mod password;
+pub mod principal;
+pub mod secrets;
+pub mod throttle;
+pub mod tokens;
+
+use crate::authz::{AuditEvent, Principal, RequestMeta, Via};
+use crate::config::AuthConfig;
+use crate::http::{ApiError, Json};
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use coditect_proto::{Email, ErrorCode, Role, SessionId, SessionStatus, TenantId, UserId};
+use coditect_store::{RefreshOutcome, Session, User};
+use keys::KeyRing;
+use password::Passwords;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use throttle::{Subject, Throttle};
+use tokens::TokenSettings;
+
+/// Everything authentication needs besides the store.
+pub struct Auth {
+    pub keys: KeyRing,
+    pub tokens: TokenSettings,
+    pub passwords: Passwords,
+    pub throttle: Throttle,
+    pub idle_timeout: Duration,
+    pub session_lifetime: Duration,
+    pub max_failures: u32,
+}
+
+impl Auth {
+    pub fn new(config: &AuthConfig, keys: KeyRing) -> Auth {
+        Auth {
+            keys,
+            tokens: TokenSettings::new(
+                config.issuer.clone(),
+                config.audience.clone(),
+                config.access_ttl,
+            ),
+            passwords: Passwords::new(config.argon2_memory_kib, config.argon2_iterations),
+            throttle: Throttle::new(config.login_window),
+            idle_timeout: config.session_idle_timeout,
+            session_lifetime: config.session_lifetime,
+            max_failures: config.login_max_failures,
+        }
+    }
+
+    /// Sessions last used before this instant are idle-expired.
+    pub fn idle_cutoff(&self, now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        now - chrono::Duration::from_std(self.idle_timeout).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    email: Email,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+#[derive(Serialize)]
+pub struct UserSummary {
+    pub id: UserId,
+    pub email: Email,
+    pub tenant_id: TenantId,
+    pub role: Role,
+}
+
+#[derive(Serialize)]
+struct TokenResponse {
+    access_token: String,
+    refresh_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    session_id: SessionId,
+    user: UserSummary,
+}
+
+const BAD_LOGIN: &str = "invalid email or password";
+
+async fn login(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(req): Json<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let auth = state.auth();
+    let gate = state.gate();
+    let subject = Subject::new(req.email.as_str(), meta.ip.as_deref(), auth.max_failures);
+    let attempt = AuditEvent::anonymous(
+        TenantId::NONE,
+        Some(req.email.to_string()),
+        "auth.login",
+        "session",
+        None,
+    );
+    if let Err(wait) = auth.throttle.check(&subject) {
+        metrics::counter!("auth_logins_total", "result" => "throttled").increment(1);
+        gate.auditor()
+            .record(attempt.failed("throttled"), &meta)
+            .await;
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many failed logins; retry later",
+        )
+        .retry_after(wait.as_secs().max(1)));
+    }
+
+    let user = gate.credentials().find_user(&req.email).await?;
+    // Always verify (against a decoy when there is no usable hash): the same time and the
+    // same answer whether or not the account exists.
+    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+    let password_ok = auth.passwords.verify(req.password, hash).await;
+    let user = match user {
+        Some(u) if password_ok && !u.disabled => u,
+        other => {
+            auth.throttle.record_failure(&subject);
+            metrics::counter!("auth_logins_total", "result" => "failure").increment(1);
+            let event = match &other {
+                Some(u) => attempt
+                    .as_user(u.tenant_id, u.id.to_string())
+                    .failed(if u.disabled {
+                        "account disabled"
+                    } else {
+                        "wrong password"
+                    }),
+                None => attempt.failed("unknown account"),
+            };
+            gate.auditor().record(event, &meta).await;
+            return Err(ApiError::new(ErrorCode::AuthRequired, BAD_LOGIN));
+        }
+    };
+    auth.throttle.record_success(&subject);
+
+    let now = gate.clock().now();
+    let session = Session {
+        tenant_id: user.tenant_id,
+        id: SessionId::new(),
+        user_id: user.id,
+        status: SessionStatus::Active,
+        created_at: now,
+        last_access_at: now,
+        expires_at: now
+            + chrono::Duration::from_std(auth.session_lifetime).unwrap_or(chrono::Duration::MAX),
+        ended_at: None,
+        end_reason: None,
+        ip: meta.ip.clone(),
+        user_agent: meta.user_agent.clone(),
+    };
+    let refresh = secrets::mint(
+        secrets::Kind::RefreshToken,
+        user.tenant_id,
+        session.id.as_uuid(),
+    );
+    gate.credentials()
+        .start_session(&session, &refresh.hash)
+        .await?;
+    let response = token_response(&state, &user, session.id, refresh.token)?;
+    metrics::counter!("auth_logins_total", "result" => "success").increment(1);
+    gate.auditor()
+        .record(
+            AuditEvent::anonymous(
+                user.tenant_id,
+                Some(user.id.to_string()),
+                "auth.login",
+                "session",
+                Some(session.id.to_string()),
+            )
+            .as_user(user.tenant_id, user.id.to_string()),
+            &meta,
+        )
+        .await;
+    Ok(response)
+}
+
+fn token_response(
+    state: &AppState,
+    user: &User,
+    session: SessionId,
+    refresh_token: String,
+) -> Result<Response, ApiError> {
+    let auth = state.auth();
+    let now = state.gate().clock().now();
+    let (access_token, _) = tokens::issue(
+        &auth.keys,
+        &auth.tokens,
+        user.id,
+        user.tenant_id,
+        user.role,
+        session,
+        now,
+    )
+    .map_err(ApiError::internal)?;
+    let body = TokenResponse {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: auth.tokens.ttl.as_secs(),
+        session_id: session,
+        user: UserSummary {
+            id: user.id,
+            email: user.email.clone(),
+            tenant_id: user.tenant_id,
+            role: user.role,
+        },
+    };
+    // Tokens must never sit in a shared cache.
+    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response())
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(req): Json<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    let refused = || ApiError::new(ErrorCode::AuthRequired, "invalid or expired refresh token");
+    let Some(presented) = secrets::parse(secrets::Kind::RefreshToken, &req.refresh_token) else {
+        metrics::counter!("auth_refreshes_total", "result" => "invalid").increment(1);
+        return Err(refused());
+    };
+    let gate = state.gate();
+    let auth = state.auth();
+    let now = gate.clock().now();
+    let session_id = SessionId::from_uuid(presented.id);
+    let next = secrets::mint(secrets::Kind::RefreshToken, presented.tenant, presented.id);
+    let outcome = gate
+        .credentials()
+        .rotate_refresh(
+            presented.tenant,
+            session_id,
+            &presented.hash,
+            &next.hash,
+            now,
+            auth.idle_cutoff(now),
+        )
+        .await?;
+    match outcome {
+        RefreshOutcome::Rotated(session) => {
+            let user = gate
+                .credentials()
+                .get_user(session.tenant_id, session.user_id)
+                .await?
+                .filter(|u| !u.disabled)
+                .ok_or_else(refused)?;
+            metrics::counter!("auth_refreshes_total", "result" => "success").increment(1);
+            gate.auditor()
+                .record(
+                    AuditEvent::anonymous(
+                        session.tenant_id,
+                        None,
+                        "auth.refresh",
+                        "session",
+                        Some(session.id.to_string()),
+                    )
+                    .as_user(user.tenant_id, user.id.to_string()),
+                    &meta,
+                )
+                .await;
+            token_response(&state, &user, session.id, next.token)
+        }
+        RefreshOutcome::Reused(session) => {
+            metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);
+            tracing::warn!(session_id = %session.id, "refresh token reused, session terminated");
+            gate.auditor()
+                .record(
+                    AuditEvent::anonymous(
+                        session.tenant_id,
+                        None,
+                        "auth.refresh_reuse",
+                        "session",
+                        Some(session.id.to_string()),
+                    )
+                    .as_user(session.tenant_id, session.user_id.to_string())
+                    .failed("refresh token presented twice: session terminated"),
+                    &meta,
+                )
+                .await;
+            Err(refused())
+        }
+        RefreshOutcome::Rejected => {
+            metrics::counter!("auth_refreshes_total", "result" => "rejected").increment(1);
+            Err(refused())
+        }
+    }
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<StatusCode, ApiError> {
+    let Via::Session(session) = principal.via else {
+        return Err(ApiError::bad_request(
+            "API keys have no session to log out of",
+        ));
+    };
+    state
+        .gate()
+        .scoped(&principal)
+        .end_session(session, "logout")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        axum::Json(state.auth().keys.jwks()),
+    )
+        .into_response()
+}

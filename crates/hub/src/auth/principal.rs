@@ -1,0 +1,154 @@
+//! Authenticating a request: `Authorization: Bearer <access token | API key>` or
+//! `X-API-Key: <API key>` → a [`Principal`], or 401 `AUTH_REQUIRED`.
+//!
+//! An access token must verify (see [`super::tokens`]) and its session must still be live:
+//! active, within its lifetime, used within the idle timeout, its user enabled. An API key
+//! must match its stored hash, be neither revoked nor expired, and belong to an enabled
+//! user. The principal's role is the user's current role from the store (cached for
+//! `auth_session_cache_ttl`), not the one the token was issued with.
+
+use super::{secrets, tokens};
+use crate::authz::{Principal, RequestMeta, Via};
+use crate::http::ApiError;
+use crate::state::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use coditect_proto::{ApiKeyId, ErrorCode};
+
+fn refused(message: &'static str) -> ApiError {
+    ApiError::new(ErrorCode::AuthRequired, message)
+}
+
+fn count(result: &'static str) {
+    metrics::counter!("auth_token_validations_total", "result" => result).increment(1);
+}
+
+/// The credential a request carries, if any.
+fn credential(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| refused("malformed Authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| refused("Authorization must be `Bearer <token>`"))?;
+        return Ok(Some(token.trim()));
+    }
+    match headers.get("x-api-key") {
+        Some(value) => value
+            .to_str()
+            .map(|v| Some(v.trim()))
+            .map_err(|_| refused("malformed X-API-Key header")),
+        None => Ok(None),
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Ok(meta) = RequestMeta::from_request_parts(parts, state).await;
+        let Some(token) = credential(&parts.headers)? else {
+            count("missing");
+            return Err(refused("authentication required"));
+        };
+        if secrets::is_api_key(token) {
+            api_key_principal(state, token, meta).await
+        } else {
+            token_principal(state, token, meta).await
+        }
+    }
+}
+
+async fn token_principal(
+    state: &AppState,
+    token: &str,
+    meta: RequestMeta,
+) -> Result<Principal, ApiError> {
+    let auth = state.auth();
+    let gate = state.gate();
+    let now = gate.clock().now();
+    let claims = tokens::verify(
+        &auth.keys,
+        gate.credentials().signing_keys(),
+        &auth.tokens,
+        token,
+        now,
+    )
+    .await
+    .map_err(|why| {
+        count(why.as_str());
+        refused("invalid or expired access token")
+    })?;
+    let resolved = gate
+        .credentials()
+        .resolve_session(claims.tid, claims.sid, now)
+        .await?
+        .filter(|r| r.credential.user_id == claims.sub);
+    let Some(resolved) = resolved else {
+        count("unknown_session");
+        return Err(refused("invalid or expired access token"));
+    };
+    if !resolved.credential.is_live(now, auth.idle_cutoff(now)) {
+        count("session_ended");
+        return Err(refused("the session has ended; log in again"));
+    }
+    if resolved.user.disabled {
+        count("user_disabled");
+        return Err(refused("the account is disabled"));
+    }
+    count("valid");
+    Ok(Principal {
+        tenant_id: claims.tid,
+        user_id: claims.sub,
+        role: resolved.user.role,
+        key_role: None,
+        platform_admin: resolved.user.platform_admin,
+        via: Via::Session(claims.sid),
+        workspace: None,
+        meta,
+    })
+}
+
+async fn api_key_principal(
+    state: &AppState,
+    token: &str,
+    meta: RequestMeta,
+) -> Result<Principal, ApiError> {
+    let invalid = || {
+        count("invalid_api_key");
+        refused("invalid, revoked or expired API key")
+    };
+    let presented = secrets::parse(secrets::Kind::ApiKey, token).ok_or_else(invalid)?;
+    let gate = state.gate();
+    let now = gate.clock().now();
+    let id = ApiKeyId::from_uuid(presented.id);
+    let resolved = gate
+        .credentials()
+        .resolve_api_key(presented.tenant, id, now)
+        .await?
+        .ok_or_else(invalid)?;
+    let key = &resolved.credential;
+    if !secrets::same_hash(&presented.hash, &key.secret_hash)
+        || !key.is_usable(now)
+        || resolved.user.disabled
+    {
+        return Err(invalid());
+    }
+    count("valid_api_key");
+    Ok(Principal {
+        tenant_id: key.tenant_id,
+        user_id: key.owner_id,
+        role: resolved.user.role,
+        key_role: Some(key.role),
+        platform_admin: resolved.user.platform_admin && key.role == coditect_proto::Role::Admin,
+        via: Via::ApiKey(id),
+        workspace: key.workspace_id,
+        meta,
+    })
+}

@@ -1,0 +1,270 @@
+//! What authentication may read and write before a principal exists, and the short-lived
+//! cache that keeps token validation off the store on the hot path.
+//!
+//! The cache holds a session (or API key) together with its user for `auth_session_cache_ttl`
+//! (default 2 s). A logout on this node drops the entry at once; other replicas see it when
+//! their entry ages out, so a terminated session is refused everywhere within the TTL plus
+//! one store read. `last_access_at` / `last_used_at` are written at most once a minute per
+//! credential, in the background.
+
+use super::Gate;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use coditect_proto::{ApiKeyId, Email, SessionId, TenantId};
+use coditect_store::{ApiKey, RefreshOutcome, Session, SigningKeyStore, StoreError, User};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Most cached credentials of each kind; past it, stale entries go first, then all.
+const MAX_ENTRIES: usize = 100_000;
+/// How stale `last_access_at` may get before it is written again.
+const TOUCH_EVERY: ChronoDuration = ChronoDuration::minutes(1);
+
+/// A credential and the user it acts for, as last read from the store.
+#[derive(Debug, Clone)]
+pub struct Resolved<T> {
+    pub credential: T,
+    pub user: User,
+}
+
+struct Entry<T> {
+    value: Resolved<T>,
+    fetched: Instant,
+}
+
+struct Table<K, T> {
+    map: Mutex<HashMap<K, Entry<T>>>,
+}
+
+impl<K: Eq + Hash + Clone, T: Clone> Table<K, T> {
+    fn new() -> Self {
+        Table {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &K, ttl: Duration) -> Option<Resolved<T>> {
+        let map = self.map.lock().ok()?;
+        map.get(key)
+            .filter(|e| e.fetched.elapsed() < ttl)
+            .map(|e| e.value.clone())
+    }
+
+    fn put(&self, key: K, value: Resolved<T>, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= MAX_ENTRIES {
+                map.retain(|_, e| e.fetched.elapsed() < ttl);
+                if map.len() >= MAX_ENTRIES {
+                    map.clear();
+                }
+            }
+            map.insert(
+                key,
+                Entry {
+                    value,
+                    fetched: Instant::now(),
+                },
+            );
+        }
+    }
+
+    fn update(&self, key: &K, f: impl FnOnce(&mut Resolved<T>)) {
+        if let Ok(mut map) = self.map.lock()
+            && let Some(entry) = map.get_mut(key)
+        {
+            f(&mut entry.value);
+        }
+    }
+
+    fn forget(&self, key: &K) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(key);
+        }
+    }
+
+    fn forget_where(&self, pred: impl Fn(&Resolved<T>) -> bool) {
+        if let Ok(mut map) = self.map.lock() {
+            map.retain(|_, e| !pred(&e.value));
+        }
+    }
+}
+
+pub(super) struct CredentialCache {
+    ttl: Duration,
+    sessions: Table<(TenantId, SessionId), Session>,
+    keys: Table<(TenantId, ApiKeyId), ApiKey>,
+}
+
+impl CredentialCache {
+    pub(super) fn new(ttl: Duration) -> CredentialCache {
+        CredentialCache {
+            ttl,
+            sessions: Table::new(),
+            keys: Table::new(),
+        }
+    }
+
+    pub(super) fn forget_session(&self, tenant: TenantId, id: SessionId) {
+        self.sessions.forget(&(tenant, id));
+    }
+
+    pub(super) fn forget_key(&self, tenant: TenantId, id: ApiKeyId) {
+        self.keys.forget(&(tenant, id));
+    }
+
+    /// Drops everything cached for a user (disabled, role changed, password changed).
+    pub(super) fn forget_user(&self, tenant: TenantId, user: coditect_proto::UserId) {
+        let theirs = |u: &User| u.tenant_id == tenant && u.id == user;
+        self.sessions.forget_where(|r| theirs(&r.user));
+        self.keys.forget_where(|r| theirs(&r.user));
+    }
+}
+
+pub struct Credentials<'a> {
+    gate: &'a Gate,
+}
+
+impl<'a> Credentials<'a> {
+    pub(super) fn new(gate: &'a Gate) -> Credentials<'a> {
+        Credentials { gate }
+    }
+
+    pub fn signing_keys(&self) -> &'a dyn SigningKeyStore {
+        self.gate.store.signing_keys()
+    }
+
+    pub async fn find_user(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        self.gate.store.users().find_user_by_email(email).await
+    }
+
+    pub async fn start_session(
+        &self,
+        session: &Session,
+        refresh_hash: &[u8],
+    ) -> Result<(), StoreError> {
+        self.gate
+            .store
+            .sessions()
+            .create_session(session, refresh_hash)
+            .await
+    }
+
+    pub async fn rotate_refresh(
+        &self,
+        tenant: TenantId,
+        id: SessionId,
+        presented: &[u8],
+        next: &[u8],
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let outcome = self
+            .gate
+            .store
+            .sessions()
+            .rotate_refresh(tenant, id, presented, next, now, idle_cutoff)
+            .await?;
+        if !matches!(outcome, RefreshOutcome::Rotated(_)) {
+            self.gate.cache.forget_session(tenant, id);
+        }
+        Ok(outcome)
+    }
+
+    pub async fn get_user(
+        &self,
+        tenant: TenantId,
+        id: coditect_proto::UserId,
+    ) -> Result<Option<User>, StoreError> {
+        self.gate.store.users().get_user(tenant, id).await
+    }
+
+    /// The session a token names, with its user; cached. Keeps `last_access_at` fresh.
+    pub async fn resolve_session(
+        &self,
+        tenant: TenantId,
+        id: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Resolved<Session>>, StoreError> {
+        let cache = &self.gate.cache;
+        let key = (tenant, id);
+        let resolved = match cache.sessions.get(&key, cache.ttl) {
+            Some(hit) => hit,
+            None => {
+                let store = &self.gate.store;
+                let Some(session) = store.sessions().get_session(tenant, id).await? else {
+                    return Ok(None);
+                };
+                let Some(user) = store.users().get_user(tenant, session.user_id).await? else {
+                    return Ok(None);
+                };
+                let resolved = Resolved {
+                    credential: session,
+                    user,
+                };
+                cache.sessions.put(key, resolved.clone(), cache.ttl);
+                resolved
+            }
+        };
+        if now - resolved.credential.last_access_at >= TOUCH_EVERY {
+            cache
+                .sessions
+                .update(&key, |r| r.credential.last_access_at = now);
+            let store = self.gate.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.sessions().touch_session(tenant, id, now).await {
+                    tracing::warn!(error = %e, "cannot record session activity");
+                }
+            });
+        }
+        Ok(Some(resolved))
+    }
+
+    /// The API key a token names, with its owner; cached. Keeps `last_used_at` fresh.
+    pub async fn resolve_api_key(
+        &self,
+        tenant: TenantId,
+        id: ApiKeyId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Resolved<ApiKey>>, StoreError> {
+        let cache = &self.gate.cache;
+        let key = (tenant, id);
+        let resolved = match cache.keys.get(&key, cache.ttl) {
+            Some(hit) => hit,
+            None => {
+                let store = &self.gate.store;
+                let Some(api_key) = store.api_keys().get_api_key(tenant, id).await? else {
+                    return Ok(None);
+                };
+                let Some(user) = store.users().get_user(tenant, api_key.owner_id).await? else {
+                    return Ok(None);
+                };
+                let resolved = Resolved {
+                    credential: api_key,
+                    user,
+                };
+                cache.keys.put(key, resolved.clone(), cache.ttl);
+                resolved
+            }
+        };
+        let stale = resolved
+            .credential
+            .last_used_at
+            .is_none_or(|used| now - used >= TOUCH_EVERY);
+        if stale {
+            cache
+                .keys
+                .update(&key, |r| r.credential.last_used_at = Some(now));
+            let store = self.gate.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.api_keys().touch_api_key(tenant, id, now).await {
+                    tracing::warn!(error = %e, "cannot record api key use");
+                }
+            });
+        }
+        Ok(Some(resolved))
+    }
+}

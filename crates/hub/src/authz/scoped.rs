@@ -1,0 +1,737 @@
+//! The authorization-wrapped store: every operation an authenticated request may ask for,
+//! scoped to the principal's tenant and checked against [`rbac`] first.
+
+use super::rbac::{self, Action, Resource, Scope};
+use super::{AuditEvent, Gate, Principal, Via};
+use crate::http::ApiError;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use coditect_proto::{
+    ApiKeyId, AuditId, Email, ErrorCode, Role, SessionId, TenantId, UserId, WorkspaceId,
+};
+use coditect_store::{
+    ApiKey, AuditQuery, AuditRecord, Session, StoreError, Tenant, User, UserUpdate, Workspace,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Most items one page may hold, and the default.
+pub const MAX_PAGE: u32 = 1000;
+pub const DEFAULT_PAGE: u32 = 100;
+
+/// One page of a listing; pass `next_cursor` back as `cursor` for the next.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn decode_cursor(cursor: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    cursor
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| Uuid::from_slice(&b).ok())
+                .ok_or_else(|| ApiError::bad_request("invalid cursor"))
+        })
+        .transpose()
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        n @ 1..=MAX_PAGE => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        ))),
+    }
+}
+
+/// Builds a page from `limit + 1` fetched items: the extra one only says there is more.
+fn page<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> Uuid) -> Page<T> {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| items.last().map(|last| encode_cursor(id(last))))
+        .flatten();
+    Page { items, next_cursor }
+}
+
+/// What an operation is about, for the permission check.
+#[derive(Default)]
+struct Target {
+    owner: Option<UserId>,
+    workspace: Option<WorkspaceId>,
+    id: Option<String>,
+}
+
+pub struct NewUser {
+    /// Another tenant than the principal's: platform admins only.
+    pub tenant: Option<TenantId>,
+    pub email: Email,
+    pub password_hash: Option<String>,
+    pub role: Role,
+    pub platform_admin: bool,
+}
+
+pub struct NewApiKey {
+    /// Another user than the principal (e.g. a service account): needs tenant scope.
+    pub owner: Option<UserId>,
+    pub name: String,
+    pub role: Role,
+    pub workspace: Option<WorkspaceId>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub prefix: String,
+    pub secret_hash: Vec<u8>,
+    pub id: ApiKeyId,
+}
+
+pub struct AuditFilter {
+    pub tenant: Option<TenantId>,
+    pub actor_id: Option<String>,
+    pub action: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+}
+
+pub struct Scoped<'a> {
+    gate: &'a Gate,
+    p: &'a Principal,
+}
+
+impl<'a> Scoped<'a> {
+    pub(super) fn new(gate: &'a Gate, principal: &'a Principal) -> Scoped<'a> {
+        Scoped { gate, p: principal }
+    }
+
+    pub fn principal(&self) -> &Principal {
+        self.p
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.gate.clock.now()
+    }
+
+    async fn audit(&self, event: AuditEvent) {
+        self.gate.auditor().record(event, &self.p.meta).await;
+    }
+
+    /// Whether the principal may do `action` on `resource` for `target`, without auditing.
+    fn allows(&self, resource: Resource, action: Action, target: &Target) -> bool {
+        let scope = rbac::effective_scope(self.p.role, self.p.key_role, resource, action);
+        let in_scope = match scope {
+            None => false,
+            Some(Scope::Tenant) => true,
+            Some(Scope::Own) => target.owner == Some(self.p.user_id),
+        };
+        let workspace_bound = matches!(resource, Resource::Workspace | Resource::Logs);
+        let in_workspace = match self.p.workspace {
+            Some(only) if workspace_bound => target.workspace == Some(only),
+            _ => true,
+        };
+        in_scope && in_workspace
+    }
+
+    /// Checks a permission; a refusal is counted, audited and answered 403.
+    async fn check(
+        &self,
+        resource: Resource,
+        action: Action,
+        target: Target,
+    ) -> Result<(), ApiError> {
+        if self.allows(resource, action, &target) {
+            return Ok(());
+        }
+        self.deny(resource, action, target.id).await
+    }
+
+    async fn deny<T>(
+        &self,
+        resource: Resource,
+        action: Action,
+        id: Option<String>,
+    ) -> Result<T, ApiError> {
+        metrics::counter!(
+            "authz_denied_total",
+            "resource" => resource.as_str(),
+            "action" => action.as_str()
+        )
+        .increment(1);
+        let what = format!("{}:{}", resource.as_str(), action.as_str());
+        self.audit(AuditEvent::by(self.p, "access.denied", resource.as_str(), id).denied(what))
+            .await;
+        Err(ApiError::new(
+            ErrorCode::AccessDenied,
+            format!(
+                "not allowed to {} this {}",
+                action.as_str(),
+                resource.as_str()
+            ),
+        ))
+    }
+
+    /// A refusal that must not reveal whether the object exists (another tenant).
+    async fn hide<T>(
+        &self,
+        resource: Resource,
+        action: Action,
+        id: Option<String>,
+    ) -> Result<T, ApiError> {
+        let what = format!("{}:{} across tenants", resource.as_str(), action.as_str());
+        self.audit(AuditEvent::by(self.p, "access.denied", resource.as_str(), id).denied(what))
+            .await;
+        Err(not_found(resource))
+    }
+
+    fn tenant(&self) -> TenantId {
+        self.p.tenant_id
+    }
+
+    // ---- users -------------------------------------------------------------------------
+
+    pub async fn me(&self) -> Result<User, ApiError> {
+        self.get_user(self.p.user_id).await
+    }
+
+    pub async fn get_user(&self, id: UserId) -> Result<User, ApiError> {
+        let user = self.fetch_user(id).await?;
+        self.check(Resource::User, Action::Read, owned(id, &id))
+            .await?;
+        Ok(user)
+    }
+
+    async fn fetch_user(&self, id: UserId) -> Result<User, ApiError> {
+        self.gate
+            .store
+            .users()
+            .get_user(self.tenant(), id)
+            .await?
+            .ok_or_else(|| not_found(Resource::User))
+    }
+
+    pub async fn list_users(
+        &self,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<User>, ApiError> {
+        self.check(Resource::User, Action::Read, Target::default())
+            .await?;
+        let limit = page_limit(limit)?;
+        let after = decode_cursor(cursor)?.map(UserId::from_uuid);
+        let users = self
+            .gate
+            .store
+            .users()
+            .list_users(self.tenant(), after, limit + 1)
+            .await?;
+        Ok(page(users, limit, |u| u.id.as_uuid()))
+    }
+
+    pub async fn create_user(&self, new: NewUser) -> Result<User, ApiError> {
+        let tenant = new.tenant.unwrap_or(self.tenant());
+        if tenant != self.tenant() {
+            if !self.p.platform_admin {
+                return self.hide(Resource::User, Action::Create, None).await;
+            }
+            self.gate
+                .store
+                .tenants()
+                .get_tenant(tenant)
+                .await?
+                .ok_or_else(|| ApiError::not_found("tenant not found"))?;
+        } else {
+            self.check(Resource::User, Action::Create, Target::default())
+                .await?;
+        }
+        if new.platform_admin && !self.p.platform_admin {
+            return self.deny(Resource::User, Action::Create, None).await;
+        }
+        let now = self.now();
+        let user = User {
+            tenant_id: tenant,
+            id: UserId::new(),
+            email: new.email,
+            password_hash: new.password_hash,
+            role: new.role,
+            platform_admin: new.platform_admin,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        self.gate
+            .store
+            .users()
+            .create_user(&user)
+            .await
+            .map_err(|e| conflict(e, "a user with this e-mail address already exists"))?;
+        let mut event = AuditEvent::by(self.p, "user.create", "user", Some(user.id.to_string()));
+        if tenant != self.tenant() {
+            event = event.detail(format!("in tenant {tenant}"));
+        }
+        self.audit(event).await;
+        Ok(user)
+    }
+
+    /// Role and disabled flag (administrators); disabling ends the user's sessions.
+    pub async fn update_user(
+        &self,
+        id: UserId,
+        role: Option<Role>,
+        disabled: Option<bool>,
+    ) -> Result<User, ApiError> {
+        let user = self.fetch_user(id).await?;
+        self.check(Resource::User, Action::Update, owned(user.id, &id))
+            .await?;
+        if id == self.p.user_id && (role.is_some_and(|r| r != user.role) || disabled == Some(true))
+        {
+            return Err(ApiError::bad_request(
+                "you cannot change your own role or disable yourself",
+            ));
+        }
+        let update = UserUpdate {
+            role,
+            disabled,
+            password_hash: None,
+        };
+        let now = self.now();
+        let updated = self
+            .gate
+            .store
+            .users()
+            .update_user(self.tenant(), id, &update, now)
+            .await?
+            .ok_or_else(|| not_found(Resource::User))?;
+        if disabled == Some(true) {
+            self.gate
+                .store
+                .sessions()
+                .end_user_sessions(self.tenant(), id, None, "user_disabled", now)
+                .await?;
+        }
+        self.gate.cache.forget_user(self.tenant(), id);
+        let mut changes = Vec::new();
+        if let Some(r) = role {
+            changes.push(format!("role={r}"));
+        }
+        if let Some(d) = disabled {
+            changes.push(format!("disabled={d}"));
+        }
+        self.audit(
+            AuditEvent::by(self.p, "user.update", "user", Some(id.to_string()))
+                .detail(changes.join(",")),
+        )
+        .await;
+        Ok(updated)
+    }
+
+    /// Stores a new password hash for the principal (its current password was checked by
+    /// the caller) and ends every other session of the user.
+    pub async fn set_own_password(&self, hash: String) -> Result<(), ApiError> {
+        let me = self.p.user_id;
+        self.check(Resource::Password, Action::Update, owned(me, &me))
+            .await?;
+        let now = self.now();
+        let update = UserUpdate {
+            password_hash: Some(hash),
+            ..UserUpdate::default()
+        };
+        self.gate
+            .store
+            .users()
+            .update_user(self.tenant(), me, &update, now)
+            .await?
+            .ok_or_else(|| not_found(Resource::User))?;
+        let keep = match self.p.via {
+            Via::Session(s) => Some(s),
+            Via::ApiKey(_) => None,
+        };
+        let ended = self
+            .gate
+            .store
+            .sessions()
+            .end_user_sessions(self.tenant(), me, keep, "password_changed", now)
+            .await?;
+        self.gate.cache.forget_user(self.tenant(), me);
+        self.audit(
+            AuditEvent::by(self.p, "user.password_change", "user", Some(me.to_string()))
+                .detail(format!("ended {ended} other sessions")),
+        )
+        .await;
+        Ok(())
+    }
+
+    // ---- sessions ----------------------------------------------------------------------
+
+    pub async fn get_session(&self, id: SessionId) -> Result<Session, ApiError> {
+        let session = self.fetch_session(id).await?;
+        self.check(Resource::Session, Action::Read, owned(session.user_id, &id))
+            .await?;
+        Ok(session)
+    }
+
+    async fn fetch_session(&self, id: SessionId) -> Result<Session, ApiError> {
+        self.gate
+            .store
+            .sessions()
+            .get_session(self.tenant(), id)
+            .await?
+            .ok_or_else(|| not_found(Resource::Session))
+    }
+
+    /// Terminates a session (the owner's logout, or an administrator's).
+    pub async fn end_session(&self, id: SessionId, reason: &str) -> Result<Session, ApiError> {
+        let session = self.fetch_session(id).await?;
+        self.check(
+            Resource::Session,
+            Action::Delete,
+            owned(session.user_id, &id),
+        )
+        .await?;
+        let now = self.now();
+        self.gate
+            .store
+            .sessions()
+            .end_session(self.tenant(), id, reason, now)
+            .await?;
+        // Refused on this node at once; other replicas within the cache TTL.
+        self.gate.cache.forget_session(self.tenant(), id);
+        let action = if reason == "logout" {
+            "auth.logout"
+        } else {
+            "session.terminate"
+        };
+        self.audit(AuditEvent::by(
+            self.p,
+            action,
+            "session",
+            Some(id.to_string()),
+        ))
+        .await;
+        self.fetch_session(id).await
+    }
+
+    // ---- api keys ----------------------------------------------------------------------
+
+    pub async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey, ApiError> {
+        let owner = new.owner.unwrap_or(self.p.user_id);
+        let owner_user = self.fetch_user(owner).await?;
+        self.check(Resource::ApiKey, Action::Create, owned(owner, &new.id))
+            .await?;
+        if owner_user.disabled {
+            return Err(ApiError::bad_request("the owner of the key is disabled"));
+        }
+        if let Some(ws) = new.workspace {
+            self.fetch_workspace(ws).await?;
+        }
+        let now = self.now();
+        if new.expires_at.is_some_and(|e| e <= now) {
+            return Err(ApiError::bad_request("expires_at must be in the future"));
+        }
+        let key = ApiKey {
+            tenant_id: self.tenant(),
+            id: new.id,
+            owner_id: owner,
+            name: new.name,
+            prefix: new.prefix,
+            secret_hash: new.secret_hash,
+            role: new.role,
+            workspace_id: new.workspace,
+            created_at: now,
+            expires_at: new.expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        self.gate.store.api_keys().create_api_key(&key).await?;
+        self.audit(
+            AuditEvent::by(
+                self.p,
+                "api_key.create",
+                "api_key",
+                Some(key.id.to_string()),
+            )
+            .detail(format!("role={} owner={owner}", key.role)),
+        )
+        .await;
+        Ok(key)
+    }
+
+    /// Every key of the tenant (administrators) or the principal's own.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, ApiError> {
+        let me = self.p.user_id;
+        let owner = if self.allows(Resource::ApiKey, Action::Read, &Target::default()) {
+            None
+        } else {
+            self.check(Resource::ApiKey, Action::Read, owned(me, &me))
+                .await?;
+            Some(me)
+        };
+        Ok(self
+            .gate
+            .store
+            .api_keys()
+            .list_api_keys(self.tenant(), owner)
+            .await?)
+    }
+
+    pub async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), ApiError> {
+        let key = self
+            .gate
+            .store
+            .api_keys()
+            .get_api_key(self.tenant(), id)
+            .await?
+            .ok_or_else(|| not_found(Resource::ApiKey))?;
+        self.check(Resource::ApiKey, Action::Delete, owned(key.owner_id, &id))
+            .await?;
+        let now = self.now();
+        self.gate
+            .store
+            .api_keys()
+            .revoke_api_key(self.tenant(), id, now)
+            .await?;
+        self.gate.cache.forget_key(self.tenant(), id);
+        self.audit(AuditEvent::by(
+            self.p,
+            "api_key.revoke",
+            "api_key",
+            Some(id.to_string()),
+        ))
+        .await;
+        Ok(())
+    }
+
+    // ---- workspaces --------------------------------------------------------------------
+
+    pub async fn create_workspace(&self, name: String) -> Result<Workspace, ApiError> {
+        let id = WorkspaceId::new();
+        let target = Target {
+            owner: Some(self.p.user_id),
+            workspace: None,
+            id: Some(id.to_string()),
+        };
+        self.check(Resource::Workspace, Action::Create, target)
+            .await?;
+        let workspace = Workspace {
+            tenant_id: self.tenant(),
+            id,
+            name,
+            owner_id: self.p.user_id,
+            created_at: self.now(),
+        };
+        self.gate
+            .store
+            .workspaces()
+            .create_workspace(&workspace)
+            .await
+            .map_err(|e| conflict(e, "a workspace with this name already exists"))?;
+        self.audit(AuditEvent::by(
+            self.p,
+            "workspace.create",
+            "workspace",
+            Some(id.to_string()),
+        ))
+        .await;
+        Ok(workspace)
+    }
+
+    async fn fetch_workspace(&self, id: WorkspaceId) -> Result<Workspace, ApiError> {
+        self.gate
+            .store
+            .workspaces()
+            .get_workspace(self.tenant(), id)
+            .await?
+            .ok_or_else(|| not_found(Resource::Workspace))
+    }
+
+    pub async fn get_workspace(&self, id: WorkspaceId) -> Result<Workspace, ApiError> {
+        let ws = self.fetch_workspace(id).await?;
+        self.check(Resource::Workspace, Action::Read, workspace_target(&ws))
+            .await?;
+        Ok(ws)
+    }
+
+    pub async fn list_workspaces(
+        &self,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Workspace>, ApiError> {
+        let limit = page_limit(limit)?;
+        if let Some(only) = self.p.workspace {
+            // A key bound to one workspace lists just that one.
+            let ws = self.get_workspace(only).await?;
+            return Ok(Page {
+                items: vec![ws],
+                next_cursor: None,
+            });
+        }
+        self.check(Resource::Workspace, Action::Read, Target::default())
+            .await?;
+        let after = decode_cursor(cursor)?.map(WorkspaceId::from_uuid);
+        let items = self
+            .gate
+            .store
+            .workspaces()
+            .list_workspaces(self.tenant(), None, after, limit + 1)
+            .await?;
+        Ok(page(items, limit, |w| w.id.as_uuid()))
+    }
+
+    pub async fn delete_workspace(&self, id: WorkspaceId) -> Result<(), ApiError> {
+        let ws = self.fetch_workspace(id).await?;
+        self.check(Resource::Workspace, Action::Delete, workspace_target(&ws))
+            .await?;
+        self.gate
+            .store
+            .workspaces()
+            .delete_workspace(self.tenant(), id, self.now())
+            .await?;
+        self.audit(AuditEvent::by(
+            self.p,
+            "workspace.delete",
+            "workspace",
+            Some(id.to_string()),
+        ))
+        .await;
+        Ok(())
+    }
+
+    // ---- audit -------------------------------------------------------------------------
+
+    pub async fn list_audit(&self, filter: AuditFilter) -> Result<Page<AuditRecord>, ApiError> {
+        let tenant = filter.tenant.unwrap_or(self.tenant());
+        if tenant != self.tenant() && !self.p.platform_admin {
+            return self
+                .hide(Resource::Audit, Action::Read, Some(tenant.to_string()))
+                .await;
+        }
+        if tenant == self.tenant() {
+            self.check(Resource::Audit, Action::Read, Target::default())
+                .await?;
+        }
+        let limit = page_limit(filter.limit)?;
+        let query = AuditQuery {
+            tenant_id: tenant,
+            actor_id: filter.actor_id,
+            action: filter.action,
+            since: filter.since,
+            until: filter.until,
+            before: decode_cursor(filter.cursor.as_deref())?.map(AuditId::from_uuid),
+            limit: limit + 1,
+        };
+        let records = self.gate.store.audit().list_audit(&query).await?;
+        Ok(page(records, limit, |r| r.id.as_uuid()))
+    }
+
+    // ---- tenants (platform) ------------------------------------------------------------
+
+    pub async fn create_tenant(&self, name: String) -> Result<Tenant, ApiError> {
+        if !self.p.platform_admin {
+            return self.deny_platform("tenant.create").await;
+        }
+        let tenant = Tenant {
+            id: TenantId::new(),
+            name,
+            created_at: self.now(),
+        };
+        self.gate
+            .store
+            .tenants()
+            .create_tenant(&tenant)
+            .await
+            .map_err(|e| conflict(e, "a tenant with this name already exists"))?;
+        self.audit(AuditEvent::by(
+            self.p,
+            "tenant.create",
+            "tenant",
+            Some(tenant.id.to_string()),
+        ))
+        .await;
+        Ok(tenant)
+    }
+
+    pub async fn list_tenants(
+        &self,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Tenant>, ApiError> {
+        if !self.p.platform_admin {
+            return self.deny_platform("tenant.list").await;
+        }
+        let limit = page_limit(limit)?;
+        let after = decode_cursor(cursor)?.map(TenantId::from_uuid);
+        let items = self
+            .gate
+            .store
+            .tenants()
+            .list_tenants(after, limit + 1)
+            .await?;
+        Ok(page(items, limit, |t| t.id.as_uuid()))
+    }
+
+    /// One's own tenant, or any tenant for platform admins.
+    pub async fn get_tenant(&self, id: TenantId) -> Result<Tenant, ApiError> {
+        if id != self.tenant() && !self.p.platform_admin {
+            return Err(ApiError::not_found("tenant not found"));
+        }
+        self.gate
+            .store
+            .tenants()
+            .get_tenant(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("tenant not found"))
+    }
+
+    /// For platform-wide reads (admin health, metrics).
+    pub async fn require_platform_admin(&self, what: &'static str) -> Result<(), ApiError> {
+        if self.p.platform_admin {
+            Ok(())
+        } else {
+            self.deny_platform(what).await
+        }
+    }
+
+    async fn deny_platform<T>(&self, what: &'static str) -> Result<T, ApiError> {
+        metrics::counter!("authz_denied_total", "resource" => "tenant", "action" => what)
+            .increment(1);
+        self.audit(AuditEvent::by(self.p, "access.denied", "tenant", None).denied(what))
+            .await;
+        Err(ApiError::new(
+            ErrorCode::AccessDenied,
+            "only platform administrators may do this",
+        ))
+    }
+}
+
+fn owned(owner: UserId, id: &dyn std::fmt::Display) -> Target {
+    Target {
+        owner: Some(owner),
+        workspace: None,
+        id: Some(id.to_string()),
+    }
+}
+
+fn workspace_target(ws: &Workspace) -> Target {
+    Target {
+        owner: Some(ws.owner_id),
+        workspace: Some(ws.id),
+        id: Some(ws.id.to_string()),
+    }
+}
+
+fn not_found(resource: Resource) -> ApiError {
+    ApiError::not_found(format!("{} not found", resource.as_str().replace('_', " ")))
+}
+
+fn conflict(err: StoreError, message: &str) -> ApiError {
+    match err {
+        StoreError::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
+        other => other.into(),
+    }
+}
