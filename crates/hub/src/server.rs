@@ -205,29 +205,33 @@ async fn keep_keys_fresh(state: AppState) {
 
 /// Deletes expired sessions and updates the active-sessions gauge, every minute.
 async fn sweep_sessions(state: AppState) {
-    /// Ended sessions stay visible (GET /api/v1/sessions/{id}) this long.
-    const KEEP_ENDED: chrono::Duration = chrono::Duration::days(1);
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let system = state.gate().system();
-        if !system.is_ready() {
-            continue;
+        if state.gate().system().is_ready() {
+            sweep_sessions_once(&state).await;
         }
-        let now = state.gate().clock().now();
-        let idle_cutoff = state.auth().idle_cutoff(now);
-        match system
-            .purge_sessions(now, idle_cutoff, now - KEEP_ENDED)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "expired sessions deleted"),
-            Err(e) => tracing::warn!(error = %e, "cannot delete expired sessions"),
-        }
-        match system.count_live_sessions(now, idle_cutoff).await {
-            Ok(n) => metrics::gauge!("auth_active_sessions").set(n as f64),
-            Err(e) => tracing::warn!(error = %e, "cannot count active sessions"),
-        }
+    }
+}
+
+/// One pass of the session sweeper (public so tests can run it without waiting).
+pub async fn sweep_sessions_once(state: &AppState) {
+    /// Ended sessions stay visible (GET /api/v1/sessions/{id}) this long.
+    const KEEP_ENDED: chrono::Duration = chrono::Duration::days(1);
+    let system = state.gate().system();
+    let now = state.gate().clock().now();
+    let idle_cutoff = state.auth().idle_cutoff(now);
+    match system
+        .purge_sessions(now, idle_cutoff, now - KEEP_ENDED)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "expired sessions deleted"),
+        Err(e) => tracing::warn!(error = %e, "cannot delete expired sessions"),
+    }
+    match system.count_live_sessions(now, idle_cutoff).await {
+        Ok(n) => metrics::gauge!("auth_active_sessions").set(n as f64),
+        Err(e) => tracing::warn!(error = %e, "cannot count active sessions"),
     }
 }
 

@@ -87,7 +87,7 @@ async fn token_principal(
     })?;
     let resolved = gate
         .credentials()
-        .resolve_session(claims.tid, claims.sid, now)
+        .resolve_session(claims.tid, claims.sid)
         .await?
         .filter(|r| r.credential.user_id == claims.sub);
     let Some(resolved) = resolved else {
@@ -103,6 +103,7 @@ async fn token_principal(
         return Err(refused("the account is disabled"));
     }
     count("valid");
+    gate.credentials().session_used(&resolved.credential, now);
     Ok(Principal {
         tenant_id: claims.tid,
         user_id: claims.sub,
@@ -130,7 +131,7 @@ async fn api_key_principal(
     let id = ApiKeyId::from_uuid(presented.id);
     let resolved = gate
         .credentials()
-        .resolve_api_key(presented.tenant, id, now)
+        .resolve_api_key(presented.tenant, id)
         .await?
         .ok_or_else(invalid)?;
     let key = &resolved.credential;
@@ -141,6 +142,7 @@ async fn api_key_principal(
         return Err(invalid());
     }
     count("valid_api_key");
+    gate.credentials().api_key_used(key, now);
     Ok(Principal {
         tenant_id: key.tenant_id,
         user_id: key.owner_id,

@@ -182,89 +182,96 @@ impl<'a> Credentials<'a> {
         self.gate.store.users().get_user(tenant, id).await
     }
 
-    /// The session a token names, with its user; cached. Keeps `last_access_at` fresh.
+    /// The session a token names, with its user; cached.
     pub async fn resolve_session(
         &self,
         tenant: TenantId,
         id: SessionId,
-        now: DateTime<Utc>,
     ) -> Result<Option<Resolved<Session>>, StoreError> {
         let cache = &self.gate.cache;
         let key = (tenant, id);
-        let resolved = match cache.sessions.get(&key, cache.ttl) {
-            Some(hit) => hit,
-            None => {
-                let store = &self.gate.store;
-                let Some(session) = store.sessions().get_session(tenant, id).await? else {
-                    return Ok(None);
-                };
-                let Some(user) = store.users().get_user(tenant, session.user_id).await? else {
-                    return Ok(None);
-                };
-                let resolved = Resolved {
-                    credential: session,
-                    user,
-                };
-                cache.sessions.put(key, resolved.clone(), cache.ttl);
-                resolved
-            }
-        };
-        if now - resolved.credential.last_access_at >= TOUCH_EVERY {
-            cache
-                .sessions
-                .update(&key, |r| r.credential.last_access_at = now);
-            let store = self.gate.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.sessions().touch_session(tenant, id, now).await {
-                    tracing::warn!(error = %e, "cannot record session activity");
-                }
-            });
+        if let Some(hit) = cache.sessions.get(&key, cache.ttl) {
+            return Ok(Some(hit));
         }
+        let store = &self.gate.store;
+        let Some(session) = store.sessions().get_session(tenant, id).await? else {
+            return Ok(None);
+        };
+        let Some(user) = store.users().get_user(tenant, session.user_id).await? else {
+            return Ok(None);
+        };
+        let resolved = Resolved {
+            credential: session,
+            user,
+        };
+        cache.sessions.put(key, resolved.clone(), cache.ttl);
         Ok(Some(resolved))
     }
 
-    /// The API key a token names, with its owner; cached. Keeps `last_used_at` fresh.
+    /// Records that a session which passed every check was used now (at most once a
+    /// minute, in the background). Never call it for a refused credential: activity on an
+    /// idle-expired session must not revive it.
+    pub fn session_used(&self, session: &Session, now: DateTime<Utc>) {
+        if now - session.last_access_at < TOUCH_EVERY {
+            return;
+        }
+        let (tenant, id) = (session.tenant_id, session.id);
+        self.gate
+            .cache
+            .sessions
+            .update(&(tenant, id), |r| r.credential.last_access_at = now);
+        let store = self.gate.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.sessions().touch_session(tenant, id, now).await {
+                tracing::warn!(error = %e, "cannot record session activity");
+            }
+        });
+    }
+
+    /// The API key a token names, with its owner; cached.
     pub async fn resolve_api_key(
         &self,
         tenant: TenantId,
         id: ApiKeyId,
-        now: DateTime<Utc>,
     ) -> Result<Option<Resolved<ApiKey>>, StoreError> {
         let cache = &self.gate.cache;
         let key = (tenant, id);
-        let resolved = match cache.keys.get(&key, cache.ttl) {
-            Some(hit) => hit,
-            None => {
-                let store = &self.gate.store;
-                let Some(api_key) = store.api_keys().get_api_key(tenant, id).await? else {
-                    return Ok(None);
-                };
-                let Some(user) = store.users().get_user(tenant, api_key.owner_id).await? else {
-                    return Ok(None);
-                };
-                let resolved = Resolved {
-                    credential: api_key,
-                    user,
-                };
-                cache.keys.put(key, resolved.clone(), cache.ttl);
-                resolved
-            }
-        };
-        let stale = resolved
-            .credential
-            .last_used_at
-            .is_none_or(|used| now - used >= TOUCH_EVERY);
-        if stale {
-            cache
-                .keys
-                .update(&key, |r| r.credential.last_used_at = Some(now));
-            let store = self.gate.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.api_keys().touch_api_key(tenant, id, now).await {
-                    tracing::warn!(error = %e, "cannot record api key use");
-                }
-            });
+        if let Some(hit) = cache.keys.get(&key, cache.ttl) {
+            return Ok(Some(hit));
         }
+        let store = &self.gate.store;
+        let Some(api_key) = store.api_keys().get_api_key(tenant, id).await? else {
+            return Ok(None);
+        };
+        let Some(user) = store.users().get_user(tenant, api_key.owner_id).await? else {
+            return Ok(None);
+        };
+        let resolved = Resolved {
+            credential: api_key,
+            user,
+        };
+        cache.keys.put(key, resolved.clone(), cache.ttl);
         Ok(Some(resolved))
+    }
+
+    /// Records the use of a key that passed every check (at most once a minute).
+    pub fn api_key_used(&self, key: &ApiKey, now: DateTime<Utc>) {
+        if key
+            .last_used_at
+            .is_some_and(|used| now - used < TOUCH_EVERY)
+        {
+            return;
+        }
+        let (tenant, id) = (key.tenant_id, key.id);
+        self.gate
+            .cache
+            .keys
+            .update(&(tenant, id), |r| r.credential.last_used_at = Some(now));
+        let store = self.gate.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.api_keys().touch_api_key(tenant, id, now).await {
+                tracing::warn!(error = %e, "cannot record api key use");
+            }
+        });
     }
 }
