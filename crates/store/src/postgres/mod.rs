@@ -282,7 +282,7 @@ impl PgStore {
             task.abort();
         }
         self.inner.pool.close();
-        tracing::info!(target = %self.inner.target, "postgres store closed");
+        tracing::info!(server = %self.inner.target, "postgres store closed");
     }
 }
 
@@ -295,12 +295,12 @@ async fn supervise(pool: Pool, target: String, state: watch::Sender<SchemaState>
         attempts += 1;
         match migrate_pg(&pool).await {
             Ok(()) => {
-                tracing::info!(%target, attempts, "postgres store ready");
+                tracing::info!(server = %target, attempts, "postgres store ready");
                 state.send_replace(SchemaState::Ready);
                 return;
             }
             Err(StoreError::Migration(msg)) => {
-                tracing::error!(%target, error = %msg, "postgres schema cannot be migrated; fix the database or the binary");
+                tracing::error!(server = %target, error = %msg, "postgres schema cannot be migrated; fix the database or the binary");
                 state.send_replace(SchemaState::Failed(msg));
                 return;
             }
@@ -308,10 +308,10 @@ async fn supervise(pool: Pool, target: String, state: watch::Sender<SchemaState>
                 let jittered = delay.mul_f64(rand::rng().random_range(0.8..1.2));
                 let retry_in_ms = jittered.as_millis() as u64;
                 if let StoreError::Unavailable(_) = e {
-                    tracing::warn!(%target, attempt = attempts, retry_in_ms, error = %e, "postgres unreachable, retrying");
+                    tracing::warn!(server = %target, attempt = attempts, retry_in_ms, error = %e, "postgres unreachable, retrying");
                 } else {
                     // Reached but refused: credentials, missing database, permissions.
-                    tracing::error!(%target, attempt = attempts, retry_in_ms, error = %e, "postgres refused the hub, retrying");
+                    tracing::error!(server = %target, attempt = attempts, retry_in_ms, error = %e, "postgres refused the hub, retrying");
                 }
                 state.send_replace(SchemaState::Connecting { attempts });
                 tokio::time::sleep(jittered).await;
