@@ -474,3 +474,26 @@ pub fn run_hub(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     }
     cmd.output().expect("run coditect-hub")
 }
+
+/// Runs the binary to completion with `stdin` piped in.
+pub fn run_hub_with_stdin(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = Command::new(hub_binary());
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn coditect-hub");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("wait")
+}
