@@ -2,6 +2,7 @@
 //! sits next to the same work done by the raw engine underneath, so the overhead reads
 //! as a ratio even on a noisy shared machine. Results and commands: BENCHMARKS.md.
 
+mod auth;
 mod baseline;
 mod report;
 mod rows;
@@ -23,6 +24,8 @@ enum Suite {
     /// Raw storage engines on the log-entry shape: SQLite batched inserts, PostgreSQL
     /// COPY, and the store's group-commit writer over the same rows.
     Baseline(baseline::Args),
+    /// Access-token validation (beside a bare RSA verify) and login latency.
+    Auth(auth::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.suite {
             Suite::Baseline(args) => baseline::run(args).await,
+            Suite::Auth(args) => auth::run(args).await,
         }
     })
 }

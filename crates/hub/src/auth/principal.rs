@@ -53,15 +53,24 @@ impl FromRequestParts<AppState> for Principal {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let Ok(meta) = RequestMeta::from_request_parts(parts, state).await;
-        let Some(token) = credential(&parts.headers)? else {
-            count("missing");
-            return Err(refused("authentication required"));
-        };
-        if secrets::is_api_key(token) {
-            api_key_principal(state, token, meta).await
-        } else {
-            token_principal(state, token, meta).await
-        }
+        authenticate(state, &parts.headers, meta).await
+    }
+}
+
+/// The whole check a request's credential goes through (also used by the benchmarks).
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    meta: RequestMeta,
+) -> Result<Principal, ApiError> {
+    let Some(token) = credential(headers)? else {
+        count("missing");
+        return Err(refused("authentication required"));
+    };
+    if secrets::is_api_key(token) {
+        api_key_principal(state, token, meta).await
+    } else {
+        token_principal(state, token, meta).await
     }
 }
 
