@@ -109,6 +109,9 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    for _ in 0..warmup(n) {
+        f().await?;
+    }
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
@@ -118,7 +121,15 @@ where
     Ok(samples)
 }
 
+/// Untimed rounds first, so no row pays for cold caches or clock ramp-up.
+fn warmup(n: usize) -> usize {
+    (n / 10).max(1)
+}
+
 fn time_sync(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<Duration>> {
+    for _ in 0..warmup(n) {
+        f()?;
+    }
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();

@@ -196,3 +196,16 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod docs {
+    #[test]
+    fn the_readme_shows_this_table() {
+        let readme = include_str!("../../../../README.md");
+        let table = super::markdown();
+        assert!(
+            readme.contains(&table),
+            "README.md must contain the RBAC table exactly as rbac::markdown() renders it:\n{table}"
+        );
+    }
+}

@@ -177,17 +177,25 @@ impl<'a> Scoped<'a> {
         ))
     }
 
-    /// A refusal that must not reveal whether the object exists (another tenant).
-    async fn hide<T>(
+    /// A refusal to reach into another tenant: audited, and answered exactly like a tenant
+    /// that does not exist.
+    async fn hide_tenant<T>(
         &self,
         resource: Resource,
         action: Action,
-        id: Option<String>,
+        tenant: TenantId,
     ) -> Result<T, ApiError> {
-        let what = format!("{}:{} across tenants", resource.as_str(), action.as_str());
-        self.audit(AuditEvent::by(self.p, "access.denied", resource.as_str(), id).denied(what))
-            .await;
-        Err(not_found(resource))
+        let what = format!(
+            "{}:{} in another tenant",
+            resource.as_str(),
+            action.as_str()
+        );
+        self.audit(
+            AuditEvent::by(self.p, "access.denied", "tenant", Some(tenant.to_string()))
+                .denied(what),
+        )
+        .await;
+        Err(ApiError::not_found("tenant not found"))
     }
 
     fn tenant(&self) -> TenantId {
@@ -238,7 +246,9 @@ impl<'a> Scoped<'a> {
         let tenant = new.tenant.unwrap_or(self.tenant());
         if tenant != self.tenant() {
             if !self.p.platform_admin {
-                return self.hide(Resource::User, Action::Create, None).await;
+                return self
+                    .hide_tenant(Resource::User, Action::Create, tenant)
+                    .await;
             }
             self.gate
                 .store
@@ -608,7 +618,7 @@ impl<'a> Scoped<'a> {
         let tenant = filter.tenant.unwrap_or(self.tenant());
         if tenant != self.tenant() && !self.p.platform_admin {
             return self
-                .hide(Resource::Audit, Action::Read, Some(tenant.to_string()))
+                .hide_tenant(Resource::Audit, Action::Read, tenant)
                 .await;
         }
         if tenant == self.tenant() {
