@@ -58,52 +58,48 @@ fn inner_reason(text: &str) -> &str {
     text.split_once(": ").map_or(text, |(_, reason)| reason)
 }
 
-/// Path parameters, parsed into `T`; a malformed one is a 400 naming it.
-#[derive(Debug, Clone, Copy)]
-pub struct Path<T>(pub T);
+/// Wraps one of axum's request-parts extractors so its rejection is a 400 envelope whose
+/// message names the problem.
+macro_rules! parts_extractor {
+    ($(#[$doc:meta])* $name:ident, $inner:path, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct $name<T>(pub T);
 
-impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+        impl<S, T> axum::extract::FromRequestParts<S> for $name<T>
+        where
+            T: DeserializeOwned + Send,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(value)) => Ok(Path(value)),
-            Err(rejection) => Err(ApiError::bad_request(format!(
-                "invalid path parameter: {}",
-                inner_reason(&rejection.body_text())
-            ))),
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                use $inner as Inner;
+                match Inner::<T>::from_request_parts(parts, state).await {
+                    Ok(Inner(value)) => Ok($name(value)),
+                    Err(rejection) => Err(ApiError::bad_request(format!(
+                        concat!($what, ": {}"),
+                        inner_reason(&rejection.body_text())
+                    ))),
+                }
+            }
         }
-    }
+    };
 }
 
-/// Query parameters, parsed into `T`; a malformed one is a 400 naming it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Query<T>(pub T);
+parts_extractor!(
+    /// Path parameters, parsed into `T`; a malformed one is a 400 naming it.
+    Path,
+    axum::extract::Path,
+    "invalid path parameter"
+);
 
-impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(value)) => Ok(Query(value)),
-            Err(rejection) => Err(ApiError::bad_request(format!(
-                "invalid query: {}",
-                inner_reason(&rejection.body_text())
-            ))),
-        }
-    }
-}
+parts_extractor!(
+    /// Query parameters, parsed into `T`; a malformed one is a 400 naming it.
+    Query,
+    axum::extract::Query,
+    "invalid query"
+);
