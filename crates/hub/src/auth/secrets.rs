@@ -118,7 +118,9 @@ mod tests {
             assert_eq!(parse(Kind::ApiKey, bad), None, "{bad}");
         }
         let m = mint(Kind::RefreshToken, TenantId::new(), Uuid::now_v7());
-        let tampered = format!("{}A", &m.token[..m.token.len() - 1]);
+        let last = if m.token.ends_with('A') { "B" } else { "A" };
+        let tampered = format!("{}{last}", &m.token[..m.token.len() - 1]);
+        assert_ne!(tampered, m.token);
         if let Some(p) = parse(Kind::RefreshToken, &tampered) {
             assert!(!same_hash(&p.hash, &m.hash));
         }
