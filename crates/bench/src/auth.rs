@@ -254,10 +254,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let passwords = &warm.state.auth().passwords;
     let argon = time_async(args.logins, || async {
-        anyhow::ensure!(
-            passwords.verify(PASSWORD.into(), Some(hash.clone())).await,
-            "verify"
-        );
+        let ok = passwords
+            .verify(PASSWORD.into(), Some(hash.clone()))
+            .await?;
+        anyhow::ensure!(ok, "verify");
         Ok(())
     })
     .await?;

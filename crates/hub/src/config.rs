@@ -738,7 +738,8 @@ impl Raw {
                     .required("auth_session_lifetime", duration(Duration::from_secs(300), 365 * DAY))?,
                 session_cache_ttl: self.required(
                     "auth_session_cache_ttl",
-                    duration(Duration::ZERO, Duration::from_secs(5)),
+                    // Plus one store read, a logout reaches every replica within 5 s.
+                    duration(Duration::ZERO, Duration::from_secs(4)),
                 )?,
                 key_rotation: self.required("auth_key_rotation", duration(HOUR, 365 * DAY))?,
                 signing_key_file: self.parse("auth_signing_key_file", |s| {

@@ -131,6 +131,19 @@ impl Hub {
             extra,
             data_dir_lock,
         } = self;
+        // Publish this node's signing key before issuing a single token, so other replicas
+        // can verify it from the first request (the background task retries if this fails).
+        let store_keys = state.gate().system().signing_keys();
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            state.auth().keys.refresh(store_keys),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot publish the signing key yet"),
+            Err(_) => tracing::warn!("cannot publish the signing key yet: the store is slow"),
+        }
         let app = crate::http::router(state.clone(), extra);
         let background: Vec<JoinHandle<()>> = vec![
             telemetry::metrics::spawn_upkeep(state.metrics().clone()),

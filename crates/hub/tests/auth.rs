@@ -28,7 +28,10 @@ both_backends!(
     signing_keys_rotate_and_old_tokens_keep_verifying,
     disabling_a_user_ends_their_access,
     changing_the_password_ends_the_other_sessions,
+    guessing_the_current_password_is_throttled_and_audited,
     expired_sessions_are_swept_and_counted,
+    concurrent_guesses_get_no_more_than_the_budget,
+    a_session_can_be_opened_for_a_workspace,
 );
 
 fn claims_of(token: &str) -> Value {
@@ -407,6 +410,8 @@ async fn idle_sessions_expire_by_the_clock(backend: Backend) {
         |c| {
             c.auth.session_idle_timeout = Duration::from_secs(600);
             c.auth.access_ttl = Duration::from_secs(3600);
+            // Every request reads the store: the test needs no real time to pass.
+            c.auth.session_cache_ttl = Duration::ZERO;
         },
         axum::Router::new(),
     )
@@ -420,7 +425,16 @@ async fn idle_sessions_expire_by_the_clock(backend: Backend) {
         200,
         "5 minutes idle is fine"
     );
-    // That request was activity: 6 more minutes (11 after the login) are still fine...
+    // That request was activity (recorded in the background: wait until it is stored)...
+    let path = format!("/api/v1/sessions/{}", tokens.session_id);
+    let login_at = json(app.get_as(&path, &tokens.access).await).await["created_at"].clone();
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            json(app.get_as(&path, &tokens.access).await).await["last_access_at"] != login_at
+        })
+        .await
+    );
+    // ...so 6 more minutes (11 after the login) are still fine...
     app.clock.advance(Duration::from_secs(360));
     assert_eq!(me_status(&app, &tokens.access).await, 200);
     // ...but 11 idle minutes end it, though the token itself is still within its hour.
@@ -428,7 +442,6 @@ async fn idle_sessions_expire_by_the_clock(backend: Backend) {
     assert_eq!(me_status(&app, &tokens.access).await, 401, "idle-expired");
     assert_eq!(refresh(&app, &tokens.refresh).await.status(), 401);
     // Refused requests are not activity: the session stays dead.
-    tokio::time::sleep(Duration::from_millis(2100)).await; // past this node's cache
     assert_eq!(me_status(&app, &tokens.access).await, 401, "not revived");
 }
 
@@ -539,7 +552,13 @@ async fn create_key(app: &TestApp, token: &str, body: Value) -> Value {
 }
 
 async fn api_keys_authenticate_until_revoked_or_expired(backend: Backend) {
-    let app = spawn_app(backend).await;
+    // No credential cache: expiry by the test clock shows without real time passing.
+    let app = spawn_app_with(
+        backend,
+        |c| c.auth.session_cache_ttl = Duration::ZERO,
+        axum::Router::new(),
+    )
+    .await;
     let tenant = app.seed_tenant("acme").await;
     let user = app.seed_user(tenant, Role::Member, false).await;
     let tokens = app.login(&user).await;
@@ -599,7 +618,6 @@ async fn api_keys_authenticate_until_revoked_or_expired(backend: Backend) {
     let temp = temp["key"].as_str().unwrap().to_string();
     assert_eq!(me_status(&app, &temp).await, 200);
     app.clock.advance(Duration::from_secs(2 * 3600));
-    tokio::time::sleep(Duration::from_millis(2100)).await; // let this node's cache entry age out
     assert_eq!(me_status(&app, &temp).await, 401);
     // And a key cannot be born expired.
     let past = (app.clock.now() - chrono::Duration::hours(1)).to_rfc3339();
@@ -957,4 +975,122 @@ async fn expired_sessions_are_swept_and_counted(backend: Backend) {
     assert_eq!(me_status(&app, &admin_tokens.access).await, 401);
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("auth_active_sessions 1"), "{metrics}");
+}
+
+async fn guessing_the_current_password_is_throttled_and_audited(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        |c| c.auth.login_max_failures = 2,
+        axum::Router::new(),
+    )
+    .await;
+    let (tenant, _admin, admin_tokens) = app.tenant_with_admin("acme").await;
+    let user = app.seed_user(tenant, Role::Member, false).await;
+    let tokens = app.login(&user).await;
+    let guess = |current: &str| json!({"current_password": current, "new_password": "a brand new passphrase"});
+    for _ in 0..2 {
+        let res = app
+            .post_as(
+                "/api/v1/users/me/password",
+                &tokens.access,
+                guess("a wrong guess"),
+            )
+            .await;
+        assert_envelope(res, 403, "ACCESS_DENIED").await;
+    }
+    let res = app
+        .post_as(
+            "/api/v1/users/me/password",
+            &tokens.access,
+            guess(&user.password),
+        )
+        .await;
+    assert_envelope(res, 429, "RATE_LIMITED").await;
+    let audit = json(
+        app.get_as(
+            "/api/v1/audit?action=user.password_change",
+            &admin_tokens.access,
+        )
+        .await,
+    )
+    .await;
+    let failures = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["result"] == "failure")
+        .count();
+    assert_eq!(failures, 2);
+}
+
+async fn concurrent_guesses_get_no_more_than_the_budget(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        |c| c.auth.login_max_failures = 3,
+        axum::Router::new(),
+    )
+    .await;
+    let tenant = app.seed_tenant("acme").await;
+    let user = app.seed_user(tenant, Role::Member, false).await;
+    let guesses: Vec<_> = (0..12)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = app.url("/api/v1/auth/login");
+            let email = user.email.clone();
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({"email": email, "password": format!("guess number {i}")}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap());
+    }
+    let tried = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((tried, throttled), (3, 9), "{statuses:?}");
+}
+
+async fn a_session_can_be_opened_for_a_workspace(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_tenant, admin, admin_tokens) = app.tenant_with_admin("acme").await;
+    let ws = json(
+        app.post_as(
+            "/api/v1/workspaces",
+            &admin_tokens.access,
+            json!({"name": "api"}),
+        )
+        .await,
+    )
+    .await;
+    let login = |workspace: Value| {
+        app.client
+            .post(app.url("/api/v1/auth/login"))
+            .json(&json!({"email": admin.email, "password": admin.password, "workspace_id": workspace}))
+            .send()
+    };
+    let res = login(ws["id"].clone()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = json(res).await;
+    let path = format!("/api/v1/sessions/{}", body["session_id"].as_str().unwrap());
+    let session = json(app.get_as(&path, &admin_tokens.access).await).await;
+    assert_eq!(session["workspace_id"], ws["id"]);
+
+    let res = login(json!(uuid::Uuid::now_v7())).await.unwrap();
+    assert_envelope(res, 400, "BAD_REQUEST").await;
+    // Far-off instants are refused before they reach a store that cannot hold them.
+    let res = app
+        .get_as(
+            "/api/v1/audit?since=0001-01-01T00:00:00Z",
+            &admin_tokens.access,
+        )
+        .await;
+    assert_envelope(res, 400, "BAD_REQUEST").await;
 }

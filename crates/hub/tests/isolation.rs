@@ -15,6 +15,7 @@ both_backends!(
     the_role_matrix_holds,
     platform_admins_act_across_tenants_and_nobody_else_does,
     administration_works_and_is_audited,
+    escalations_are_refused,
 );
 
 /// One tenant with users of every role, a workspace, an API key and a live session.
@@ -725,4 +726,135 @@ async fn administration_works_and_is_audited(backend: Backend) {
     assert_envelope(res, 400, "BAD_REQUEST").await;
     let res = app.get_as("/api/v1/audit?since=yesterday", &token).await;
     assert_envelope(res, 400, "BAD_REQUEST").await;
+}
+
+async fn escalations_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.seed_tenant("home").await;
+    let operator = app.seed_user(tenant, Role::Admin, true).await;
+    let op = app.login(&operator).await;
+    let admin = app.seed_user(tenant, Role::Admin, false).await;
+    let admin_token = app.login(&admin).await.access;
+    let member = app.seed_user(tenant, Role::Member, false).await;
+    let member_token = app.login(&member).await.access;
+    let op_key = json(
+        app.post_as("/api/v1/api-keys", &op.access, json!({"name": "op"}))
+            .await,
+    )
+    .await;
+
+    // A tenant admin cannot mint a key that acts as the platform admin, nor as any person.
+    for owner in [operator.id, member.id] {
+        let res = app
+            .post_as(
+                "/api/v1/api-keys",
+                &admin_token,
+                json!({"name": "x", "role": "admin", "owner_id": owner}),
+            )
+            .await;
+        assert_envelope(res, 403, "ACCESS_DENIED").await;
+    }
+    // …nor disable, demote, log out or de-key the platform admin.
+    let path = format!("/api/v1/users/{}", operator.id);
+    for change in [json!({"disabled": true}), json!({"role": "viewer"})] {
+        let res = app
+            .call(Method::PATCH, &path, &admin_token, Some(change))
+            .await;
+        assert_envelope(res, 403, "ACCESS_DENIED").await;
+    }
+    let res = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/sessions/{}", op.session_id),
+            &admin_token,
+            None,
+        )
+        .await;
+    assert_envelope(res, 403, "ACCESS_DENIED").await;
+    let res = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{}", op_key["id"].as_str().unwrap()),
+            &admin_token,
+            None,
+        )
+        .await;
+    assert_envelope(res, 403, "ACCESS_DENIED").await;
+    assert_eq!(
+        app.get_as("/api/v1/users/me", &op.access).await.status(),
+        200,
+        "operator unharmed"
+    );
+
+    // Keys mint no keys, so a key's limits cannot be escaped.
+    let ws = json(
+        app.post_as("/api/v1/workspaces", &admin_token, json!({"name": "ci"}))
+            .await,
+    )
+    .await;
+    let expires = (app.clock.now() + chrono::Duration::hours(1)).to_rfc3339();
+    let limited = json(
+        app.post_as(
+            "/api/v1/api-keys",
+            &admin_token,
+            json!({"name": "bound", "role": "admin", "workspace_id": ws["id"], "expires_at": expires}),
+        )
+        .await,
+    )
+    .await;
+    let limited = limited["key"].as_str().unwrap();
+    let res = app
+        .post_as("/api/v1/api-keys", limited, json!({"name": "escape"}))
+        .await;
+    assert_envelope(res, 403, "ACCESS_DENIED").await;
+    let member_key = json(
+        app.post_as("/api/v1/api-keys", &member_token, json!({"name": "m"}))
+            .await,
+    )
+    .await;
+    let res = app
+        .post_as(
+            "/api/v1/api-keys",
+            member_key["key"].as_str().unwrap(),
+            json!({"name": "child"}),
+        )
+        .await;
+    assert_envelope(res, 403, "ACCESS_DENIED").await;
+    // A workspace-bound admin key does that workspace's work only.
+    assert_envelope(
+        app.get_as("/api/v1/users", limited).await,
+        403,
+        "ACCESS_DENIED",
+    )
+    .await;
+    assert_envelope(
+        app.get_as("/api/v1/audit", limited).await,
+        403,
+        "ACCESS_DENIED",
+    )
+    .await;
+    let res = app
+        .post_as(
+            "/api/v1/users",
+            limited,
+            json!({"email": "k@example.com", "password": "long enough password", "role": "admin"}),
+        )
+        .await;
+    assert_envelope(res, 403, "ACCESS_DENIED").await;
+    assert_eq!(app.get_as("/api/v1/users/me", limited).await.status(), 200);
+    assert_eq!(
+        app.get_as(
+            &format!("/api/v1/workspaces/{}", ws["id"].as_str().unwrap()),
+            limited
+        )
+        .await
+        .status(),
+        200
+    );
+
+    // A tenant admin cannot read other tenants' data through a platform flag it lacks.
+    let res = app
+        .post_as("/api/v1/tenants", &admin_token, json!({"name": "mine"}))
+        .await;
+    assert_envelope(res, 403, "ACCESS_DENIED").await;
 }

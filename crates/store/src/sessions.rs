@@ -3,7 +3,7 @@
 use crate::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use coditect_proto::{SessionId, SessionStatus, TenantId, UserId};
+use coditect_proto::{SessionId, SessionStatus, TenantId, UserId, WorkspaceId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -19,6 +19,8 @@ pub struct Session {
     pub end_reason: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The workspace the session was opened for, if any.
+    pub workspace_id: Option<WorkspaceId>,
 }
 
 impl Session {
@@ -29,6 +31,10 @@ impl Session {
             && self.last_access_at >= idle_cutoff
     }
 }
+
+/// How long a spent refresh token is remembered (presenting it within this window
+/// terminates the session; later it is merely unknown).
+pub const REUSE_MEMORY: chrono::Duration = chrono::Duration::days(7);
 
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +91,7 @@ pub trait SessionStore: Send + Sync {
 
     /// Atomically checks `presented` and, if it is the current token of a live session,
     /// marks it used and stores `next` as current. A used token terminates the session.
+    /// Spent tokens are kept for [`REUSE_MEMORY`] to catch their reuse, then forgotten.
     async fn rotate_refresh(
         &self,
         tenant: TenantId,
@@ -95,8 +102,9 @@ pub trait SessionStore: Send + Sync {
         idle_cutoff: DateTime<Utc>,
     ) -> Result<RefreshOutcome, StoreError>;
 
-    /// Deletes sessions past their lifetime, idle since before `idle_cutoff`, or ended
-    /// before `ended_cutoff`, with their refresh tokens; how many were deleted.
+    /// Deletes active sessions past their lifetime or idle since before `idle_cutoff`, and
+    /// ended (or suspended) ones whose end (or last use) is before `ended_cutoff`, with
+    /// their refresh tokens; how many were deleted.
     async fn purge_sessions(
         &self,
         now: DateTime<Utc>,

@@ -7,7 +7,7 @@
 
 use crate::auth::secrets;
 use crate::authz::{NewApiKey, Principal};
-use crate::http::{ApiError, Json, Path};
+use crate::http::{ApiError, Json, Path, check_instant};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
@@ -93,7 +93,7 @@ async fn create(
             name,
             role: req.role.unwrap_or(Role::Service),
             workspace: req.workspace_id,
-            expires_at: req.expires_at,
+            expires_at: check_instant("expires_at", req.expires_at)?,
             prefix: secrets::display_prefix(&minted.token),
             secret_hash: minted.hash,
             id,

@@ -3,7 +3,7 @@
 //! `cursor`, `limit` (≤ 1000).
 
 use crate::authz::{AuditFilter, Principal};
-use crate::http::{ApiError, Query};
+use crate::http::{ApiError, Query, check_instant};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
@@ -77,7 +77,9 @@ async fn list(
     principal: Principal,
     Query(p): Query<AuditParams>,
 ) -> Result<axum::Json<AuditPage>, ApiError> {
-    if let (Some(since), Some(until)) = (p.since, p.until)
+    let since = check_instant("since", p.since)?;
+    let until = check_instant("until", p.until)?;
+    if let (Some(since), Some(until)) = (since, until)
         && since > until
     {
         return Err(ApiError::bad_request("since must not be after until"));
@@ -89,8 +91,8 @@ async fn list(
             tenant: p.tenant_id,
             actor_id: p.actor,
             action: p.action,
-            since: p.since,
-            until: p.until,
+            since,
+            until,
             cursor: p.cursor,
             limit: p.limit,
         })

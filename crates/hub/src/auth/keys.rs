@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 pub const ALG: &str = "RS256";
 /// Extra life of a published key beyond the last token it can have signed (clock skew).
 const MARGIN: Duration = Duration::from_secs(300);
-/// An unknown `kid` triggers a reload from the store at most this often.
+/// One unknown `kid` triggers a reload from the store at most this often…
 const UNKNOWN_KID_RELOAD: Duration = Duration::from_secs(1);
+/// …and all unknown kids together at most this many times a second, so junk tokens can
+/// neither hammer the store nor starve a genuinely new key of its reload.
+const RELOADS_PER_SECOND: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -70,7 +73,43 @@ pub struct KeyRing {
     clock: Clock,
     signing: RwLock<Arc<SigningKey>>,
     verifying: RwLock<Arc<HashMap<String, Arc<VerifyingKey>>>>,
-    last_reload: tokio::sync::Mutex<Option<Instant>>,
+    reloads: tokio::sync::Mutex<ReloadLimiter>,
+}
+
+#[derive(Default)]
+struct ReloadLimiter {
+    per_kid: HashMap<String, Instant>,
+    second: Option<Instant>,
+    in_second: u32,
+}
+
+impl ReloadLimiter {
+    /// Whether an unknown `kid` may trigger a reload now (and records that it did).
+    fn allow(&mut self, kid: &str) -> bool {
+        let now = Instant::now();
+        if self
+            .per_kid
+            .get(kid)
+            .is_some_and(|t| now.duration_since(*t) < UNKNOWN_KID_RELOAD)
+        {
+            return false;
+        }
+        if self
+            .second
+            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1))
+        {
+            self.second = Some(now);
+            self.in_second = 0;
+            self.per_kid
+                .retain(|_, t| now.duration_since(*t) < UNKNOWN_KID_RELOAD);
+        }
+        if self.in_second >= RELOADS_PER_SECOND {
+            return false;
+        }
+        self.in_second += 1;
+        self.per_kid.insert(kid.to_string(), now);
+        true
+    }
 }
 
 /// A private key read from disk (or just generated).
@@ -95,7 +134,7 @@ impl KeyRing {
         Ok(KeyRing {
             signing: RwLock::new(Arc::new(signing)),
             verifying: RwLock::new(Arc::new(own)),
-            last_reload: tokio::sync::Mutex::new(None),
+            reloads: tokio::sync::Mutex::new(ReloadLimiter::default()),
             config,
             clock,
         })
@@ -121,7 +160,7 @@ impl KeyRing {
     }
 
     /// Like [`KeyRing::verifying`], but an unknown `kid` (a key another replica has just
-    /// published) reloads the set from the store, at most once a second.
+    /// published) reloads the set from the store (rate-limited, see [`ReloadLimiter`]).
     pub async fn verifying_or_reload(
         &self,
         kid: &str,
@@ -130,11 +169,9 @@ impl KeyRing {
         if let Some(key) = self.verifying(kid) {
             return Some(key);
         }
-        let mut last = self.last_reload.lock().await;
-        if last.is_some_and(|t| t.elapsed() < UNKNOWN_KID_RELOAD) {
+        if !self.reloads.lock().await.allow(kid) {
             return self.verifying(kid);
         }
-        *last = Some(Instant::now());
         if let Err(e) = self.reload(store).await {
             tracing::warn!(error = %e, "cannot reload verification keys");
         }

@@ -24,7 +24,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use coditect_proto::{Email, ErrorCode, Role, SessionId, SessionStatus, TenantId, UserId};
+use coditect_proto::{
+    Email, ErrorCode, Role, SessionId, SessionStatus, TenantId, UserId, WorkspaceId,
+};
 use coditect_store::{RefreshOutcome, Session, User};
 use keys::KeyRing;
 use password::Passwords;
@@ -80,6 +82,8 @@ pub fn routes() -> Router<AppState> {
 struct LoginRequest {
     email: Email,
     password: String,
+    /// The workspace this session is for (one of the user's tenant).
+    workspace_id: Option<WorkspaceId>,
 }
 
 #[derive(Deserialize)]
@@ -123,7 +127,7 @@ async fn login(
         "session",
         None,
     );
-    if let Err(wait) = auth.throttle.check(&subject) {
+    if let Err(wait) = auth.throttle.attempt(&subject) {
         metrics::counter!("auth_logins_total", "result" => "throttled").increment(1);
         gate.auditor()
             .record(attempt.failed("throttled"), &meta)
@@ -139,11 +143,14 @@ async fn login(
     // Always verify (against a decoy when there is no usable hash): the same time and the
     // same answer whether or not the account exists.
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-    let password_ok = auth.passwords.verify(req.password, hash).await;
+    let password_ok = auth
+        .passwords
+        .verify(req.password.clone(), hash)
+        .await
+        .map_err(|_| busy())?;
     let user = match user {
         Some(u) if password_ok && !u.disabled => u,
         other => {
-            auth.throttle.record_failure(&subject);
             metrics::counter!("auth_logins_total", "result" => "failure").increment(1);
             let event = match &other {
                 Some(u) => attempt
@@ -159,7 +166,25 @@ async fn login(
             return Err(ApiError::new(ErrorCode::AuthRequired, BAD_LOGIN));
         }
     };
-    auth.throttle.record_success(&subject);
+    auth.throttle.succeeded(&subject);
+    if let Some(ws) = req.workspace_id {
+        let known = gate
+            .credentials()
+            .workspace_exists(user.tenant_id, ws)
+            .await?;
+        if !known {
+            return Err(ApiError::bad_request(
+                "workspace_id names no workspace of your tenant",
+            ));
+        }
+    }
+    if user
+        .password_hash
+        .as_deref()
+        .is_some_and(|h| auth.passwords.is_outdated(h))
+    {
+        upgrade_hash(&state, &user, req.password);
+    }
 
     let now = gate.clock().now();
     let session = Session {
@@ -175,6 +200,7 @@ async fn login(
         end_reason: None,
         ip: meta.ip.clone(),
         user_agent: meta.user_agent.clone(),
+        workspace_id: req.workspace_id,
     };
     let refresh = secrets::mint(
         secrets::Kind::RefreshToken,
@@ -200,6 +226,32 @@ async fn login(
         )
         .await;
     Ok(response)
+}
+
+/// Answer when every hashing slot stays busy: retryable, not the client's fault.
+pub fn busy() -> ApiError {
+    ApiError::unavailable("too many password checks at once; retry shortly", 1)
+}
+
+/// Re-hashes a password stored with older (cheaper) parameters, in the background.
+fn upgrade_hash(state: &AppState, user: &User, password: String) {
+    let state = state.clone();
+    let (tenant, id) = (user.tenant_id, user.id);
+    tokio::spawn(async move {
+        let result = match state.auth().passwords.hash(password).await {
+            Ok(hash) => state
+                .gate()
+                .credentials()
+                .set_password_hash(tenant, id, hash)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => tracing::info!(user = %id, "password re-hashed with the current parameters"),
+            Err(e) => tracing::warn!(user = %id, error = %e, "cannot re-hash a password"),
+        }
+    });
 }
 
 fn token_response(

@@ -7,31 +7,72 @@
 //! async workers.
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 #[derive(Clone)]
 pub struct Passwords {
     params: Params,
-    /// A real hash of a random password, verified against when the account does not exist
-    /// so that a failed login costs the same time either way.
-    decoy: Arc<OnceLock<String>>,
+    /// A real hash of a random password at the current parameters, verified against when
+    /// the account does not exist so that a failed login costs the same time either way.
+    decoy: Arc<String>,
+    /// Hashes running at once: each takes `m` KiB, so this bounds their memory.
+    permits: Arc<Semaphore>,
 }
+
+/// Too many hashes are running; the caller answers 503 and the client retries.
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing is saturated")]
+pub struct Busy;
+
+/// Longest a request waits for a hashing slot.
+const WAIT_FOR_SLOT: Duration = Duration::from_secs(5);
 
 /// Shortest and longest password accepted for new passwords.
 pub const MIN_LEN: usize = 12;
 pub const MAX_LEN: usize = 1024;
 
 impl Passwords {
+    /// Computes the decoy hash now (one hash at the configured cost).
     pub fn new(memory_kib: u32, iterations: u32) -> Passwords {
         let params = Params::new(memory_kib, iterations, 1, None).unwrap_or(Params::DEFAULT);
+        let random: [u8; 32] = rand::random();
+        let decoy = hasher(&params)
+            .hash_password(&random)
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let slots = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2);
         Passwords {
             params,
-            decoy: Arc::new(OnceLock::new()),
+            decoy: Arc::new(decoy),
+            permits: Arc::new(Semaphore::new(slots)),
         }
     }
 
     fn hasher(&self) -> Argon2<'static> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+        hasher(&self.params)
+    }
+
+    /// Whether `hash` was made with other parameters than new hashes use (then it is worth
+    /// re-hashing the password at the next successful login).
+    pub fn is_outdated(&self, hash: &str) -> bool {
+        let current = format!(
+            "m={},t={},p={}",
+            self.params.m_cost(),
+            self.params.t_cost(),
+            self.params.p_cost()
+        );
+        !hash.starts_with("$argon2id$v=19$") || hash.split('$').nth(3) != Some(current.as_str())
+    }
+
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Busy> {
+        tokio::time::timeout(WAIT_FOR_SLOT, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| Busy)?
+            .map_err(|_| Busy)
     }
 
     /// Checks a new password's length (in characters), the one rule we impose.
@@ -48,8 +89,10 @@ impl Passwords {
 
     /// A PHC string for `password`.
     pub async fn hash(&self, password: String) -> Result<String, String> {
+        let permit = self.slot().await.map_err(|e| e.to_string())?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             this.hasher()
                 .hash_password(password.as_bytes())
                 .map(|h| h.to_string())
@@ -61,12 +104,14 @@ impl Passwords {
 
     /// Whether `password` matches `hash`; with no hash (unknown account, service account)
     /// it verifies against the decoy and answers false, in the same time.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, Busy> {
+        let permit = self.slot().await?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        Ok(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let (hash, real) = match hash {
                 Some(h) => (h, true),
-                None => (this.decoy().to_string(), false),
+                None => (this.decoy.to_string(), false),
             };
             let ok = this
                 .hasher()
@@ -75,18 +120,12 @@ impl Passwords {
             ok && real
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false))
     }
+}
 
-    fn decoy(&self) -> &str {
-        self.decoy.get_or_init(|| {
-            let random: [u8; 32] = rand::random();
-            self.hasher()
-                .hash_password(&random)
-                .map(|h| h.to_string())
-                .unwrap_or_default()
-        })
-    }
+fn hasher(params: &Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
 }
 
 #[cfg(test)]
@@ -98,22 +137,19 @@ mod tests {
         let p = Passwords::new(1024, 1);
         let hash = p.hash("correct horse battery".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{hash}");
-        assert!(
-            p.verify("correct horse battery".into(), Some(hash.clone()))
-                .await
-        );
-        assert!(
-            !p.verify("wrong horse battery".into(), Some(hash.clone()))
-                .await
-        );
-        // A hasher with other parameters still verifies old hashes.
-        assert!(
-            Passwords::new(2048, 2)
-                .verify("correct horse battery".into(), Some(hash))
-                .await
-        );
-        // No hash: never matches, even the decoy's own password is unknown to anyone.
-        assert!(!p.verify("anything".into(), None).await);
+        let check = |p: &Passwords, pw: &str, h: Option<String>| {
+            let (p, pw) = (p.clone(), pw.to_string());
+            async move { p.verify(pw, h).await.unwrap() }
+        };
+        assert!(check(&p, "correct horse battery", Some(hash.clone())).await);
+        assert!(!check(&p, "wrong horse battery", Some(hash.clone())).await);
+        assert!(!p.is_outdated(&hash));
+        // A hasher with other parameters still verifies old hashes, and knows them old.
+        let stronger = Passwords::new(2048, 2);
+        assert!(check(&stronger, "correct horse battery", Some(hash.clone())).await);
+        assert!(stronger.is_outdated(&hash));
+        // No hash: never matches (nobody knows the decoy's password).
+        assert!(!check(&p, "anything", None).await);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use coditect_store::{ApiKey, RefreshOutcome, Session, SigningKeyStore, StoreErro
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most cached credentials of each kind; past it, stale entries go first, then all.
@@ -35,12 +36,16 @@ struct Entry<T> {
 
 struct Table<K, T> {
     map: Mutex<HashMap<K, Entry<T>>>,
+    /// Bumped by every `forget`: a store read that started before a forget must not put
+    /// its (possibly revoked) result back.
+    generation: AtomicU64,
 }
 
 impl<K: Eq + Hash + Clone, T: Clone> Table<K, T> {
     fn new() -> Self {
         Table {
             map: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -51,11 +56,19 @@ impl<K: Eq + Hash + Clone, T: Clone> Table<K, T> {
             .map(|e| e.value.clone())
     }
 
-    fn put(&self, key: K, value: Resolved<T>, ttl: Duration) {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Caches `value` unless something was forgotten since `read_at` (a generation).
+    fn put(&self, key: K, value: Resolved<T>, ttl: Duration, read_at: u64) {
         if ttl.is_zero() {
             return;
         }
         if let Ok(mut map) = self.map.lock() {
+            if self.generation() != read_at {
+                return;
+            }
             if map.len() >= MAX_ENTRIES {
                 map.retain(|_, e| e.fetched.elapsed() < ttl);
                 if map.len() >= MAX_ENTRIES {
@@ -82,12 +95,14 @@ impl<K: Eq + Hash + Clone, T: Clone> Table<K, T> {
 
     fn forget(&self, key: &K) {
         if let Ok(mut map) = self.map.lock() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             map.remove(key);
         }
     }
 
     fn forget_where(&self, pred: impl Fn(&Resolved<T>) -> bool) {
         if let Ok(mut map) = self.map.lock() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             map.retain(|_, e| !pred(&e.value));
         }
     }
@@ -174,6 +189,40 @@ impl<'a> Credentials<'a> {
         Ok(outcome)
     }
 
+    /// Whether the tenant has this (undeleted) workspace.
+    pub async fn workspace_exists(
+        &self,
+        tenant: TenantId,
+        id: coditect_proto::WorkspaceId,
+    ) -> Result<bool, StoreError> {
+        let ws = self
+            .gate
+            .store
+            .workspaces()
+            .get_workspace(tenant, id)
+            .await?;
+        Ok(ws.is_some())
+    }
+
+    /// Stores a re-hash of a password that was just verified (parameter upgrade).
+    pub async fn set_password_hash(
+        &self,
+        tenant: TenantId,
+        id: coditect_proto::UserId,
+        hash: String,
+    ) -> Result<(), StoreError> {
+        let update = coditect_store::UserUpdate {
+            password_hash: Some(hash),
+            ..Default::default()
+        };
+        self.gate
+            .store
+            .users()
+            .update_user(tenant, id, &update, self.gate.clock.now())
+            .await
+            .map(|_| ())
+    }
+
     pub async fn get_user(
         &self,
         tenant: TenantId,
@@ -193,6 +242,7 @@ impl<'a> Credentials<'a> {
         if let Some(hit) = cache.sessions.get(&key, cache.ttl) {
             return Ok(Some(hit));
         }
+        let read_at = cache.sessions.generation();
         let store = &self.gate.store;
         let Some(session) = store.sessions().get_session(tenant, id).await? else {
             return Ok(None);
@@ -204,7 +254,9 @@ impl<'a> Credentials<'a> {
             credential: session,
             user,
         };
-        cache.sessions.put(key, resolved.clone(), cache.ttl);
+        cache
+            .sessions
+            .put(key, resolved.clone(), cache.ttl, read_at);
         Ok(Some(resolved))
     }
 
@@ -239,6 +291,7 @@ impl<'a> Credentials<'a> {
         if let Some(hit) = cache.keys.get(&key, cache.ttl) {
             return Ok(Some(hit));
         }
+        let read_at = cache.keys.generation();
         let store = &self.gate.store;
         let Some(api_key) = store.api_keys().get_api_key(tenant, id).await? else {
             return Ok(None);
@@ -250,7 +303,7 @@ impl<'a> Credentials<'a> {
             credential: api_key,
             user,
         };
-        cache.keys.put(key, resolved.clone(), cache.ttl);
+        cache.keys.put(key, resolved.clone(), cache.ttl, read_at);
         Ok(Some(resolved))
     }
 

@@ -66,6 +66,9 @@ fn page<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> Uuid) -> Page<T> {
 #[derive(Default)]
 struct Target {
     owner: Option<UserId>,
+    /// The owner is a platform admin: only platform admins (or the owner) may act on it,
+    /// so a tenant admin cannot lock out, demote or impersonate the operator.
+    protected: bool,
     workspace: Option<WorkspaceId>,
     id: Option<String>,
 }
@@ -126,17 +129,23 @@ impl<'a> Scoped<'a> {
     /// Whether the principal may do `action` on `resource` for `target`, without auditing.
     fn allows(&self, resource: Resource, action: Action, target: &Target) -> bool {
         let scope = rbac::effective_scope(self.p.role, self.p.key_role, resource, action);
+        let own = target.owner == Some(self.p.user_id);
         let in_scope = match scope {
             None => false,
             Some(Scope::Tenant) => true,
-            Some(Scope::Own) => target.owner == Some(self.p.user_id),
+            Some(Scope::Own) => own,
         };
-        let workspace_bound = matches!(resource, Resource::Workspace | Resource::Logs);
+        let unprotected = !target.protected || own || self.p.platform_admin;
+        // A key bound to a workspace does that workspace's work and nothing else.
         let in_workspace = match self.p.workspace {
-            Some(only) if workspace_bound => target.workspace == Some(only),
-            _ => true,
+            None => true,
+            Some(only) => match resource {
+                Resource::Workspace | Resource::Logs => target.workspace == Some(only),
+                Resource::User | Resource::Session => action == Action::Read && own,
+                _ => false,
+            },
         };
-        in_scope && in_workspace
+        in_scope && unprotected && in_workspace
     }
 
     /// Checks a permission; a refusal is counted, audited and answered 403.
@@ -202,6 +211,21 @@ impl<'a> Scoped<'a> {
         self.p.tenant_id
     }
 
+    /// Whether `owner` (someone else's object) is a platform admin; one read, only when
+    /// the object is not the principal's own.
+    async fn owner_is_platform_admin(&self, owner: UserId) -> Result<bool, ApiError> {
+        if owner == self.p.user_id || self.p.platform_admin {
+            return Ok(false);
+        }
+        let user = self
+            .gate
+            .store
+            .users()
+            .get_user(self.tenant(), owner)
+            .await?;
+        Ok(user.is_some_and(|u| u.platform_admin))
+    }
+
     // ---- users -------------------------------------------------------------------------
 
     pub async fn me(&self) -> Result<User, ApiError> {
@@ -240,6 +264,36 @@ impl<'a> Scoped<'a> {
             .list_users(self.tenant(), after, limit + 1)
             .await?;
         Ok(page(users, limit, |u| u.id.as_uuid()))
+    }
+
+    /// The permission part of [`Scoped::create_user`], to check before any costly work.
+    pub async fn may_create_user(
+        &self,
+        tenant: Option<TenantId>,
+        platform_admin: bool,
+    ) -> Result<(), ApiError> {
+        let tenant = tenant.unwrap_or(self.tenant());
+        if tenant != self.tenant() {
+            if !self.p.platform_admin {
+                return self
+                    .hide_tenant(Resource::User, Action::Create, tenant)
+                    .await;
+            }
+        } else {
+            self.check(Resource::User, Action::Create, Target::default())
+                .await?;
+        }
+        if platform_admin && !self.p.platform_admin {
+            return self.deny(Resource::User, Action::Create, None).await;
+        }
+        Ok(())
+    }
+
+    /// Audits a wrong current password on a password change.
+    pub async fn record_failed_password_change(&self) {
+        let me = Some(self.p.user_id.to_string());
+        let event = AuditEvent::by(self.p, "user.password_change", "user", me);
+        self.audit(event.failed("wrong current password")).await;
     }
 
     pub async fn create_user(&self, new: NewUser) -> Result<User, ApiError> {
@@ -297,8 +351,11 @@ impl<'a> Scoped<'a> {
         disabled: Option<bool>,
     ) -> Result<User, ApiError> {
         let user = self.fetch_user(id).await?;
-        self.check(Resource::User, Action::Update, owned(user.id, &id))
-            .await?;
+        let target = Target {
+            protected: user.platform_admin,
+            ..owned(user.id, &id)
+        };
+        self.check(Resource::User, Action::Update, target).await?;
         if id == self.p.user_id && (role.is_some_and(|r| r != user.role) || disabled == Some(true))
         {
             return Err(ApiError::bad_request(
@@ -398,12 +455,12 @@ impl<'a> Scoped<'a> {
     /// Terminates a session (the owner's logout, or an administrator's).
     pub async fn end_session(&self, id: SessionId, reason: &str) -> Result<Session, ApiError> {
         let session = self.fetch_session(id).await?;
-        self.check(
-            Resource::Session,
-            Action::Delete,
-            owned(session.user_id, &id),
-        )
-        .await?;
+        let target = Target {
+            protected: self.owner_is_platform_admin(session.user_id).await?,
+            ..owned(session.user_id, &id)
+        };
+        self.check(Resource::Session, Action::Delete, target)
+            .await?;
         let now = self.now();
         self.gate
             .store
@@ -434,6 +491,22 @@ impl<'a> Scoped<'a> {
         let owner_user = self.fetch_user(owner).await?;
         self.check(Resource::ApiKey, Action::Create, owned(owner, &new.id))
             .await?;
+        // Keys mint no keys: a key's limits (workspace, expiry, role) cannot be escaped by
+        // minting a broader one. Managing keys takes a logged-in user.
+        if matches!(self.p.via, Via::ApiKey(_)) {
+            return self
+                .deny(Resource::ApiKey, Action::Create, Some(new.id.to_string()))
+                .await;
+        }
+        // Keys for someone else are for service accounts only: an administrator must not be
+        // able to act as another person (least of all a platform admin).
+        if owner != self.p.user_id
+            && (owner_user.role != Role::Service || owner_user.platform_admin)
+        {
+            return self
+                .deny(Resource::ApiKey, Action::Create, Some(new.id.to_string()))
+                .await;
+        }
         if owner_user.disabled {
             return Err(ApiError::bad_request("the owner of the key is disabled"));
         }
@@ -498,8 +571,11 @@ impl<'a> Scoped<'a> {
             .get_api_key(self.tenant(), id)
             .await?
             .ok_or_else(|| not_found(Resource::ApiKey))?;
-        self.check(Resource::ApiKey, Action::Delete, owned(key.owner_id, &id))
-            .await?;
+        let target = Target {
+            protected: self.owner_is_platform_admin(key.owner_id).await?,
+            ..owned(key.owner_id, &id)
+        };
+        self.check(Resource::ApiKey, Action::Delete, target).await?;
         let now = self.now();
         self.gate
             .store
@@ -523,6 +599,7 @@ impl<'a> Scoped<'a> {
         let id = WorkspaceId::new();
         let target = Target {
             owner: Some(self.p.user_id),
+            protected: false,
             workspace: None,
             id: Some(id.to_string()),
         };
@@ -722,6 +799,7 @@ impl<'a> Scoped<'a> {
 fn owned(owner: UserId, id: &dyn std::fmt::Display) -> Target {
     Target {
         owner: Some(owner),
+        protected: false,
         workspace: None,
         id: Some(id.to_string()),
     }
@@ -730,6 +808,7 @@ fn owned(owner: UserId, id: &dyn std::fmt::Display) -> Target {
 fn workspace_target(ws: &Workspace) -> Target {
     Target {
         owner: Some(ws.owner_id),
+        protected: false,
         workspace: Some(ws.id),
         id: Some(ws.id.to_string()),
     }

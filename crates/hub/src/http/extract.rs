@@ -103,3 +103,18 @@ parts_extractor!(
     axum::extract::Query,
     "invalid query"
 );
+
+/// An instant given by a client, checked to lie where both stores can keep it (years 1970
+/// to 9999): PostgreSQL refuses far dates that SQLite would take.
+pub fn check_instant(
+    name: &str,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    use chrono::Datelike;
+    match at {
+        Some(t) if !(1970..=9999).contains(&t.year()) => Err(ApiError::bad_request(format!(
+            "{name} must be between the years 1970 and 9999"
+        ))),
+        other => Ok(other),
+    }
+}

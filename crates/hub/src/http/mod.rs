@@ -7,7 +7,7 @@ pub mod extract;
 pub mod middleware;
 
 pub use error::ApiError;
-pub use extract::{Json, Path, Query};
+pub use extract::{Json, Path, Query, check_instant};
 
 use crate::state::AppState;
 use axum::Router;

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use coditect_proto::{SessionId, SessionStatus, TenantId, UserId};
+use coditect_proto::{SessionId, SessionStatus, TenantId, UserId, WorkspaceId};
 use coditect_store::Session;
 use serde::Serialize;
 
@@ -32,6 +32,7 @@ pub struct SessionView {
     end_reason: Option<String>,
     ip: Option<String>,
     user_agent: Option<String>,
+    workspace_id: Option<WorkspaceId>,
 }
 
 impl From<Session> for SessionView {
@@ -48,6 +49,7 @@ impl From<Session> for SessionView {
             end_reason: s.end_reason,
             ip: s.ip,
             user_agent: s.user_agent,
+            workspace_id: s.workspace_id,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   other sessions)
 
 use crate::auth::password::Passwords;
+use crate::auth::throttle::Subject;
 use crate::authz::NewUser;
 use crate::authz::Principal;
 use crate::http::{ApiError, Json, Path, Query};
@@ -102,17 +103,16 @@ async fn create(
     principal: Principal,
     Json(req): Json<CreateUser>,
 ) -> Result<(StatusCode, axum::Json<UserView>), ApiError> {
+    let scoped = state.gate().scoped(&principal);
+    // Authorize before spending an Argon2 hash on the request.
+    scoped
+        .may_create_user(req.tenant_id, req.platform_admin)
+        .await?;
     let password_hash = match req.password {
         Some(p) => {
             Passwords::check_new(&p).map_err(ApiError::bad_request)?;
-            Some(
-                state
-                    .auth()
-                    .passwords
-                    .hash(p)
-                    .await
-                    .map_err(ApiError::internal)?,
-            )
+            let hash = state.auth().passwords.hash(p).await;
+            Some(hash.map_err(|_| crate::auth::busy())?)
         }
         None if req.role == Role::Service => None,
         None => {
@@ -121,9 +121,7 @@ async fn create(
             ));
         }
     };
-    let user = state
-        .gate()
-        .scoped(&principal)
+    let user = scoped
         .create_user(NewUser {
             tenant: req.tenant_id,
             email: req.email,
@@ -195,20 +193,36 @@ async fn change_password(
     Passwords::check_new(&req.new_password).map_err(ApiError::bad_request)?;
     let scoped = state.gate().scoped(&principal);
     let me = scoped.me().await?;
-    let passwords = &state.auth().passwords;
-    if !passwords
+    let auth = state.auth();
+    // Guessing the current password is throttled like a login.
+    let subject = Subject::new(
+        me.email.as_str(),
+        principal.meta.ip.as_deref(),
+        auth.max_failures,
+    );
+    if let Err(wait) = auth.throttle.attempt(&subject) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many failed attempts; retry later",
+        )
+        .retry_after(wait.as_secs().max(1)));
+    }
+    let ok = auth
+        .passwords
         .verify(req.current_password, me.password_hash)
         .await
-    {
+        .map_err(|_| crate::auth::busy())?;
+    if !ok {
+        scoped.record_failed_password_change().await;
         return Err(ApiError::new(
             ErrorCode::AccessDenied,
             "the current password is wrong",
         ));
     }
-    let hash = passwords
-        .hash(req.new_password)
-        .await
-        .map_err(ApiError::internal)?;
-    scoped.set_own_password(hash).await?;
+    auth.throttle.succeeded(&subject);
+    let hash = auth.passwords.hash(req.new_password).await;
+    scoped
+        .set_own_password(hash.map_err(|_| crate::auth::busy())?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

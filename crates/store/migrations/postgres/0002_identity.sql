@@ -29,6 +29,7 @@ CREATE TABLE sessions (
     end_reason     text,
     ip             text,
     user_agent     text,
+    workspace_id   uuid,
     PRIMARY KEY (tenant_id, session_id),
     FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, user_id) ON DELETE CASCADE
 );

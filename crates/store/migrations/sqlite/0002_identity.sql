@@ -30,6 +30,7 @@ CREATE TABLE sessions (
     end_reason     TEXT,
     ip             TEXT,
     user_agent     TEXT,
+    workspace_id   BLOB,
     PRIMARY KEY (tenant_id, session_id),
     FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, user_id) ON DELETE CASCADE
 ) WITHOUT ROWID;

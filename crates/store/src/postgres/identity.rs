@@ -139,7 +139,7 @@ impl UserStore for PgStore {
 }
 
 const SESSION_COLUMNS: &str = "tenant_id, session_id, user_id, status, created_at, last_access_at,
-    expires_at, ended_at, end_reason, ip, user_agent";
+    expires_at, ended_at, end_reason, ip, user_agent, workspace_id";
 
 fn session_from_row(row: &Row) -> Result<Session, StoreError> {
     Ok(Session {
@@ -154,6 +154,7 @@ fn session_from_row(row: &Row) -> Result<Session, StoreError> {
         end_reason: row.col(8)?,
         ip: row.col(9)?,
         user_agent: row.col(10)?,
+        workspace_id: row.col::<Option<Uuid>>(11)?.map(WorkspaceId::from_uuid),
     })
 }
 
@@ -166,7 +167,8 @@ impl SessionStore for PgStore {
     async fn create_session(&self, s: &Session, refresh_hash: &[u8]) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let workspace = s.workspace_id.map(|w| w.as_uuid());
+        let params: [&(dyn ToSql + Sync); 12] = [
             &s.tenant_id.as_uuid(),
             &s.id.as_uuid(),
             &s.user_id.as_uuid(),
@@ -178,11 +180,12 @@ impl SessionStore for PgStore {
             &s.end_reason,
             &s.ip,
             &s.user_agent,
+            &workspace,
         ];
         tx.execute(
             &format!(
                 "INSERT INTO sessions ({SESSION_COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
             &params,
         )
@@ -330,6 +333,12 @@ impl SessionStore for PgStore {
                     &[&t, &s, &next, &now],
                 )
                 .await?;
+                tx.execute(
+                    "DELETE FROM refresh_tokens
+                     WHERE tenant_id = $1 AND session_id = $2 AND used_at < $3",
+                    &[&t, &s, &(now - crate::sessions::REUSE_MEMORY)],
+                )
+                .await?;
                 let touched = tx
                     .query_one(
                         &format!(
@@ -353,7 +362,9 @@ impl SessionStore for PgStore {
         ended_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         self.execute(
-            "DELETE FROM sessions WHERE expires_at <= $1 OR last_access_at < $2 OR ended_at < $3",
+            "DELETE FROM sessions
+             WHERE (status = 'active' AND (expires_at <= $1 OR last_access_at < $2))
+                OR (status <> 'active' AND coalesce(ended_at, last_access_at) < $3)",
             &[&now, &idle_cutoff, &ended_cutoff],
         )
         .await

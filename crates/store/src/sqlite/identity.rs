@@ -145,7 +145,7 @@ impl UserStore for SqliteStore {
 }
 
 const SESSION_COLUMNS: &str = "tenant_id, session_id, user_id, status, created_at, last_access_at,
-    expires_at, ended_at, end_reason, ip, user_agent";
+    expires_at, ended_at, end_reason, ip, user_agent, workspace_id";
 
 fn session_from_row(row: &Row<'_>) -> Result<Session, StoreError> {
     Ok(Session {
@@ -160,6 +160,7 @@ fn session_from_row(row: &Row<'_>) -> Result<Session, StoreError> {
         end_reason: row.get(8)?,
         ip: row.get(9)?,
         user_agent: row.get(10)?,
+        workspace_id: row.opt_uuid(11)?.map(WorkspaceId::from_uuid),
     })
 }
 
@@ -210,7 +211,7 @@ impl SessionStore for SqliteStore {
         let hash = refresh_hash.to_vec();
         self.write(move |c| {
             c.prepare_cached(&format!(
-                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
             ))?
             .execute(params![
                 blob(s.tenant_id.as_uuid()),
@@ -224,6 +225,7 @@ impl SessionStore for SqliteStore {
                 s.end_reason,
                 s.ip,
                 s.user_agent,
+                s.workspace_id.map(|w| blob(w.as_uuid())),
             ])?;
             c.prepare_cached(
                 "INSERT INTO refresh_tokens (tenant_id, session_id, token_hash, issued_at) VALUES (?1, ?2, ?3, ?4)",
@@ -364,6 +366,15 @@ impl SessionStore for SqliteStore {
                         at
                     ])?;
                     c.prepare_cached(
+                        "DELETE FROM refresh_tokens
+                         WHERE tenant_id = ?1 AND session_id = ?2 AND used_at < ?3",
+                    )?
+                    .execute(params![
+                        blob(tenant.as_uuid()),
+                        blob(id.as_uuid()),
+                        to_micros(now - crate::sessions::REUSE_MEMORY)
+                    ])?;
+                    c.prepare_cached(
                         "UPDATE sessions SET last_access_at = max(last_access_at, ?3)
                          WHERE tenant_id = ?1 AND session_id = ?2",
                     )?
@@ -390,7 +401,8 @@ impl SessionStore for SqliteStore {
             let deleted = c
                 .prepare_cached(
                     "DELETE FROM sessions
-                     WHERE expires_at <= ?1 OR last_access_at < ?2 OR ended_at < ?3",
+                     WHERE (status = 'active' AND (expires_at <= ?1 OR last_access_at < ?2))
+                        OR (status <> 'active' AND coalesce(ended_at, last_access_at) < ?3)",
                 )?
                 .execute(params![
                     to_micros(now),

@@ -203,6 +203,7 @@ fn session_of(user: &User, now: chrono::DateTime<Utc>) -> Session {
         end_reason: None,
         ip: Some("127.0.0.1".into()),
         user_agent: Some("test".into()),
+        workspace_id: Some(WorkspaceId::new()),
     }
 }
 
@@ -331,15 +332,51 @@ pub async fn sessions_conform(store: &dyn Engine) {
     );
 
     assert!(store.count_live_sessions(now, idle).await.unwrap() >= 1);
+    // Recently ended sessions stay visible until the ended cutoff passes them.
+    store
+        .purge_sessions(now, idle, now - Duration::days(1))
+        .await
+        .unwrap();
+    assert!(
+        store.get_session(t.id, s2.id).await.unwrap().is_some(),
+        "ended today: kept"
+    );
     // Purge: ended long ago, idle or expired sessions go; s4 (live) stays.
     let purged = store
         .purge_sessions(now, idle, now + Duration::hours(1))
         .await
         .unwrap();
-    assert!(purged >= 4, "{purged}");
+    assert!(purged >= 3, "{purged}");
     assert!(store.get_session(t.id, s.id).await.unwrap().is_none());
-    assert!(store.get_session(t.id, sleepy.id).await.unwrap().is_none());
     assert!(store.get_session(t.id, s4.id).await.unwrap().is_some());
+
+    // Spent refresh tokens are remembered for a week, then forgotten (unknown, not reuse).
+    let long = session_of(&u, now);
+    store.create_session(&long, b"l1").await.unwrap();
+    let week = now + Duration::days(8);
+    let rotate = |from: &'static [u8], to: &'static [u8], at| {
+        store.rotate_refresh(t.id, long.id, from, to, at, now - Duration::hours(1))
+    };
+    assert!(matches!(
+        rotate(b"l1", b"l2", now).await.unwrap(),
+        RefreshOutcome::Rotated(_)
+    ));
+    assert!(matches!(
+        rotate(b"l2", b"l3", week).await.unwrap(),
+        RefreshOutcome::Rotated(_)
+    ));
+    assert_eq!(
+        rotate(b"l1", b"l9", week).await.unwrap(),
+        RefreshOutcome::Rejected,
+        "forgotten"
+    );
+    assert!(
+        matches!(
+            rotate(b"l2", b"l9", week).await.unwrap(),
+            RefreshOutcome::Reused(_)
+        ),
+        "remembered"
+    );
 }
 
 pub async fn api_keys_conform(store: &dyn Engine) {
