@@ -32,6 +32,7 @@ both_backends!(
     expired_sessions_are_swept_and_counted,
     concurrent_guesses_get_no_more_than_the_budget,
     a_session_can_be_opened_for_a_workspace,
+    a_configured_signing_key_is_used_and_never_rotated,
 );
 
 fn claims_of(token: &str) -> Value {
@@ -1101,4 +1102,52 @@ async fn a_session_can_be_opened_for_a_workspace(backend: Backend) {
         )
         .await;
     assert_envelope(res, 400, "BAD_REQUEST").await;
+}
+
+async fn a_configured_signing_key_is_used_and_never_rotated(backend: Backend) {
+    use aws_lc_rs::encoding::AsDer;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signing.pem");
+    let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let pem = pem::encode(&pem::Pem::new(
+        "PRIVATE KEY",
+        pair.as_der().unwrap().as_ref().to_vec(),
+    ));
+    std::fs::write(&file, pem).unwrap();
+    let path = file.clone();
+    let app = spawn_app_with(
+        backend,
+        move |c| c.auth.signing_key_file = Some(path),
+        axum::Router::new(),
+    )
+    .await;
+    let tenant = app.seed_tenant("acme").await;
+    let user = app.seed_user(tenant, Role::Member, false).await;
+    let tokens = app.login(&user).await;
+    let kid = header_of(&tokens.access)["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jwks = json(app.get("/.well-known/jwks.json").await).await;
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], kid.as_str());
+    assert!(
+        !app.data_dir.path().join("keys").exists(),
+        "no generated keys beside a configured one"
+    );
+    let keys = &app.state.auth().keys;
+    assert!(
+        keys.rotate(app.state.gate().system().signing_keys())
+            .await
+            .is_err()
+    );
+    // Far in the future it is still the key in use (kept alive by each refresh).
+    app.clock.advance(Duration::from_secs(400 * 86_400));
+    keys.refresh(app.state.gate().system().signing_keys())
+        .await
+        .unwrap();
+    let again = app.login(&user).await;
+    assert_eq!(header_of(&again.access)["kid"], kid.as_str());
+    assert_eq!(me_status(&app, &again.access).await, 200);
 }
