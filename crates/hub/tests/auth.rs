@@ -126,17 +126,15 @@ async fn login_returns_a_session_and_rs256_tokens(backend: Backend) {
         (Some("RSA"), Some("RS256"))
     );
 
-    let me = json(app.get_as("/api/v1/users/me", access).await).await;
+    let me = app.get_json("/api/v1/users/me", access).await;
     assert_eq!(me["id"], user.id.to_string());
     assert!(me.get("password_hash").is_none());
-    let session = json(
-        app.get_as(
+    let session = app
+        .get_json(
             &format!("/api/v1/sessions/{}", body["session_id"].as_str().unwrap()),
             access,
         )
-        .await,
-    )
-    .await;
+        .await;
     assert_eq!(session["status"], "active");
     assert_eq!(session["user_id"], user.id.to_string());
 
@@ -173,11 +171,9 @@ async fn failed_logins_look_the_same_whether_or_not_the_account_exists(backend: 
     assert_envelope(res, 400, "BAD_REQUEST").await;
 
     // Both outcomes are in the audit trail (the known account's under its tenant).
-    let audit = json(
-        app.get_as("/api/v1/audit?action=auth.login", &admin_tokens.access)
-            .await,
-    )
-    .await;
+    let audit = app
+        .get_json("/api/v1/audit?action=auth.login", &admin_tokens.access)
+        .await;
     let items = audit["items"].as_array().unwrap();
     assert!(
         items
@@ -372,14 +368,12 @@ async fn a_token_dies_with_its_session(backend: Backend) {
         401,
         "and so is its refresh token"
     );
-    let session = json(
-        app.get_as(
+    let session = app
+        .get_json(
             &format!("/api/v1/sessions/{}", a.session_id),
             &admin_tokens.access,
         )
-        .await,
-    )
-    .await;
+        .await;
     assert_eq!(session["status"], "terminated");
     assert_eq!(session["end_reason"], "logout");
 
@@ -428,10 +422,10 @@ async fn idle_sessions_expire_by_the_clock(backend: Backend) {
     );
     // That request was activity (recorded in the background: wait until it is stored)...
     let path = format!("/api/v1/sessions/{}", tokens.session_id);
-    let login_at = json(app.get_as(&path, &tokens.access).await).await["created_at"].clone();
+    let login_at = app.get_json(&path, &tokens.access).await["created_at"].clone();
     assert!(
         common::eventually(Duration::from_secs(10), || async {
-            json(app.get_as(&path, &tokens.access).await).await["last_access_at"] != login_at
+            app.get_json(&path, &tokens.access).await["last_access_at"] != login_at
         })
         .await
     );
@@ -470,30 +464,24 @@ async fn refresh_rotates_and_reuse_kills_the_session(backend: Backend) {
     assert_eq!(refresh(&app, &second.refresh).await.status(), 401);
     assert_eq!(me_status(&app, &first.access).await, 401);
 
-    let session = json(
-        app.get_as(
+    let session = app
+        .get_json(
             &format!("/api/v1/sessions/{}", first.session_id),
             &admin_tokens.access,
         )
-        .await,
-    )
-    .await;
+        .await;
     assert_eq!(session["status"], "terminated");
     assert_eq!(session["end_reason"], "refresh_token_reused");
-    let audit = json(
-        app.get_as(
+    let audit = app
+        .get_json(
             "/api/v1/audit?action=auth.refresh_reuse",
             &admin_tokens.access,
         )
-        .await,
-    )
-    .await;
+        .await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 1);
-    let audit = json(
-        app.get_as("/api/v1/audit?action=auth.refresh", &admin_tokens.access)
-            .await,
-    )
-    .await;
+    let audit = app
+        .get_json("/api/v1/audit?action=auth.refresh", &admin_tokens.access)
+        .await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 1);
 
     // Garbage and foreign-looking refresh tokens are plain 401s.
@@ -582,14 +570,14 @@ async fn api_keys_authenticate_until_revoked_or_expired(backend: Backend) {
         .unwrap();
     assert_eq!(res.status(), 200);
     // Listed without the secret; last use recorded.
-    let list = json(app.get_as("/api/v1/api-keys", &tokens.access).await).await;
+    let list = app.get_json("/api/v1/api-keys", &tokens.access).await;
     let listed = &list["items"][0];
     assert_eq!(listed["id"], created["id"]);
     assert!(listed.get("key").is_none());
     // Use is recorded in the background: it shows up shortly.
     assert!(
         common::eventually(Duration::from_secs(10), || async {
-            let list = json(app.get_as("/api/v1/api-keys", &tokens.access).await).await;
+            let list = app.get_json("/api/v1/api-keys", &tokens.access).await;
             list["items"][0]["last_used_at"].is_string()
         })
         .await,
@@ -713,7 +701,7 @@ async fn api_keys_are_scoped_by_role_and_workspace(backend: Backend) {
         )
         .await;
     assert_envelope(other, 403, "ACCESS_DENIED").await;
-    let list = json(app.get_as("/api/v1/workspaces", bound).await).await;
+    let list = app.get_json("/api/v1/workspaces", bound).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     assert_eq!(list["items"][0]["id"], ws1["id"]);
 
@@ -733,11 +721,9 @@ async fn api_keys_are_scoped_by_role_and_workspace(backend: Backend) {
         json!({"name": "bot", "owner_id": svc["id"]}),
     )
     .await;
-    let me = json(
-        app.get_as("/api/v1/users/me", svc_key["key"].as_str().unwrap())
-            .await,
-    )
-    .await;
+    let me = app
+        .get_json("/api/v1/users/me", svc_key["key"].as_str().unwrap())
+        .await;
     assert_eq!(me["id"], svc["id"]);
     // A member cannot mint keys for somebody else.
     let res = app
@@ -1015,14 +1001,12 @@ async fn guessing_the_current_password_is_throttled_and_audited(backend: Backend
         )
         .await;
     assert_envelope(res, 429, "RATE_LIMITED").await;
-    let audit = json(
-        app.get_as(
+    let audit = app
+        .get_json(
             "/api/v1/audit?action=user.password_change",
             &admin_tokens.access,
         )
-        .await,
-    )
-    .await;
+        .await;
     let failures = audit["items"]
         .as_array()
         .unwrap()
@@ -1089,7 +1073,7 @@ async fn a_session_can_be_opened_for_a_workspace(backend: Backend) {
     assert_eq!(res.status(), 200);
     let body = json(res).await;
     let path = format!("/api/v1/sessions/{}", body["session_id"].as_str().unwrap());
-    let session = json(app.get_as(&path, &admin_tokens.access).await).await;
+    let session = app.get_json(&path, &admin_tokens.access).await;
     assert_eq!(session["workspace_id"], ws["id"]);
 
     let res = login(json!(uuid::Uuid::now_v7())).await.unwrap();

@@ -454,7 +454,7 @@ async fn the_role_matrix_holds(backend: Backend) {
     );
 
     // Members list only their own keys; admins see all.
-    let mine = json(app.get_as("/api/v1/api-keys", &w.member_token).await).await;
+    let mine = app.get_json("/api/v1/api-keys", &w.member_token).await;
     assert!(
         mine["items"]
             .as_array()
@@ -462,7 +462,7 @@ async fn the_role_matrix_holds(backend: Backend) {
             .iter()
             .all(|k| k["owner_id"] == w.member.id.to_string())
     );
-    let all = json(app.get_as("/api/v1/api-keys", &w.admin_token).await).await;
+    let all = app.get_json("/api/v1/api-keys", &w.admin_token).await;
     assert!(
         all["items"]
             .as_array()
@@ -472,14 +472,12 @@ async fn the_role_matrix_holds(backend: Backend) {
     );
 
     // Every denial is in the audit trail.
-    let audit = json(
-        app.get_as(
+    let audit = app
+        .get_json(
             "/api/v1/audit?action=access.denied&limit=1000",
             &w.admin_token,
         )
-        .await,
-    )
-    .await;
+        .await;
     let recorded = audit["items"].as_array().unwrap();
     assert_eq!(recorded.len(), denials, "one audit record per 403");
     assert!(
@@ -514,7 +512,7 @@ async fn platform_admins_act_across_tenants_and_nobody_else_does(backend: Backen
         "BAD_REQUEST",
     )
     .await;
-    let listed = json(app.get_as("/api/v1/tenants", &op).await).await;
+    let listed = app.get_json("/api/v1/tenants", &op).await;
     assert!(
         listed["items"]
             .as_array()
@@ -558,7 +556,7 @@ async fn platform_admins_act_across_tenants_and_nobody_else_does(backend: Backen
 
     // The operator reads the new tenant's audit trail; its admin cannot read the operator's.
     let path = format!("/api/v1/audit?tenant_id={}", newco["id"].as_str().unwrap());
-    let audit = json(app.get_as(&path, &op).await).await;
+    let audit = app.get_json(&path, &op).await;
     assert!(
         audit["items"]
             .as_array()
@@ -624,7 +622,7 @@ async fn administration_works_and_is_audited(backend: Backend) {
             Some(c) => format!("/api/v1/users?limit=2&cursor={c}"),
             None => "/api/v1/users?limit=2".into(),
         };
-        let page = json(app.get_as(&path, &token).await).await;
+        let page = app.get_json(&path, &token).await;
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 2);
         seen.extend(items.iter().map(|u| u["id"].as_str().unwrap().to_string()));
@@ -671,7 +669,7 @@ async fn administration_works_and_is_audited(backend: Backend) {
     .await;
     let path = format!("/api/v1/workspaces/{}", ws["id"].as_str().unwrap());
     assert_eq!(
-        json(app.get_as(&path, &token).await).await["owner_id"],
+        app.get_json(&path, &token).await["owner_id"],
         admin.id.to_string()
     );
     assert_eq!(
@@ -681,7 +679,7 @@ async fn administration_works_and_is_audited(backend: Backend) {
     assert_envelope(app.get_as(&path, &token).await, 404, "NOT_FOUND").await;
 
     // The audit trail has it all, filterable and paged newest first.
-    let audit = json(app.get_as("/api/v1/audit?limit=1000", &token).await).await;
+    let audit = app.get_json("/api/v1/audit?limit=1000", &token).await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -696,22 +694,18 @@ async fn administration_works_and_is_audited(backend: Backend) {
     ] {
         assert!(actions.contains(&expected), "{expected} in {actions:?}");
     }
-    let mine = json(
-        app.get_as(
+    let mine = app
+        .get_json(
             &format!("/api/v1/audit?actor={}&action=user.create", admin.id),
             &token,
         )
-        .await,
-    )
-    .await;
+        .await;
     assert_eq!(mine["items"].as_array().unwrap().len(), 5);
-    let first = json(app.get_as("/api/v1/audit?limit=3", &token).await).await;
+    let first = app.get_json("/api/v1/audit?limit=3", &token).await;
     let next = first["next_cursor"].as_str().unwrap();
-    let second = json(
-        app.get_as(&format!("/api/v1/audit?limit=3&cursor={next}"), &token)
-            .await,
-    )
-    .await;
+    let second = app
+        .get_json(&format!("/api/v1/audit?limit=3&cursor={next}"), &token)
+        .await;
     let last_of_first = first["items"][2]["id"].as_str().unwrap();
     let first_of_second = second["items"][0]["id"].as_str().unwrap();
     assert!(first_of_second < last_of_first, "newest first across pages");

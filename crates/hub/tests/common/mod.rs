@@ -92,6 +92,11 @@ impl TestApp {
         self.call(reqwest::Method::GET, path, token, None).await
     }
 
+    /// `GET path` as `token`, the body parsed as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        json(self.get_as(path, token).await).await
+    }
+
     pub async fn post_as(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
         self.call(reqwest::Method::POST, path, token, Some(body))
             .await
