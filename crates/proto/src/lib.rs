@@ -8,8 +8,10 @@ pub mod error;
 pub mod health;
 pub mod identity;
 pub mod ids;
+pub mod logs;
 
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};
 pub use health::{ComponentHealth, HealthReport, HealthStatus, duration_ms};
 pub use identity::{Email, Role, SessionStatus};
 pub use ids::{ApiKeyId, AuditId, IdParseError, SessionId, TenantId, UserId, WorkspaceId};
+pub use logs::Level;

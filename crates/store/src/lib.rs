@@ -15,6 +15,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod error;
+pub mod logs;
 pub mod migrate;
 pub mod postgres;
 pub mod sessions;
@@ -27,6 +28,7 @@ pub mod workspaces;
 pub use api_keys::{ApiKey, ApiKeyStore};
 pub use audit::{AuditQuery, AuditRecord, AuditStore};
 pub use error::StoreError;
+pub use logs::{Appended, ChunkRef, ChunkScan, EncodedChunk, LogRecord, LogStore, Order};
 pub use postgres::{PgConfig, PgStore, SchemaState};
 pub use sessions::{RefreshOutcome, Session, SessionStore};
 pub use signing_keys::{PublicKeyRecord, SigningKeyStore};
@@ -150,6 +152,7 @@ impl Store {
         workspaces: WorkspaceStore,
         audit: AuditStore,
         signing_keys: SigningKeyStore,
+        logs: LogStore,
     }
 
     pub async fn close(&self) {

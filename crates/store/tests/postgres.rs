@@ -254,3 +254,17 @@ async fn the_audit_log_refuses_updates_deletes_and_truncates() {
     drop(client);
     store.close().await;
 }
+
+#[tokio::test]
+async fn logs_search_matches_brute_force() {
+    let store = ready_store(&fresh_database().await).await;
+    common::logs_search_matches_brute_force(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn logs_are_idempotent_locatable_and_expire() {
+    let store = ready_store(&fresh_database().await).await;
+    common::logs_are_idempotent_locatable_and_expire(&store).await;
+    store.close().await;
+}

@@ -370,3 +370,19 @@ async fn the_audit_log_refuses_updates_and_deletes() {
     }
     store.close().await;
 }
+
+#[tokio::test]
+async fn logs_search_matches_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::logs_search_matches_brute_force(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn logs_are_idempotent_locatable_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::logs_are_idempotent_locatable_and_expire(&store).await;
+    store.close().await;
+}

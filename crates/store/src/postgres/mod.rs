@@ -10,6 +10,7 @@
 
 mod audit;
 mod identity;
+mod logs;
 mod rows;
 mod tenants;
 mod workspaces;
@@ -17,6 +18,7 @@ mod workspaces;
 use crate::{StoreError, migrate};
 use coditect_proto::ComponentHealth;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+pub use logs::LOG_CHANNEL;
 use rand::Rng;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};

@@ -14,6 +14,7 @@
 
 mod audit;
 mod identity;
+mod logs;
 mod readers;
 mod tenants;
 mod workspaces;

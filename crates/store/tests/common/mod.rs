@@ -73,7 +73,14 @@ use coditect_store::{
 
 /// Every domain, as the conformance checks need them.
 pub trait Engine:
-    TenantStore + UserStore + SessionStore + ApiKeyStore + WorkspaceStore + AuditStore + SigningKeyStore
+    TenantStore
+    + UserStore
+    + SessionStore
+    + ApiKeyStore
+    + WorkspaceStore
+    + AuditStore
+    + SigningKeyStore
+    + LogStore
 {
 }
 
@@ -85,6 +92,7 @@ impl<T> Engine for T where
         + WorkspaceStore
         + AuditStore
         + SigningKeyStore
+        + LogStore
 {
 }
 
@@ -609,4 +617,300 @@ pub async fn signing_keys_conform(store: &dyn Engine) {
     let keys = store.list_keys(now).await.unwrap();
     assert!(keys.contains(&live));
     assert!(!keys.iter().any(|k| k.kid == dead.kid));
+}
+
+use coditect_proto::{Level, SessionId as Sid, WorkspaceId as Wid};
+use coditect_store::LogStore;
+use coditect_store::logs::search::{Cursor, LevelFilter, LogQuery, search};
+use coditect_store::logs::{BatchReceipt, ChunkScan, EncodedChunk, LogRecord, Order};
+
+/// A deterministic pseudo-random sequence (no dependency, reproducible failures).
+pub struct Lcg(u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+pub fn record(
+    ts: i64,
+    level: Level,
+    component: &str,
+    message: &str,
+    session: Option<Sid>,
+) -> LogRecord {
+    LogRecord {
+        id: uuid::Uuid::now_v7(),
+        ts,
+        level,
+        component: component.into(),
+        message: message.into(),
+        metadata: Some(r#"{"k":1}"#.into()),
+        session_id: session,
+        trace_id: None,
+        span_id: None,
+    }
+}
+
+fn chunk(tenant: TenantId, ws: Wid, records: &[LogRecord]) -> EncodedChunk {
+    EncodedChunk::encode(tenant, ws, coditect_store::now(), records, None).unwrap()
+}
+
+const WORDS: [&str; 8] = [
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+];
+
+/// Search results match a brute-force evaluation over every stored entry, for many random
+/// queries over chunks whose time ranges overlap.
+pub async fn logs_search_matches_brute_force(store: &dyn Engine) {
+    let tenant = TenantId::new();
+    let other = TenantId::new();
+    let workspaces = [Wid::new(), Wid::new()];
+    let sessions = [Sid::new(), Sid::new(), Sid::new()];
+    let mut rng = Lcg(42);
+    let mut all: Vec<(Wid, LogRecord)> = Vec::new();
+    for c in 0..24 {
+        let ws = workspaces[c % 2];
+        let base = 1_000_000 * (c as i64 % 6); // overlapping windows
+        let records: Vec<LogRecord> = (0..(20 + rng.below(120)))
+            .map(|_| {
+                let level = Level::ALL[rng.below(6) as usize];
+                let component = ["api", "db", "auth"][rng.below(3) as usize];
+                let msg = format!(
+                    "{} {} request {}",
+                    WORDS[rng.below(8) as usize],
+                    WORDS[rng.below(8) as usize],
+                    rng.below(1000)
+                );
+                let session = (rng.below(2) == 0).then(|| sessions[rng.below(3) as usize]);
+                record(
+                    base + rng.below(3_000_000) as i64,
+                    level,
+                    component,
+                    &msg,
+                    session,
+                )
+            })
+            .collect();
+        store
+            .append_chunk(&chunk(tenant, ws, &records))
+            .await
+            .unwrap();
+        all.extend(records.into_iter().map(|r| (ws, r)));
+    }
+    // Another tenant's entries must never show up.
+    let noise = vec![record(1_500_000, Level::Error, "api", "alpha alpha", None)];
+    store
+        .append_chunk(&chunk(other, workspaces[0], &noise))
+        .await
+        .unwrap();
+
+    for round in 0..40 {
+        let mut q = LogQuery {
+            tenant_id: tenant,
+            limit: [5, 23, 100, 400][round % 4],
+            order: if round % 3 == 0 {
+                Order::Asc
+            } else {
+                Order::Desc
+            },
+            ..LogQuery::default()
+        };
+        if rng.below(2) == 0 {
+            q.workspace_id = Some(workspaces[rng.below(2) as usize]);
+        }
+        q.level = match rng.below(3) {
+            0 => LevelFilter::Any,
+            1 => LevelFilter::Exact(Level::ALL[rng.below(6) as usize]),
+            _ => LevelFilter::AtLeast(Level::ALL[rng.below(6) as usize]),
+        };
+        if rng.below(3) == 0 {
+            q.component = Some(["api", "db", "auth"][rng.below(3) as usize].into());
+        }
+        if rng.below(4) == 0 {
+            q.session_id = Some(sessions[rng.below(3) as usize]);
+        }
+        if rng.below(2) == 0 {
+            q.since = Some(rng.below(4_000_000) as i64);
+            q.until = Some(q.since.unwrap() + rng.below(4_000_000) as i64);
+        }
+        if rng.below(3) == 0 {
+            q.terms = vec![WORDS[rng.below(8) as usize].to_uppercase()];
+        }
+        let expected = brute(&all, &q);
+        // Page through with cursors: the concatenation is exactly the expected list.
+        let mut got = Vec::new();
+        let mut cursor: Option<Cursor> = None;
+        for _ in 0..10_000 {
+            let (page, next) = search(
+                store,
+                &LogQuery {
+                    cursor,
+                    ..q.clone()
+                },
+            )
+            .await
+            .unwrap();
+            assert!(page.len() <= q.limit as usize);
+            got.extend(page.into_iter().map(|f| f.record.id));
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(got, expected, "round {round}: {q:?}");
+    }
+}
+
+fn brute(all: &[(Wid, LogRecord)], q: &LogQuery) -> Vec<uuid::Uuid> {
+    let mut hits: Vec<&LogRecord> = all
+        .iter()
+        .filter(|(ws, r)| {
+            q.workspace_id.is_none_or(|w| w == *ws)
+                && match q.level {
+                    LevelFilter::Any => true,
+                    LevelFilter::Exact(l) => r.level == l,
+                    LevelFilter::AtLeast(l) => r.level >= l,
+                }
+                && q.component.as_deref().is_none_or(|c| c == r.component)
+                && q.session_id.is_none_or(|s| Some(s) == r.session_id)
+                && q.since.is_none_or(|s| r.ts >= s)
+                && q.until.is_none_or(|u| r.ts < u)
+                && q.terms
+                    .iter()
+                    .all(|t| r.message.to_lowercase().contains(&t.to_lowercase()))
+        })
+        .map(|(_, r)| r)
+        .collect();
+    hits.sort_by_key(|r| (r.ts, r.id));
+    if q.order == Order::Desc {
+        hits.reverse();
+    }
+    hits.into_iter().map(|r| r.id).collect()
+}
+
+pub async fn logs_are_idempotent_locatable_and_expire(store: &dyn Engine) {
+    let tenant = TenantId::new();
+    let ws = Wid::new();
+    let first = vec![
+        record(10, Level::Info, "api", "one", None),
+        record(20, Level::Info, "api", "two", None),
+    ];
+    let mut c1 = chunk(tenant, ws, &first);
+    c1.batch = Some(BatchReceipt {
+        batch_id: "b-1".into(),
+        response: r#"{"processed":2}"#.into(),
+    });
+    let a1 = store.append_chunk(&c1).await.unwrap();
+    assert!(!a1.replayed && a1.duplicates == 0);
+    // The same chunk again (an outbox replay) changes nothing.
+    let again = store.append_chunk(&c1).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.seq, a1.seq);
+    // A new chunk repeating one id: stored once.
+    let repeat = vec![
+        first[1].clone(),
+        record(30, Level::Warn, "api", "three", None),
+    ];
+    let a2 = store
+        .append_chunk(&chunk(tenant, ws, &repeat))
+        .await
+        .unwrap();
+    assert_eq!(a2.duplicates, 1);
+    assert!(a2.seq > a1.seq);
+    let q = LogQuery {
+        tenant_id: tenant,
+        limit: 100,
+        ..LogQuery::default()
+    };
+    let (found, _) = search(store, &q).await.unwrap();
+    let ids: Vec<_> = found.iter().map(|f| f.record.id).collect();
+    assert_eq!(
+        ids,
+        vec![repeat[1].id, first[1].id, first[0].id],
+        "two stored once"
+    );
+
+    // Receipts.
+    let since = coditect_store::now() - Duration::hours(24);
+    assert_eq!(
+        store
+            .find_batch(tenant, "b-1", since)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"processed":2}"#)
+    );
+    assert_eq!(store.find_batch(tenant, "b-2", since).await.unwrap(), None);
+    assert_eq!(
+        store
+            .find_batch(TenantId::new(), "b-1", since)
+            .await
+            .unwrap(),
+        None
+    );
+    let later = coditect_store::now() + Duration::hours(1);
+    assert_eq!(
+        store.find_batch(tenant, "b-1", later).await.unwrap(),
+        None,
+        "too old"
+    );
+    assert!(store.forget_batches(later).await.unwrap() >= 1);
+    assert_eq!(store.find_batch(tenant, "b-1", since).await.unwrap(), None);
+
+    // Locating by id, per tenant.
+    assert_eq!(
+        store.locate_entry(tenant, first[1].id).await.unwrap(),
+        Some((a1.seq, 1))
+    );
+    assert_eq!(
+        store
+            .locate_entry(TenantId::new(), first[1].id)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Tail order.
+    assert_eq!(store.last_seq(tenant).await.unwrap(), a2.seq);
+    let after = store.chunks_after(tenant, a1.seq, 10).await.unwrap();
+    assert_eq!(
+        after.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![a2.seq]
+    );
+    assert_eq!(after[0].skip, vec![0]);
+    assert_eq!(store.last_seq(TenantId::new()).await.unwrap(), 0);
+    assert!(store.log_tenants().await.unwrap().contains(&tenant));
+
+    // Retention: chunks whose newest entry is older than the cutoff go, with their ids.
+    assert_eq!(store.delete_before(tenant, 25, 10).await.unwrap(), 1);
+    assert_eq!(store.locate_entry(tenant, first[0].id).await.unwrap(), None);
+    assert_eq!(
+        store.locate_entry(tenant, first[1].id).await.unwrap(),
+        None,
+        "its id went with the chunk that stored it"
+    );
+    let (left, _) = search(store, &q).await.unwrap();
+    assert_eq!(
+        left.iter().map(|f| f.record.id).collect::<Vec<_>>(),
+        vec![repeat[1].id]
+    );
+    let scan = ChunkScan {
+        tenant_id: tenant,
+        workspace_id: None,
+        since: None,
+        until: None,
+        order: Order::Desc,
+        after: None,
+        limit: 10,
+    };
+    assert_eq!(store.scan_chunks(&scan).await.unwrap().len(), 1);
 }
