@@ -242,6 +242,48 @@ pub const SETTINGS: &[Setting] = &[
         )
     },
     setting(
+        "ingest_rate_per_tenant",
+        "ingest-rate-per-tenant",
+        "CODITECT_INGEST_RATE_PER_TENANT",
+        Some("1000000"),
+        "Log entries per second one tenant may send (one second of burst); 0 = unlimited",
+    ),
+    setting(
+        "ingest_max_inflight",
+        "ingest-max-inflight",
+        "CODITECT_INGEST_MAX_INFLIGHT",
+        Some("64"),
+        "Ingestion requests processed at once (bounds memory); more wait up to 1 s, then 503",
+    ),
+    setting(
+        "log_max_past",
+        "log-max-past",
+        "CODITECT_LOG_MAX_PAST",
+        Some("7d"),
+        "Entries timestamped further in the past are rejected",
+    ),
+    setting(
+        "log_max_future",
+        "log-max-future",
+        "CODITECT_LOG_MAX_FUTURE",
+        Some("1h"),
+        "Entries timestamped further in the future are rejected",
+    ),
+    setting(
+        "log_retention",
+        "log-retention",
+        "CODITECT_LOG_RETENTION",
+        Some("30d"),
+        "How long log entries are kept (by entry timestamp)",
+    ),
+    setting(
+        "log_retention_overrides",
+        "log-retention-overrides",
+        "CODITECT_LOG_RETENTION_OVERRIDES",
+        None,
+        "Per-tenant retention: comma-separated TENANT_ID=DURATION (e.g. 0193…=90d)",
+    ),
+    setting(
         "bootstrap_tenant",
         "bootstrap-tenant",
         "CODITECT_BOOTSTRAP_TENANT",
@@ -337,7 +379,28 @@ pub struct Config {
     pub auth: AuthConfig,
     pub bootstrap: Option<Bootstrap>,
     pub bootstrap_tenant: String,
+    pub logs: LogsConfig,
     sources: BTreeMap<&'static str, Source>,
+}
+
+/// Log pipeline settings.
+#[derive(Debug, Clone)]
+pub struct LogsConfig {
+    pub rate_per_tenant: u64,
+    pub max_inflight: usize,
+    pub max_past: Duration,
+    pub max_future: Duration,
+    pub retention: Duration,
+    pub retention_overrides: Vec<(coditect_proto::TenantId, Duration)>,
+}
+
+impl LogsConfig {
+    pub fn retention_for(&self, tenant: coditect_proto::TenantId) -> Duration {
+        self.retention_overrides
+            .iter()
+            .find(|(t, _)| *t == tenant)
+            .map_or(self.retention, |(_, d)| *d)
+    }
 }
 
 /// Identity and token settings.
@@ -756,6 +819,30 @@ impl Raw {
             },
             bootstrap: self.bootstrap()?,
             bootstrap_tenant: self.required("bootstrap_tenant", non_empty)?,
+            logs: LogsConfig {
+                rate_per_tenant: self.required("ingest_rate_per_tenant", |s| {
+                    s.parse::<u64>().map_err(|_| "a whole number of entries per second (0 = unlimited)".to_string())
+                })?,
+                max_inflight: self.required("ingest_max_inflight", |s| whole(s, 1, 4096).map(|n| n as usize))?,
+                max_past: self.required("log_max_past", duration(MINUTE, 3650 * DAY))?,
+                max_future: self.required("log_max_future", duration(Duration::ZERO, DAY))?,
+                retention: self.required("log_retention", duration(HOUR, 3650 * DAY))?,
+                retention_overrides: self
+                    .parse("log_retention_overrides", |s| {
+                        let allowed = || "comma-separated TENANT_ID=DURATION pairs, e.g. 0193…=90d".to_string();
+                        s.split(',')
+                            .map(str::trim)
+                            .filter(|p| !p.is_empty())
+                            .map(|pair| {
+                                let (t, d) = pair.split_once('=').ok_or_else(allowed)?;
+                                let tenant = t.trim().parse().map_err(|_| allowed())?;
+                                let d = humantime::parse_duration(d.trim()).map_err(|_| allowed())?;
+                                Ok((tenant, d))
+                            })
+                            .collect()
+                    })?
+                    .unwrap_or_default(),
+            },
             sources: self.values.into_iter().map(|(k, (_, src))| (k, src)).collect(),
         })
     }

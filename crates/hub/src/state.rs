@@ -4,6 +4,7 @@
 use crate::auth::Auth;
 use crate::authz::Gate;
 use crate::config::Config;
+use crate::logs::limit::LogsRuntime;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ struct Inner {
     config: Config,
     gate: Gate,
     auth: Auth,
+    logs: LogsRuntime,
     metrics: PrometheusHandle,
     started: Instant,
     draining: AtomicBool,
@@ -25,8 +27,19 @@ struct Inner {
 
 impl AppState {
     pub fn new(config: Config, gate: Gate, auth: Auth, metrics: PrometheusHandle) -> AppState {
+        let limits = crate::logs::entry::EntryLimits {
+            max_past: config.logs.max_past,
+            max_future: config.logs.max_future,
+            ..Default::default()
+        };
+        let logs = LogsRuntime::new(
+            limits,
+            config.logs.rate_per_tenant,
+            config.logs.max_inflight,
+        );
         AppState {
             inner: Arc::new(Inner {
+                logs,
                 config,
                 gate,
                 auth,
@@ -47,6 +60,10 @@ impl AppState {
 
     pub fn auth(&self) -> &Auth {
         &self.inner.auth
+    }
+
+    pub fn logs(&self) -> &LogsRuntime {
+        &self.inner.logs
     }
 
     pub fn metrics(&self) -> &PrometheusHandle {

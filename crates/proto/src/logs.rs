@@ -5,11 +5,12 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Severity, in increasing order (so `level >= Level::Warn` means "warnings and worse").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Trace,
     Debug,
+    #[default]
     Info,
     Warn,
     Error,

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod error;
 pub mod logs;
 pub mod migrate;
+pub mod pipeline;
 pub mod postgres;
 pub mod sessions;
 pub mod signing_keys;
@@ -28,7 +29,11 @@ pub mod workspaces;
 pub use api_keys::{ApiKey, ApiKeyStore};
 pub use audit::{AuditQuery, AuditRecord, AuditStore};
 pub use error::StoreError;
-pub use logs::{Appended, ChunkRef, ChunkScan, EncodedChunk, LogRecord, LogStore, Order};
+pub use logs::{
+    AppendEvent, Appended, ChunkRef, ChunkScan, Durability, EncodedChunk, LogRecord, LogStore,
+    Order, Stored,
+};
+pub use pipeline::OutboxStatus;
 pub use postgres::{PgConfig, PgStore, SchemaState};
 pub use sessions::{RefreshOutcome, Session, SessionStore};
 pub use signing_keys::{PublicKeyRecord, SigningKeyStore};
@@ -90,7 +95,12 @@ macro_rules! domain_accessors {
 pub struct Store {
     local: SqliteStore,
     shared: Option<PgStore>,
+    events: tokio::sync::broadcast::Sender<logs::AppendEvent>,
+    listener: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
+
+/// Append events buffered per live-tail subscriber before it must resync.
+const EVENT_BUFFER: usize = 4096;
 
 impl Store {
     /// Opens the local store (failing if it cannot) and, in shared mode, starts connecting
@@ -107,7 +117,17 @@ impl Store {
             },
             None => None,
         };
-        Ok(Store { local, shared })
+        let (events, _) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+        let listener = config
+            .postgres
+            .as_ref()
+            .map(|pg| postgres::listen::spawn(pg, events.clone()));
+        Ok(Store {
+            local,
+            shared,
+            events,
+            listener: std::sync::Arc::new(std::sync::Mutex::new(listener)),
+        })
     }
 
     pub fn mode(&self) -> StorageMode {
@@ -156,6 +176,10 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        let listener = self.listener.lock().ok().and_then(|mut l| l.take());
+        if let Some(task) = listener {
+            task.abort();
+        }
         if let Some(pg) = &self.shared {
             pg.close().await;
         }

@@ -10,8 +10,10 @@ use chrono::{DateTime, Utc};
 use coditect_proto::{
     ApiKeyId, AuditId, Email, ErrorCode, Role, SessionId, TenantId, UserId, WorkspaceId,
 };
+use coditect_store::logs::search::{Cursor, Found, LogQuery, search};
 use coditect_store::{
-    ApiKey, AuditQuery, AuditRecord, Session, StoreError, Tenant, User, UserUpdate, Workspace,
+    ApiKey, AuditQuery, AuditRecord, EncodedChunk, Session, StoreError, Stored, Tenant, User,
+    UserUpdate, Workspace,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -687,6 +689,107 @@ impl<'a> Scoped<'a> {
         ))
         .await;
         Ok(())
+    }
+
+    // ---- logs --------------------------------------------------------------------------
+
+    /// Checks that the principal may write logs into `workspace` (which must be one of its
+    /// tenant's: otherwise "not found").
+    pub async fn may_write_logs(&self, workspace: WorkspaceId) -> Result<(), ApiError> {
+        let ws = self.fetch_workspace(workspace).await?;
+        let target = Target {
+            owner: Some(ws.owner_id),
+            protected: false,
+            workspace: Some(ws.id),
+            id: Some(ws.id.to_string()),
+        };
+        self.check(Resource::Logs, Action::Create, target).await
+    }
+
+    /// Stores a chunk the caller encoded for this principal's tenant, after
+    /// [`Scoped::may_write_logs`] for its workspace.
+    pub async fn append_logs(&self, chunk: &EncodedChunk) -> Result<Stored, ApiError> {
+        if chunk.tenant_id != self.tenant() {
+            return Err(ApiError::internal(
+                "a chunk for another tenant reached append_logs",
+            ));
+        }
+        self.may_write_logs(chunk.workspace_id).await?;
+        Ok(self.gate.store.append_logs(chunk).await?)
+    }
+
+    /// The first answer to a retried batch, if any (within 24 hours).
+    pub async fn batch_receipt(&self, batch_id: &str) -> Result<Option<String>, ApiError> {
+        let since = self.now() - chrono::Duration::hours(24);
+        Ok(self
+            .gate
+            .store
+            .logs()
+            .find_batch(self.tenant(), batch_id, since)
+            .await?)
+    }
+
+    /// Searches the principal's tenant; a key bound to a workspace searches only it.
+    pub async fn search_logs(
+        &self,
+        mut query: LogQuery,
+    ) -> Result<(Vec<Found>, Option<Cursor>), ApiError> {
+        query.tenant_id = self.tenant();
+        match (self.p.workspace, query.workspace_id) {
+            (Some(only), None) => query.workspace_id = Some(only),
+            (Some(only), Some(asked)) if asked != only => {
+                return self
+                    .deny(Resource::Logs, Action::Read, Some(asked.to_string()))
+                    .await;
+            }
+            _ => {}
+        }
+        let target = Target {
+            owner: None,
+            protected: false,
+            workspace: query.workspace_id,
+            id: query.workspace_id.map(|w| w.to_string()),
+        };
+        self.check(Resource::Logs, Action::Read, target).await?;
+        Ok(search(self.gate.store.logs(), &query).await?)
+    }
+
+    /// One entry by id (404 when it is not the tenant's or not visible to a bound key).
+    pub async fn get_log(&self, id: uuid::Uuid) -> Result<Found, ApiError> {
+        let logs = self.gate.store.logs();
+        let missing = || ApiError::not_found("log entry not found");
+        let (seq, pos) = logs
+            .locate_entry(self.tenant(), id)
+            .await?
+            .ok_or_else(missing)?;
+        let chunk = logs
+            .chunks_after(self.tenant(), seq - 1, 1)
+            .await?
+            .into_iter()
+            .find(|c| c.seq == seq)
+            .ok_or_else(missing)?;
+        let target = Target {
+            owner: None,
+            protected: false,
+            workspace: Some(chunk.workspace_id),
+            id: Some(id.to_string()),
+        };
+        if !self.allows(Resource::Logs, Action::Read, &target) {
+            return Err(missing());
+        }
+        let data = logs.chunk_data(self.tenant(), &[seq]).await?;
+        let (_, body) = data.into_iter().next().ok_or_else(missing)?;
+        let record = coditect_store::logs::decode(&body)?
+            .into_iter()
+            .nth(pos as usize)
+            .filter(|r| r.id == id)
+            .ok_or_else(missing)?;
+        Ok(Found {
+            seq,
+            pos,
+            workspace_id: chunk.workspace_id,
+            record,
+        })
     }
 
     // ---- audit -------------------------------------------------------------------------

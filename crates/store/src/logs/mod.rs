@@ -122,3 +122,49 @@ pub trait LogStore: Send + Sync {
     /// Tenants that have logs.
     async fn log_tenants(&self) -> Result<Vec<TenantId>, StoreError>;
 }
+
+/// News of stored chunks, for live tails: in embedded mode sent by the node that stored
+/// the chunk; in shared mode relayed from PostgreSQL `LISTEN`, so every replica hears of
+/// every replica's chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendEvent {
+    Appended {
+        tenant: TenantId,
+        seq: i64,
+    },
+    /// Notifications may have been missed (the listener reconnected): read from the store
+    /// what came after the last seq you saw.
+    Resync,
+}
+
+/// Where an accepted chunk is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Embedded mode: in the node's SQLite.
+    Local,
+    /// Shared mode: in the local outbox and in PostgreSQL.
+    Dual,
+    /// Shared mode: in the local outbox only; replayed to PostgreSQL when it is back.
+    LocalOnly,
+    /// Shared mode: the local write failed (e.g. disk full); in PostgreSQL only.
+    CloudOnly,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Local => "local",
+            Durability::Dual => "dual",
+            Durability::LocalOnly => "local_only",
+            Durability::CloudOnly => "cloud_only",
+        }
+    }
+}
+
+/// What storing a chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub durability: Durability,
+    /// Present when the chunk reached the searchable store.
+    pub appended: Option<Appended>,
+}

@@ -10,6 +10,7 @@
 
 mod audit;
 mod identity;
+pub(crate) mod listen;
 mod logs;
 mod rows;
 mod tenants;
@@ -103,7 +104,7 @@ impl PgConfig {
         )
     }
 
-    fn pg_config(&self) -> Result<tokio_postgres::Config, StoreError> {
+    pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, StoreError> {
         let mut cfg = tokio_postgres::Config::from_str(&self.url)
             .map_err(|_| StoreError::Internal("invalid postgres url".into()))?;
         let ms = |d: Duration| d.as_millis().max(1);

@@ -1,0 +1,334 @@
+//! Turning what clients send into stored records: one entry at a time, so a bad entry is
+//! rejected alone (with its reason) and the rest of the batch is stored.
+
+use chrono::{DateTime, Utc};
+use coditect_proto::{Level, SessionId, TenantId};
+use coditect_store::LogRecord;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Per-entry limits.
+#[derive(Debug, Clone)]
+pub struct EntryLimits {
+    pub max_message: usize,
+    pub max_metadata: usize,
+    pub max_component: usize,
+    /// Timestamps older than this before now are refused.
+    pub max_past: Duration,
+    /// Timestamps further than this after now are refused (clock skew).
+    pub max_future: Duration,
+}
+
+impl Default for EntryLimits {
+    fn default() -> Self {
+        EntryLimits {
+            max_message: 64 * 1024,
+            max_metadata: 16 * 1024,
+            max_component: 256,
+            max_past: Duration::from_secs(7 * 86_400),
+            max_future: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One native entry, borrowed from the request body.
+#[derive(Deserialize)]
+struct EntryIn<'a> {
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    level: Cow<'a, str>,
+    #[serde(borrow)]
+    component: Cow<'a, str>,
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    trace_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    span_id: Option<Cow<'a, str>>,
+}
+
+/// What every protocol produces before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate<'a> {
+    /// Microseconds since the epoch; `None` = now.
+    pub ts: Option<i64>,
+    pub level: Level,
+    pub component: Cow<'a, str>,
+    pub message: Cow<'a, str>,
+    /// A JSON object as text (already checked to be one by the protocol, or checked here).
+    pub metadata: Option<Cow<'a, str>>,
+    pub id: Option<Uuid>,
+    pub session_id: Option<SessionId>,
+    pub trace_id: Option<[u8; 16]>,
+    pub span_id: Option<[u8; 8]>,
+}
+
+/// Parses one native entry; `Err(reason)` rejects just this entry.
+pub fn parse_native(raw: &RawValue) -> Result<Candidate<'_>, String> {
+    let e: EntryIn<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| format!("malformed entry: {e}"))?;
+    let ts = match e.timestamp.as_deref() {
+        None => None,
+        Some(t) => Some(
+            DateTime::parse_from_rfc3339(t)
+                .map_err(|_| format!("timestamp {t:?} is not RFC 3339"))?
+                .with_timezone(&Utc)
+                .timestamp_micros(),
+        ),
+    };
+    let level = e.level.parse::<Level>()?;
+    let id =
+        e.id.as_deref()
+            .map(|s| {
+                Uuid::parse_str(s)
+                    .ok()
+                    .filter(|u| u.get_version_num() == 7)
+                    .ok_or_else(|| format!("id {s:?} is not a UUIDv7"))
+            })
+            .transpose()?;
+    let session_id = e
+        .session_id
+        .as_deref()
+        .map(|s| {
+            s.parse::<SessionId>()
+                .map_err(|_| format!("session_id {s:?} is not a UUID"))
+        })
+        .transpose()?;
+    Ok(Candidate {
+        ts,
+        level,
+        component: e.component,
+        message: e.message,
+        metadata: e.metadata.map(|m| Cow::Borrowed(m.get())),
+        id,
+        session_id,
+        trace_id: e.trace_id.as_deref().map(hex_id::<16>).transpose()?,
+        span_id: e.span_id.as_deref().map(hex_id::<8>).transpose()?,
+    })
+}
+
+/// A lower- or upper-case hex id of exactly `N` bytes.
+pub fn hex_id<const N: usize>(s: &str) -> Result<[u8; N], String> {
+    let bad = || format!("{s:?} is not {} hex digits", N * 2);
+    if s.len() != N * 2 {
+        return Err(bad());
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte =
+            u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// Where ids come from when an entry has none.
+pub enum IdSource<'a> {
+    /// Fresh UUIDv7s.
+    Fresh,
+    /// UUIDv7s derived from the batch id and the entry's position, so a retried batch
+    /// produces the same ids and is stored once.
+    Batch { tenant: TenantId, batch_id: &'a str },
+}
+
+/// Validates a candidate against the limits; `Err(reason)` rejects it.
+pub fn validate(
+    c: Candidate<'_>,
+    index: usize,
+    ids: &IdSource<'_>,
+    limits: &EntryLimits,
+    now: DateTime<Utc>,
+) -> Result<LogRecord, String> {
+    let now_us = now.timestamp_micros();
+    let ts = c.ts.unwrap_or(now_us);
+    let past = i64::try_from(limits.max_past.as_micros()).unwrap_or(i64::MAX);
+    let future = i64::try_from(limits.max_future.as_micros()).unwrap_or(i64::MAX);
+    if ts < now_us.saturating_sub(past) {
+        return Err(format!(
+            "timestamp is more than {} in the past",
+            humantime::format_duration(limits.max_past)
+        ));
+    }
+    if ts > now_us.saturating_add(future) {
+        return Err(format!(
+            "timestamp is more than {} in the future",
+            humantime::format_duration(limits.max_future)
+        ));
+    }
+    if c.message.len() > limits.max_message {
+        return Err(format!("message is over {} bytes", limits.max_message));
+    }
+    if c.component.is_empty() || c.component.len() > limits.max_component {
+        return Err(format!(
+            "component must be 1 to {} bytes",
+            limits.max_component
+        ));
+    }
+    if let Some(m) = &c.metadata {
+        if m.len() > limits.max_metadata {
+            return Err(format!("metadata is over {} bytes", limits.max_metadata));
+        }
+        if !m.trim_start().starts_with('{') {
+            return Err("metadata must be a JSON object".into());
+        }
+    }
+    let id = match (c.id, ids) {
+        (Some(id), _) => id,
+        (None, IdSource::Fresh) => Uuid::now_v7(),
+        (None, IdSource::Batch { tenant, batch_id }) => derived_id(*tenant, batch_id, index, ts),
+    };
+    Ok(LogRecord {
+        id,
+        ts,
+        level: c.level,
+        component: c.component.into_owned(),
+        message: c.message.into_owned(),
+        metadata: c.metadata.map(|m| m.trim().to_string()),
+        session_id: c.session_id,
+        trace_id: c.trace_id,
+        span_id: c.span_id,
+    })
+}
+
+/// A UUIDv7 whose time is the entry's and whose random bits hash (tenant, batch, index).
+fn derived_id(tenant: TenantId, batch_id: &str, index: usize, ts_us: i64) -> Uuid {
+    let mut input = Vec::with_capacity(16 + batch_id.len() + 8);
+    input.extend_from_slice(tenant.as_uuid().as_bytes());
+    input.extend_from_slice(batch_id.as_bytes());
+    input.extend_from_slice(&(index as u64).to_le_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest.as_ref()[..10]);
+    let millis = u64::try_from(ts_us.max(0) / 1000).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn native_entries_parse_and_validate() {
+        let now = Utc::now();
+        let r = raw(&format!(
+            r#"{{"timestamp":"{}","level":"WARN","component":"api","message":"slow","metadata":{{"ms":900}},"extra":true}}"#,
+            now.to_rfc3339()
+        ));
+        let c = parse_native(&r).unwrap();
+        let rec = validate(c, 0, &IdSource::Fresh, &EntryLimits::default(), now).unwrap();
+        assert_eq!(rec.level, Level::Warn);
+        assert_eq!(rec.metadata.as_deref(), Some(r#"{"ms":900}"#));
+        assert_eq!(rec.id.get_version_num(), 7);
+        assert_eq!(rec.ts, now.timestamp_micros());
+    }
+
+    #[test]
+    fn each_problem_names_itself() {
+        let now = Utc::now();
+        let limits = EntryLimits::default();
+        let check = |json: &str| {
+            parse_native(&raw(json)).and_then(|c| validate(c, 0, &IdSource::Fresh, &limits, now))
+        };
+        let cases = [
+            (
+                r#"{"level":"loud","component":"a","message":"m"}"#,
+                "unknown level",
+            ),
+            (
+                r#"{"level":7,"component":"a","message":"m"}"#,
+                "malformed entry",
+            ),
+            (
+                r#"{"timestamp":"yesterday","level":"info","component":"a","message":"m"}"#,
+                "RFC 3339",
+            ),
+            (
+                r#"{"timestamp":"2001-01-01T00:00:00Z","level":"info","component":"a","message":"m"}"#,
+                "in the past",
+            ),
+            (
+                r#"{"timestamp":"2999-01-01T00:00:00Z","level":"info","component":"a","message":"m"}"#,
+                "in the future",
+            ),
+            (
+                r#"{"level":"info","component":"a","message":"m","metadata":[1]}"#,
+                "JSON object",
+            ),
+            (
+                r#"{"level":"info","component":"","message":"m"}"#,
+                "component",
+            ),
+            (
+                r#"{"level":"info","component":"a","message":"m","id":"not-a-uuid"}"#,
+                "UUIDv7",
+            ),
+            (
+                r#"{"level":"info","component":"a","message":"m","id":"4b6f3b52-3c1e-4b8e-9f0a-2b7c6d5e4f3a"}"#,
+                "UUIDv7",
+            ),
+            (
+                r#"{"level":"info","component":"a","message":"m","trace_id":"xyz"}"#,
+                "hex",
+            ),
+        ];
+        for (json, reason) in cases {
+            let err = check(json).unwrap_err();
+            assert!(err.contains(reason), "{json}: {err}");
+        }
+        let big = format!(
+            r#"{{"level":"info","component":"a","message":"{}"}}"#,
+            "x".repeat(64 * 1024 + 1)
+        );
+        assert!(check(&big).unwrap_err().contains("message is over"));
+        let meta = format!(
+            r#"{{"level":"info","component":"a","message":"m","metadata":{{"k":"{}"}}}}"#,
+            "x".repeat(16 * 1024)
+        );
+        assert!(check(&meta).unwrap_err().contains("metadata is over"));
+    }
+
+    #[test]
+    fn batch_ids_make_retries_produce_the_same_ids() {
+        let tenant = TenantId::new();
+        let ids = IdSource::Batch {
+            tenant,
+            batch_id: "b-7",
+        };
+        let now = Utc::now();
+        let c = || Candidate {
+            level: Level::Info,
+            component: "a".into(),
+            message: "m".into(),
+            ts: Some(now.timestamp_micros()),
+            ..Candidate::default()
+        };
+        let limits = EntryLimits::default();
+        let a = validate(c(), 3, &ids, &limits, now).unwrap().id;
+        let b = validate(c(), 3, &ids, &limits, now).unwrap().id;
+        let other = validate(c(), 4, &ids, &limits, now).unwrap().id;
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(a.get_version_num(), 7);
+    }
+
+    #[test]
+    fn hex_ids() {
+        assert_eq!(hex_id::<2>("0aFF"), Ok([0x0a, 0xff]));
+        assert!(hex_id::<2>("0aF").is_err());
+        assert!(hex_id::<2>("zzzz").is_err());
+        assert!(hex_id::<2>("é1").is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! The log pipeline: ingestion (native JSON, and later OTLP and Loki push through the same
+//! path), search, and the views they answer with.
+//!
+//! - `POST /api/logs/batch` `{entries:[{timestamp, level, component, message, metadata?, id?,
+//!   session_id?}], workspace_id, client_version, batch_id?}` → 202 `{processed, rejected,
+//!   storage, batch_id}` once the accepted entries are durable
+//! - `GET /api/logs?workspace_id&level&min_level&component&session_id&since&until&q&limit&order&cursor`
+//! - `GET /api/logs/{id}`
+//!
+//! Every protocol ends in [`ingest`]: authorize the workspace, rate-limit the tenant,
+//! validate entry by entry (a bad entry is reported, the rest stored), encode one chunk per
+//! ≤ 1000 entries, make it durable, answer.
+
+pub mod entry;
+pub mod limit;
+
+use crate::authz::Principal;
+use crate::http::{ApiError, Path, Query, check_instant};
+use crate::state::AppState;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use coditect_proto::{ErrorCode, Level, SessionId, TenantId, WorkspaceId};
+use coditect_store::logs::BatchReceipt;
+use coditect_store::logs::search::{Cursor, Found, LevelFilter, LogQuery};
+use coditect_store::{EncodedChunk, Order, Stored};
+use entry::{Candidate, IdSource};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::io::Read;
+use std::time::Instant;
+
+/// Most entries one native batch may carry.
+pub const MAX_BATCH: usize = 1000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/logs/batch", post(batch))
+        .route("/api/logs", get(search_logs))
+        .route("/api/logs/{id}", get(get_log))
+}
+
+/// An entry refused, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rejected {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// The outcome of one ingestion request.
+#[derive(Debug)]
+pub struct Accepted {
+    pub processed: usize,
+    pub rejected: Vec<Rejected>,
+    /// Where the entries are durable; `None` when there was nothing to store.
+    pub stored: Option<Stored>,
+    pub batch_id: String,
+}
+
+/// The body of a request, decompressed when it says `Content-Encoding: gzip`, never
+/// larger than `limit` bytes (413 otherwise).
+pub fn body_bytes(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is over the limit of {limit} bytes"),
+        )
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") => Ok(body),
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+            flate2::read::GzDecoder::new(&body[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|_| ApiError::bad_request("malformed gzip body"))?;
+            if out.len() > limit {
+                return Err(too_large());
+            }
+            Ok(Bytes::from(out))
+        }
+        Some(other) => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("unsupported Content-Encoding {other}: use gzip or none"),
+        )),
+    }
+}
+
+/// The common path of every protocol (see the module docs).
+pub async fn ingest(
+    state: &AppState,
+    principal: &Principal,
+    workspace: WorkspaceId,
+    candidates: Vec<Result<Candidate<'_>, String>>,
+    batch_id: Option<String>,
+    protocol: &'static str,
+) -> Result<Accepted, ApiError> {
+    let started = Instant::now();
+    let scoped = state.gate().scoped(principal);
+    scoped.may_write_logs(workspace).await?;
+    let logs = state.logs();
+    if let Err(wait) = logs.rate.take(principal.tenant_id, candidates.len() as u64) {
+        metrics::counter!("log_ingestion_throttled_total", "protocol" => protocol).increment(1);
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "this tenant is over its ingestion rate; retry later",
+        )
+        .retry_after(wait.as_secs().max(1)));
+    }
+    let now = state.gate().clock().now();
+    let ids = match &batch_id {
+        Some(b) => IdSource::Batch {
+            tenant: principal.tenant_id,
+            batch_id: b,
+        },
+        None => IdSource::Fresh,
+    };
+    let mut records = Vec::with_capacity(candidates.len());
+    let mut rejected = Vec::new();
+    for (index, candidate) in candidates.into_iter().enumerate() {
+        match candidate.and_then(|c| entry::validate(c, index, &ids, &logs.limits, now)) {
+            Ok(r) => records.push(r),
+            Err(reason) => {
+                metrics::counter!("log_entries_rejected_total", "protocol" => protocol)
+                    .increment(1);
+                rejected.push(Rejected { index, reason });
+            }
+        }
+    }
+    let batch_id = batch_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    if records.is_empty() {
+        return Ok(Accepted {
+            processed: 0,
+            rejected,
+            stored: None,
+            batch_id,
+        });
+    }
+    let processed = records.len();
+    let receipt = serde_json::json!({
+        "processed": processed,
+        "rejected": rejected,
+        "batch_id": batch_id,
+    })
+    .to_string();
+    let mut stored = None;
+    let chunks = records.chunks(MAX_BATCH).count();
+    for (i, part) in records.chunks(MAX_BATCH).enumerate() {
+        // The receipt rides with the last chunk: present only once everything is stored.
+        let batch = (i + 1 == chunks).then(|| BatchReceipt {
+            batch_id: batch_id.clone(),
+            response: receipt.clone(),
+        });
+        let chunk = EncodedChunk::encode(principal.tenant_id, workspace, now, part, batch)?;
+        let outcome = scoped.append_logs(&chunk).await.inspect_err(|_| {
+            metrics::counter!("log_ingestion_failed_total", "protocol" => protocol).increment(1);
+        })?;
+        stored = Some(match stored {
+            // Report the weakest durability of the parts.
+            Some(prev) if rank(prev) < rank(outcome) => prev,
+            _ => outcome,
+        });
+    }
+    metrics::counter!("log_ingestion_total", "protocol" => protocol).increment(processed as u64);
+    metrics::histogram!("log_ingestion_duration_seconds", "protocol" => protocol)
+        .record(started.elapsed().as_secs_f64());
+    Ok(Accepted {
+        processed,
+        rejected,
+        stored,
+        batch_id,
+    })
+}
+
+fn rank(s: Stored) -> u8 {
+    use coditect_store::Durability as D;
+    match s.durability {
+        D::Local | D::Dual => 2,
+        D::LocalOnly | D::CloudOnly => 1,
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchIn<'a> {
+    #[serde(borrow)]
+    entries: Vec<&'a RawValue>,
+    workspace_id: WorkspaceId,
+    #[serde(borrow)]
+    #[allow(dead_code)] // informational; kept in the schema
+    client_version: Option<std::borrow::Cow<'a, str>>,
+    batch_id: Option<String>,
+}
+
+fn check_batch_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "batch_id must be 1 to 128 printable ASCII characters",
+        ))
+    }
+}
+
+async fn batch(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let _slot = state.logs().admit().await?;
+    let body = body_bytes(&headers, body, state.config().body_limit)?;
+    let parsed: BatchIn<'_> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    if parsed.entries.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "{} entries: at most {MAX_BATCH} per batch",
+                parsed.entries.len()
+            ),
+        ));
+    }
+    if parsed.entries.is_empty() {
+        return Err(ApiError::bad_request("entries is empty"));
+    }
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("Idempotency-Key must be printable ASCII"))?;
+    let batch_id = parsed.batch_id.clone().or(header_key);
+    if let Some(id) = &batch_id {
+        check_batch_id(id)?;
+        let scoped = state.gate().scoped(&principal);
+        scoped.may_write_logs(parsed.workspace_id).await?;
+        if let Some(first) = scoped.batch_receipt(id).await? {
+            return Ok(replayed_answer(&state, &first));
+        }
+    }
+    let candidates = parsed
+        .entries
+        .iter()
+        .map(|raw| entry::parse_native(raw))
+        .collect();
+    let accepted = ingest(
+        &state,
+        &principal,
+        parsed.workspace_id,
+        candidates,
+        batch_id,
+        "native",
+    )
+    .await?;
+    let Some(stored) = accepted.stored else {
+        let first = accepted
+            .rejected
+            .first()
+            .map(|r| r.reason.as_str())
+            .unwrap_or("no entries");
+        return Err(ApiError::bad_request(format!(
+            "every entry was rejected ({} of them), the first because: {first}",
+            accepted.rejected.len()
+        )));
+    };
+    let body = serde_json::json!({
+        "processed": accepted.processed,
+        "rejected": accepted.rejected,
+        "storage": stored.durability.as_str(),
+        "batch_id": accepted.batch_id,
+    });
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// The stored first answer to a batch. Its receipt was found in the searchable store, so
+/// that is where the batch is durable now: `local` (embedded) or `dual` (shared).
+fn replayed_answer(state: &AppState, first: &str) -> Response {
+    let mut body: serde_json::Value = serde_json::from_str(first).unwrap_or_default();
+    let storage = match state.gate().system().mode() {
+        coditect_store::StorageMode::Embedded => "local",
+        coditect_store::StorageMode::Shared => "dual",
+    };
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("storage".into(), storage.into());
+    }
+    (
+        StatusCode::ACCEPTED,
+        [("idempotent-replayed", "true")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// An entry as the API shows it.
+#[derive(Serialize)]
+pub struct LogView {
+    pub id: uuid::Uuid,
+    /// RFC 3339, always with microseconds, in UTC: sorts as text too.
+    pub timestamp: String,
+    pub level: Level,
+    pub component: String,
+    pub message: String,
+    pub metadata: Option<Box<RawValue>>,
+    pub session_id: Option<SessionId>,
+    pub workspace_id: WorkspaceId,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl From<Found> for LogView {
+    fn from(f: Found) -> Self {
+        let r = f.record;
+        LogView {
+            id: r.id,
+            timestamp: r
+                .timestamp()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            level: r.level,
+            component: r.component,
+            message: r.message,
+            metadata: r.metadata.and_then(|m| RawValue::from_string(m).ok()),
+            session_id: r.session_id,
+            workspace_id: f.workspace_id,
+            trace_id: r.trace_id.map(|t| hex(&t)),
+            span_id: r.span_id.map(|s| hex(&s)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    workspace_id: Option<WorkspaceId>,
+    level: Option<Level>,
+    min_level: Option<Level>,
+    component: Option<String>,
+    session_id: Option<SessionId>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    q: Option<String>,
+    limit: Option<u32>,
+    order: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn search_logs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(p): Query<SearchParams>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let level = match (p.level, p.min_level) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give level or min_level, not both"));
+        }
+        (Some(l), None) => LevelFilter::Exact(l),
+        (None, Some(l)) => LevelFilter::AtLeast(l),
+        (None, None) => LevelFilter::Any,
+    };
+    let limit = match p.limit.unwrap_or(100) {
+        n @ 1..=1000 => n,
+        _ => return Err(ApiError::bad_request("limit must be between 1 and 1000")),
+    };
+    let order = match p.order.as_deref() {
+        None | Some("desc") => Order::Desc,
+        Some("asc") => Order::Asc,
+        Some(_) => return Err(ApiError::bad_request("order must be asc or desc")),
+    };
+    let cursor = p
+        .cursor
+        .as_deref()
+        .map(|c| Cursor::decode(c).ok_or_else(|| ApiError::bad_request("invalid cursor")))
+        .transpose()?;
+    let since = check_instant("since", p.since)?;
+    let until = check_instant("until", p.until)?;
+    if let (Some(s), Some(u)) = (since, until)
+        && s > u
+    {
+        return Err(ApiError::bad_request("since must not be after until"));
+    }
+    let terms: Vec<String> =
+        p.q.as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+    if terms.len() > 16 || terms.iter().any(|t| t.len() > 256) {
+        return Err(ApiError::bad_request(
+            "q takes at most 16 terms of at most 256 bytes",
+        ));
+    }
+    let query = LogQuery {
+        tenant_id: TenantId::NONE,
+        workspace_id: p.workspace_id,
+        level,
+        component: p.component,
+        session_id: p.session_id,
+        since: since.map(|t| t.timestamp_micros()),
+        until: until.map(|t| t.timestamp_micros()),
+        terms,
+        order,
+        limit,
+        cursor,
+    };
+    let (found, next) = state.gate().scoped(&principal).search_logs(query).await?;
+    let items: Vec<LogView> = found.into_iter().map(LogView::from).collect();
+    Ok(axum::Json(serde_json::json!({
+        "items": items,
+        "next_cursor": next.map(|c| c.encode()),
+    })))
+}
+
+async fn get_log(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<uuid::Uuid>,
+) -> Result<axum::Json<LogView>, ApiError> {
+    let found = state.gate().scoped(&principal).get_log(id).await?;
+    Ok(axum::Json(found.into()))
+}
