@@ -150,6 +150,8 @@ impl Hub {
             tokio::spawn(keep_keys_fresh(state.clone())),
             tokio::spawn(sweep_sessions(state.clone())),
             tokio::spawn(bootstrap_when_ready(state.clone())),
+            tokio::spawn(replay_outbox(state.clone())),
+            tokio::spawn(enforce_retention(state.clone())),
         ];
 
         let (fired, on_fired) = tokio::sync::oneshot::channel::<()>();
@@ -245,6 +247,98 @@ pub async fn sweep_sessions_once(state: &AppState) {
     match system.count_live_sessions(now, idle_cutoff).await {
         Ok(n) => metrics::gauge!("auth_active_sessions").set(n as f64),
         Err(e) => tracing::warn!(error = %e, "cannot count active sessions"),
+    }
+}
+
+/// Shared mode: sends outbox chunks to PostgreSQL once it is reachable, and keeps the
+/// outbox metrics current.
+async fn replay_outbox(state: AppState) {
+    let system = state.gate().system();
+    if system.mode() != coditect_store::StorageMode::Shared {
+        return;
+    }
+    loop {
+        let pause = match system.replay_outbox(1000).await {
+            Ok(0) => Duration::from_millis(500),
+            Ok(n) => {
+                tracing::info!(chunks = n, "outbox replayed to postgres");
+                Duration::ZERO
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "outbox replay waits for postgres");
+                Duration::from_secs(1)
+            }
+        };
+        if let Ok(status) = system.outbox_status().await {
+            metrics::gauge!("log_outbox_depth").set(status.depth as f64);
+            let lag = status.oldest.map_or(0.0, |o| {
+                (chrono::Utc::now() - o).num_milliseconds().max(0) as f64 / 1e3
+            });
+            metrics::gauge!("log_replay_lag_seconds").set(lag);
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Deletes log entries older than each tenant's retention, a few chunks per write so
+/// ingestion never waits long behind it, and forgets batch receipts after 24 hours.
+async fn enforce_retention(state: AppState) {
+    const EVERY: Duration = Duration::from_secs(600);
+    const CHUNKS_PER_STEP: u32 = 32;
+    loop {
+        tokio::time::sleep(EVERY.min(Duration::from_secs(30))).await;
+        let system = state.gate().system();
+        if !system.is_ready() {
+            continue;
+        }
+        retention_pass(&state, CHUNKS_PER_STEP).await;
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
+/// One pass of the retention job (public so tests can run it without waiting).
+pub async fn retention_pass(state: &AppState, chunks_per_step: u32) {
+    let system = state.gate().system();
+    let now = state.gate().clock().now();
+    let tenants = match system.logs().log_tenants().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "retention cannot list tenants");
+            return;
+        }
+    };
+    for tenant in tenants {
+        let keep = state.config().logs.retention_for(tenant);
+        let cutoff = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        let mut deleted = 0;
+        loop {
+            match system
+                .logs()
+                .delete_before(tenant, cutoff.timestamp_micros(), chunks_per_step)
+                .await
+            {
+                Ok(0) => break,
+                Ok(n) => {
+                    deleted += n;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(%tenant, error = %e, "retention step failed");
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            metrics::counter!("log_retention_deleted_chunks_total").increment(deleted);
+            tracing::info!(%tenant, chunks = deleted, "expired log chunks deleted");
+        }
+    }
+    if let Err(e) = system
+        .logs()
+        .forget_batches(now - chrono::Duration::hours(24))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot forget old batch receipts");
     }
 }
 

@@ -90,7 +90,7 @@ async fn health_reports_every_store_as_healthy(backend: Backend) {
             .collect();
         match backend {
             Backend::Sqlite => assert_eq!(names, ["sqlite"]),
-            Backend::Postgres => assert_eq!(names, ["sqlite", "postgres"]),
+            Backend::Postgres => assert_eq!(names, ["sqlite", "postgres", "outbox"]),
         }
         for c in components {
             assert_eq!(c["healthy"], true, "{c}");

@@ -152,15 +152,38 @@ impl Store {
             .is_none_or(|pg| pg.schema_state() == SchemaState::Ready)
     }
 
-    /// Probes every engine concurrently.
+    /// Probes every engine concurrently; in shared mode also the outbox, which is
+    /// unhealthy (not critical: the hub is degraded) while chunks wait for PostgreSQL.
     pub async fn probe(&self) -> Vec<ComponentHealth> {
         let local = self.local.probe();
         match &self.shared {
             Some(pg) => {
-                let (local, shared) = tokio::join!(local, pg.probe());
-                vec![local, shared]
+                let (local, shared, outbox) = tokio::join!(local, pg.probe(), self.probe_outbox());
+                vec![local, shared, outbox]
             }
             None => vec![local.await],
+        }
+    }
+
+    async fn probe_outbox(&self) -> ComponentHealth {
+        /// Chunks younger than this are in flight, not waiting.
+        const WAITING: chrono::Duration = chrono::Duration::seconds(5);
+        let started = std::time::Instant::now();
+        let status = self.outbox_status().await;
+        let (healthy, message) = match status {
+            Ok(s) if s.oldest.is_none_or(|o| Utc::now() - o < WAITING) => (true, None),
+            Ok(s) => (
+                false,
+                Some(format!("{} batches waiting for postgres", s.depth)),
+            ),
+            Err(_) => (false, Some("unreadable".to_string())),
+        };
+        ComponentHealth {
+            name: "outbox".into(),
+            healthy,
+            latency_ms: coditect_proto::duration_ms(started.elapsed()),
+            critical: false,
+            message,
         }
     }
 

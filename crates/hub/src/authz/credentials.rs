@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 /// Most cached credentials of each kind; past it, stale entries go first, then all.
 const MAX_ENTRIES: usize = 100_000;
+/// How long a cached credential may stand in for the store while the store is down.
+pub(super) const MAX_STALE: Duration = Duration::from_secs(15 * 60);
+
 /// How stale `last_access_at` may get before it is written again.
 const TOUCH_EVERY: ChronoDuration = ChronoDuration::minutes(1);
 
@@ -53,6 +56,15 @@ impl<K: Eq + Hash + Clone, T: Clone> Table<K, T> {
         let map = self.map.lock().ok()?;
         map.get(key)
             .filter(|e| e.fetched.elapsed() < ttl)
+            .map(|e| e.value.clone())
+    }
+
+    /// An entry past its TTL but younger than [`MAX_STALE`]: used only while the store is
+    /// unreachable, so a PostgreSQL outage does not log every client out.
+    fn get_stale(&self, key: &K) -> Option<Resolved<T>> {
+        let map = self.map.lock().ok()?;
+        map.get(key)
+            .filter(|e| e.fetched.elapsed() < MAX_STALE)
             .map(|e| e.value.clone())
     }
 
@@ -105,6 +117,20 @@ impl<K: Eq + Hash + Clone, T: Clone> Table<K, T> {
             self.generation.fetch_add(1, Ordering::SeqCst);
             map.retain(|_, e| !pred(&e.value));
         }
+    }
+}
+
+/// While the store is unreachable, what was last known of a credential (if recent).
+fn stale_or<T>(
+    stale: Option<Resolved<T>>,
+    err: StoreError,
+) -> Result<Option<Resolved<T>>, StoreError> {
+    match stale {
+        Some(known) if err.is_transient() => {
+            metrics::counter!("auth_stale_credentials_total").increment(1);
+            Ok(Some(known))
+        }
+        _ => Err(err),
     }
 }
 
@@ -244,11 +270,15 @@ impl<'a> Credentials<'a> {
         }
         let read_at = cache.sessions.generation();
         let store = &self.gate.store;
-        let Some(session) = store.sessions().get_session(tenant, id).await? else {
-            return Ok(None);
+        let session = match store.sessions().get_session(tenant, id).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return Ok(None),
+            Err(e) => return stale_or(cache.sessions.get_stale(&key), e),
         };
-        let Some(user) = store.users().get_user(tenant, session.user_id).await? else {
-            return Ok(None);
+        let user = match store.users().get_user(tenant, session.user_id).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return Ok(None),
+            Err(e) => return stale_or(cache.sessions.get_stale(&key), e),
         };
         let resolved = Resolved {
             credential: session,
@@ -293,11 +323,15 @@ impl<'a> Credentials<'a> {
         }
         let read_at = cache.keys.generation();
         let store = &self.gate.store;
-        let Some(api_key) = store.api_keys().get_api_key(tenant, id).await? else {
-            return Ok(None);
+        let api_key = match store.api_keys().get_api_key(tenant, id).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return Ok(None),
+            Err(e) => return stale_or(cache.keys.get_stale(&key), e),
         };
-        let Some(user) = store.users().get_user(tenant, api_key.owner_id).await? else {
-            return Ok(None);
+        let user = match store.users().get_user(tenant, api_key.owner_id).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return Ok(None),
+            Err(e) => return stale_or(cache.keys.get_stale(&key), e),
         };
         let resolved = Resolved {
             credential: api_key,

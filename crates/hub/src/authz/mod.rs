@@ -69,6 +69,48 @@ pub struct Gate {
     store: Store,
     clock: Clock,
     cache: Arc<CredentialCache>,
+    /// Workspaces seen recently, to keep ingestion going while the store is down.
+    workspaces: Arc<WorkspaceCache>,
+}
+
+/// The last known state of workspaces, consulted only when the store is unreachable.
+#[derive(Default)]
+struct WorkspaceCache {
+    map: std::sync::Mutex<
+        std::collections::HashMap<
+            (TenantId, WorkspaceId),
+            (coditect_store::Workspace, std::time::Instant),
+        >,
+    >,
+}
+
+impl WorkspaceCache {
+    const MAX: usize = 100_000;
+
+    fn put(&self, ws: &coditect_store::Workspace) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+            map.insert(
+                (ws.tenant_id, ws.id),
+                (ws.clone(), std::time::Instant::now()),
+            );
+        }
+    }
+
+    fn get_stale(&self, tenant: TenantId, id: WorkspaceId) -> Option<coditect_store::Workspace> {
+        let map = self.map.lock().ok()?;
+        map.get(&(tenant, id))
+            .filter(|(_, at)| at.elapsed() < credentials::MAX_STALE)
+            .map(|(ws, _)| ws.clone())
+    }
+
+    fn forget(&self, tenant: TenantId, id: WorkspaceId) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(&(tenant, id));
+        }
+    }
 }
 
 impl Gate {
@@ -77,6 +119,7 @@ impl Gate {
             store,
             clock,
             cache: Arc::new(CredentialCache::new(cache_ttl)),
+            workspaces: Arc::new(WorkspaceCache::default()),
         }
     }
 

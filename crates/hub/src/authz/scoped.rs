@@ -631,12 +631,26 @@ impl<'a> Scoped<'a> {
     }
 
     async fn fetch_workspace(&self, id: WorkspaceId) -> Result<Workspace, ApiError> {
-        self.gate
+        match self
+            .gate
             .store
             .workspaces()
             .get_workspace(self.tenant(), id)
-            .await?
-            .ok_or_else(|| not_found(Resource::Workspace))
+            .await
+        {
+            Ok(Some(ws)) => {
+                self.gate.workspaces.put(&ws);
+                Ok(ws)
+            }
+            Ok(None) => Err(not_found(Resource::Workspace)),
+            // Store down: what was known recently keeps ingestion going.
+            Err(e) if e.is_transient() => self
+                .gate
+                .workspaces
+                .get_stale(self.tenant(), id)
+                .ok_or_else(|| e.into()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn get_workspace(&self, id: WorkspaceId) -> Result<Workspace, ApiError> {
@@ -681,6 +695,7 @@ impl<'a> Scoped<'a> {
             .workspaces()
             .delete_workspace(self.tenant(), id, self.now())
             .await?;
+        self.gate.workspaces.forget(self.tenant(), id);
         self.audit(AuditEvent::by(
             self.p,
             "workspace.delete",
@@ -721,12 +736,14 @@ impl<'a> Scoped<'a> {
     /// The first answer to a retried batch, if any (within 24 hours).
     pub async fn batch_receipt(&self, batch_id: &str) -> Result<Option<String>, ApiError> {
         let since = self.now() - chrono::Duration::hours(24);
-        Ok(self
-            .gate
-            .store
-            .logs()
-            .find_batch(self.tenant(), batch_id, since)
-            .await?)
+        let logs = self.gate.store.logs();
+        match logs.find_batch(self.tenant(), batch_id, since).await {
+            Ok(found) => Ok(found),
+            // Store down: proceed; entry ids derived from the batch id keep a retry from
+            // being stored twice when the outbox replays.
+            Err(e) if e.is_transient() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Searches the principal's tenant; a key bound to a workspace searches only it.

@@ -64,6 +64,26 @@ impl<'a> System<'a> {
             .await
     }
 
+    pub async fn replay_outbox(&self, max: u32) -> Result<u32, StoreError> {
+        self.gate.store.replay_outbox(max).await
+    }
+
+    pub async fn outbox_status(&self) -> Result<coditect_store::OutboxStatus, StoreError> {
+        self.gate.store.outbox_status().await
+    }
+
+    pub fn subscribe_appends(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<coditect_store::AppendEvent> {
+        self.gate.store.subscribe_appends()
+    }
+
+    /// The log store itself, for the live tail's reads (it checks each subscriber's tenant
+    /// and filter before anything reaches a socket).
+    pub fn logs(&self) -> &'a dyn coditect_store::LogStore {
+        self.gate.store.logs()
+    }
+
     pub async fn count_users(&self) -> Result<u64, StoreError> {
         self.gate.store.users().count_users().await
     }
