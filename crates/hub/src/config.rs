@@ -256,6 +256,20 @@ pub const SETTINGS: &[Setting] = &[
         "Ingestion requests processed at once (bounds memory); more wait up to 1 s, then 503",
     ),
     setting(
+        "tail_queue",
+        "tail-queue",
+        "CODITECT_TAIL_QUEUE",
+        Some("4096"),
+        "Live-tail entries queued per connection; past it a slow client gets a `dropped` frame",
+    ),
+    setting(
+        "tail_max_per_tenant",
+        "tail-max-per-tenant",
+        "CODITECT_TAIL_MAX_PER_TENANT",
+        Some("10000"),
+        "Live-tail connections one tenant may hold on one hub",
+    ),
+    setting(
         "log_max_past",
         "log-max-past",
         "CODITECT_LOG_MAX_PAST",
@@ -388,6 +402,8 @@ pub struct Config {
 pub struct LogsConfig {
     pub rate_per_tenant: u64,
     pub max_inflight: usize,
+    pub tail_queue: usize,
+    pub tail_max_per_tenant: usize,
     pub max_past: Duration,
     pub max_future: Duration,
     pub retention: Duration,
@@ -824,6 +840,8 @@ impl Raw {
                     s.parse::<u64>().map_err(|_| "a whole number of entries per second (0 = unlimited)".to_string())
                 })?,
                 max_inflight: self.required("ingest_max_inflight", |s| whole(s, 1, 4096).map(|n| n as usize))?,
+                tail_queue: self.required("tail_queue", |s| whole(s, 1, 1 << 20).map(|n| n as usize))?,
+                tail_max_per_tenant: self.required("tail_max_per_tenant", |s| whole(s, 1, 1 << 20).map(|n| n as usize))?,
                 max_past: self.required("log_max_past", duration(MINUTE, 3650 * DAY))?,
                 max_future: self.required("log_max_future", duration(Duration::ZERO, DAY))?,
                 retention: self.required("log_retention", duration(HOUR, 3650 * DAY))?,

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod live;
 pub mod logs;
 pub mod server;
 pub mod sessions;

@@ -152,6 +152,7 @@ impl Hub {
             tokio::spawn(bootstrap_when_ready(state.clone())),
             tokio::spawn(replay_outbox(state.clone())),
             tokio::spawn(enforce_retention(state.clone())),
+            tokio::spawn(crate::live::hub::run(state.clone())),
         ];
 
         let (fired, on_fired) = tokio::sync::oneshot::channel::<()>();

@@ -4,11 +4,13 @@
 use crate::auth::Auth;
 use crate::authz::Gate;
 use crate::config::Config;
+use crate::live::hub::TailHub;
 use crate::logs::limit::LogsRuntime;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -20,6 +22,9 @@ struct Inner {
     gate: Gate,
     auth: Auth,
     logs: LogsRuntime,
+    tail: TailHub,
+    /// Turns true when shutdown begins (live-tail connections close with 1001).
+    stopping: watch::Sender<bool>,
     metrics: PrometheusHandle,
     started: Instant,
     draining: AtomicBool,
@@ -40,6 +45,8 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 logs,
+                tail: TailHub::default(),
+                stopping: watch::Sender::new(false),
                 config,
                 gate,
                 auth,
@@ -66,6 +73,16 @@ impl AppState {
         &self.inner.logs
     }
 
+    /// Live-tail subscribers of this node.
+    pub fn tail(&self) -> &TailHub {
+        &self.inner.tail
+    }
+
+    /// Watches for shutdown: long-lived connections (the live tail) end when it turns true.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.inner.stopping.subscribe()
+    }
+
     pub fn metrics(&self) -> &PrometheusHandle {
         &self.inner.metrics
     }
@@ -81,5 +98,6 @@ impl AppState {
 
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::Relaxed);
+        self.inner.stopping.send_replace(true);
     }
 }

@@ -39,6 +39,8 @@ use tokens::TokenSettings;
 pub struct Auth {
     pub keys: KeyRing,
     pub tokens: TokenSettings,
+    /// WebSocket tickets: 30 seconds, audience `<audience>:ws`.
+    pub tickets: TokenSettings,
     pub passwords: Passwords,
     pub throttle: Throttle,
     pub idle_timeout: Duration,
@@ -54,6 +56,11 @@ impl Auth {
                 config.issuer.clone(),
                 config.audience.clone(),
                 config.access_ttl,
+            ),
+            tickets: TokenSettings::new(
+                config.issuer.clone(),
+                format!("{}:ws", config.audience),
+                Duration::from_secs(30),
             ),
             passwords: Passwords::new(config.argon2_memory_kib, config.argon2_iterations),
             throttle: Throttle::new(config.login_window),

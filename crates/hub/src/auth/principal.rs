@@ -70,12 +70,23 @@ pub async fn authenticate(
     if secrets::is_api_key(token) {
         api_key_principal(state, token, meta).await
     } else {
-        token_principal(state, token, meta).await
+        token_principal(state, &state.auth().tokens, token, meta).await
     }
+}
+
+/// A WebSocket ticket (see `POST /api/v1/ws-tickets`): a short-lived token with its own
+/// audience, so it is accepted nowhere else; its session must still be live.
+pub async fn authenticate_ticket(
+    state: &AppState,
+    ticket: &str,
+    meta: RequestMeta,
+) -> Result<Principal, ApiError> {
+    token_principal(state, &state.auth().tickets, ticket, meta).await
 }
 
 async fn token_principal(
     state: &AppState,
+    settings: &tokens::TokenSettings,
     token: &str,
     meta: RequestMeta,
 ) -> Result<Principal, ApiError> {
@@ -85,7 +96,7 @@ async fn token_principal(
     let claims = tokens::verify(
         &auth.keys,
         gate.credentials().signing_keys(),
-        &auth.tokens,
+        settings,
         token,
         now,
     )

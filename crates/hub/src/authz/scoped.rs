@@ -12,8 +12,8 @@ use coditect_proto::{
 };
 use coditect_store::logs::search::{Cursor, Found, LogQuery, search};
 use coditect_store::{
-    ApiKey, AuditQuery, AuditRecord, EncodedChunk, Session, StoreError, Stored, Tenant, User,
-    UserUpdate, Workspace,
+    ApiKey, AuditQuery, AuditRecord, ChunkRef, EncodedChunk, Session, StoreError, Stored, Tenant,
+    User, UserUpdate, Workspace,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -769,6 +769,76 @@ impl<'a> Scoped<'a> {
         };
         self.check(Resource::Logs, Action::Read, target).await?;
         Ok(search(self.gate.store.logs(), &query).await?)
+    }
+
+    /// Checks that the principal may tail logs; returns the workspace the tail is limited
+    /// to (a key bound to a workspace tails only it). `all_tenants` is for platform admins.
+    pub async fn may_tail_logs(
+        &self,
+        asked: Option<WorkspaceId>,
+        all_tenants: bool,
+    ) -> Result<Option<WorkspaceId>, ApiError> {
+        if all_tenants && (!self.p.platform_admin || self.p.workspace.is_some()) {
+            return self
+                .deny(Resource::Logs, Action::Read, Some("all tenants".into()))
+                .await;
+        }
+        let workspace = match (self.p.workspace, asked) {
+            (Some(only), Some(a)) if a != only => {
+                return self
+                    .deny(Resource::Logs, Action::Read, Some(a.to_string()))
+                    .await;
+            }
+            (Some(only), _) => Some(only),
+            (None, a) => a,
+        };
+        if let (Some(w), false) = (workspace, all_tenants) {
+            self.fetch_workspace(w).await?;
+        }
+        let target = Target {
+            owner: None,
+            protected: false,
+            workspace,
+            id: workspace.map(|w| w.to_string()),
+        };
+        self.check(Resource::Logs, Action::Read, target).await?;
+        Ok(workspace)
+    }
+
+    /// The newest chunk seq of the principal's tenant (0 when none): where a fresh tail
+    /// starts.
+    pub async fn last_log_seq(&self) -> Result<i64, ApiError> {
+        Ok(self.gate.store.logs().last_seq(self.tenant()).await?)
+    }
+
+    /// Up to `limit` chunks of the principal's tenant after `after`, with their bodies
+    /// (a tail resuming), after [`Scoped::may_tail_logs`]; the caller filters entries.
+    /// Also returns the last seq looked at (`None`: nothing after `after` yet).
+    pub async fn log_chunks_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<(ChunkRef, Vec<u8>)>, Option<i64>), ApiError> {
+        let logs = self.gate.store.logs();
+        let chunks = logs.chunks_after(self.tenant(), after, limit).await?;
+        let reached = chunks.last().map(|c| c.seq);
+        let visible: Vec<ChunkRef> = chunks
+            .into_iter()
+            .filter(|c| self.p.workspace.is_none_or(|w| w == c.workspace_id))
+            .collect();
+        if visible.is_empty() {
+            return Ok((Vec::new(), reached));
+        }
+        let seqs: Vec<i64> = visible.iter().map(|c| c.seq).collect();
+        let mut bodies = logs.chunk_data(self.tenant(), &seqs).await?;
+        let found = visible
+            .into_iter()
+            .filter_map(|c| {
+                let at = bodies.iter().position(|(s, _)| *s == c.seq)?;
+                Some((c, bodies.swap_remove(at).1))
+            })
+            .collect();
+        Ok((found, reached))
     }
 
     /// One entry by id (404 when it is not the tenant's or not visible to a bound key).

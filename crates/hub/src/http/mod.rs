@@ -46,6 +46,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(crate::workspaces::routes())
         .merge(crate::audit::routes())
         .merge(crate::logs::routes())
+        .merge(crate::live::routes())
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

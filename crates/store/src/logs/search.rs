@@ -37,7 +37,7 @@ impl LevelFilter {
         }
     }
 
-    fn matches(self, level: Level) -> bool {
+    pub fn matches(self, level: Level) -> bool {
         match self {
             LevelFilter::Any => true,
             LevelFilter::Exact(l) => level == l,
