@@ -1,5 +1,6 @@
-//! Authenticating a request: `Authorization: Bearer <access token | API key>` or
-//! `X-API-Key: <API key>` → a [`Principal`], or 401 `AUTH_REQUIRED`.
+//! Authenticating a request: `Authorization: Bearer <access token | API key>`,
+//! `X-API-Key: <API key>` or `Authorization: Basic` with the token as password (for log
+//! shippers that only speak Basic) → a [`Principal`], or 401 `AUTH_REQUIRED`.
 //!
 //! An access token must verify (see [`super::tokens`]) and its session must still be live:
 //! active, within its lifetime, used within the idle timeout, its user enabled. An API key
@@ -14,7 +15,9 @@ use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use base64::Engine;
 use coditect_proto::{ApiKeyId, ErrorCode};
+use std::borrow::Cow;
 
 fn refused(message: &'static str) -> ApiError {
     ApiError::new(ErrorCode::AuthRequired, message)
@@ -25,21 +28,38 @@ fn count(result: &'static str) {
 }
 
 /// The credential a request carries, if any.
-fn credential(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+fn credential(headers: &HeaderMap) -> Result<Option<Cow<'_, str>>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value
             .to_str()
             .map_err(|_| refused("malformed Authorization header"))?;
-        let token = value
+        if let Some(token) = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| refused("Authorization must be `Bearer <token>`"))?;
-        return Ok(Some(token.trim()));
+        {
+            return Ok(Some(Cow::Borrowed(token.trim())));
+        }
+        // Basic with the token as password: what log shippers that only know Basic send.
+        if let Some(encoded) = value
+            .strip_prefix("Basic ")
+            .or_else(|| value.strip_prefix("basic "))
+        {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .ok_or_else(|| refused("malformed Basic credentials"))?;
+            let (_, password) = decoded
+                .split_once(':')
+                .ok_or_else(|| refused("malformed Basic credentials"))?;
+            return Ok(Some(Cow::Owned(password.trim().to_string())));
+        }
+        return Err(refused("Authorization must be `Bearer <token>`"));
     }
     match headers.get("x-api-key") {
         Some(value) => value
             .to_str()
-            .map(|v| Some(v.trim()))
+            .map(|v| Some(Cow::Borrowed(v.trim())))
             .map_err(|_| refused("malformed X-API-Key header")),
         None => Ok(None),
     }
@@ -67,10 +87,10 @@ pub async fn authenticate(
         count("missing");
         return Err(refused("authentication required"));
     };
-    if secrets::is_api_key(token) {
-        api_key_principal(state, token, meta).await
+    if secrets::is_api_key(&token) {
+        api_key_principal(state, &token, meta).await
     } else {
-        token_principal(state, &state.auth().tokens, token, meta).await
+        token_principal(state, &state.auth().tokens, &token, meta).await
     }
 }
 

@@ -115,12 +115,20 @@ fn incoming_request_id(headers: &HeaderMap) -> Option<String> {
     (!value.is_empty() && value.len() <= 128 && value.chars().all(plain)).then(|| value.to_owned())
 }
 
+/// Marks an error response already encoded as its protocol requires (an OTLP
+/// `google.rpc.Status` in protobuf): [`error_envelope`] leaves it alone.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtocolEncoded;
+
 /// Error responses that are not JSON yet become envelopes. 4xx texts from our libraries
 /// describe the client's mistake and are kept as the message; 5xx texts are not shown.
 pub async fn error_envelope(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(res.headers()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json(res.headers())
+        || res.extensions().get::<ProtocolEncoded>().is_some()
+    {
         return res;
     }
     let (parts, body) = res.into_parts();

@@ -117,6 +117,23 @@ pub fn parse_native(raw: &RawValue) -> Result<Candidate<'_>, String> {
     })
 }
 
+/// A level as other systems spell it (`Information`, `WARNING`, `err`, `critical`, `5`
+/// for syslog's notice…); `None` when it names none.
+pub fn level_from_text(text: &str) -> Option<Level> {
+    let t = text.trim().to_ascii_lowercase();
+    let level = match t.as_str() {
+        "trace" | "trc" | "verbose" => Level::Trace,
+        "debug" | "dbg" | "7" => Level::Debug,
+        "info" | "information" | "informational" | "inf" | "notice" | "5" | "6" => Level::Info,
+        "warn" | "warning" | "wrn" | "4" => Level::Warn,
+        "error" | "err" | "eror" | "3" => Level::Error,
+        "fatal" | "critical" | "crit" | "alert" | "emerg" | "emergency" | "panic" | "0" | "1"
+        | "2" => Level::Fatal,
+        _ => return None,
+    };
+    Some(level)
+}
+
 /// A lower- or upper-case hex id of exactly `N` bytes.
 pub fn hex_id<const N: usize>(s: &str) -> Result<[u8; N], String> {
     let bad = || format!("{s:?} is not {} hex digits", N * 2);
@@ -322,6 +339,15 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, other);
         assert_eq!(a.get_version_num(), 7);
+    }
+
+    #[test]
+    fn foreign_level_spellings() {
+        assert_eq!(level_from_text("Information"), Some(Level::Info));
+        assert_eq!(level_from_text(" WARNING "), Some(Level::Warn));
+        assert_eq!(level_from_text("crit"), Some(Level::Fatal));
+        assert_eq!(level_from_text("3"), Some(Level::Error));
+        assert_eq!(level_from_text("loud"), None);
     }
 
     #[test]

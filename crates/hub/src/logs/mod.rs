@@ -1,4 +1,4 @@
-//! The log pipeline: ingestion (native JSON, and later OTLP and Loki push through the same
+//! The log pipeline: ingestion (native JSON, OTLP/HTTP and Loki push through the same
 //! path), search, and the views they answer with.
 //!
 //! - `POST /api/logs/batch` `{entries:[{timestamp, level, component, message, metadata?, id?,
@@ -6,6 +6,8 @@
 //!   storage, batch_id}` once the accepted entries are durable
 //! - `GET /api/logs?workspace_id&level&min_level&component&session_id&since&until&q&limit&order&cursor`
 //! - `GET /api/logs/{id}`
+//! - `POST /v1/logs`: OpenTelemetry OTLP/HTTP (see [`otlp`])
+//! - `POST /loki/api/v1/push`: Loki push (see [`loki`])
 //!
 //! Every protocol ends in [`ingest`]: authorize the workspace, rate-limit the tenant,
 //! validate entry by entry (a bad entry is reported, the rest stored), encode one chunk per
@@ -13,6 +15,9 @@
 
 pub mod entry;
 pub mod limit;
+pub mod loki;
+pub mod otlp;
+pub mod push;
 
 use crate::authz::Principal;
 use crate::http::{ApiError, Path, Query, check_instant};
@@ -42,6 +47,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/logs/batch", post(batch))
         .route("/api/logs", get(search_logs))
         .route("/api/logs/{id}", get(get_log))
+        .route("/v1/logs", post(otlp::export))
+        .route("/loki/api/v1/push", post(loki::push))
 }
 
 /// An entry refused, and why.

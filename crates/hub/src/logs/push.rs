@@ -1,0 +1,232 @@
+//! What the standard protocols (OTLP, Loki push) share before [`super::ingest`]: the
+//! tenant named by `X-Scope-OrgID` must be the credential's, each entry's workspace is
+//! resolved, and a request is identified by the hash of its decoded body so a retry is
+//! stored once (neither protocol carries a batch id).
+//!
+//! An entry's workspace, first found wins: the entry's own (resource attribute or label
+//! `coditect.workspace.id` / `coditect_workspace_id`), the `X-Coditect-Workspace-Id`
+//! header, the workspace the API key is bound to.
+
+use super::entry::Candidate;
+use super::{Rejected, rank};
+use crate::authz::Principal;
+use crate::http::ApiError;
+use crate::state::AppState;
+use axum::http::HeaderMap;
+use coditect_proto::{ErrorCode, WorkspaceId};
+use coditect_store::Stored;
+use std::collections::BTreeMap;
+
+/// Most entries one OTLP or Loki request may carry (across all its workspaces).
+pub const MAX_ENTRIES: usize = 10_000;
+
+pub const WORKSPACE_HEADER: &str = "x-coditect-workspace-id";
+
+/// Refuses a request whose `X-Scope-OrgID` names another tenant than its credential
+/// (the id or the name of the tenant are both accepted).
+pub async fn check_org(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let Some(value) = headers.get("x-scope-orgid") else {
+        return Ok(());
+    };
+    let org = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("X-Scope-OrgID must be printable ASCII"))?
+        .trim();
+    if org == principal.tenant_id.to_string() {
+        return Ok(());
+    }
+    let tenant = state
+        .gate()
+        .scoped(principal)
+        .get_tenant(principal.tenant_id)
+        .await?;
+    if org == tenant.name {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::AccessDenied,
+        "X-Scope-OrgID names another tenant than the credential",
+    ))
+}
+
+/// The workspace for entries that do not name one: the header, else the key's binding.
+pub fn default_workspace(
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> Result<Option<WorkspaceId>, ApiError> {
+    match headers.get(WORKSPACE_HEADER) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("X-Coditect-Workspace-Id is not a workspace id")),
+        None => Ok(principal.workspace),
+    }
+}
+
+/// The workspace of entries that may name their own (`named`), else `fallback`.
+pub fn pick_workspace(
+    named: Option<&str>,
+    fallback: Option<WorkspaceId>,
+) -> Result<WorkspaceId, String> {
+    match named {
+        Some(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| format!("workspace id {text:?} is not a UUID")),
+        None => fallback.ok_or_else(|| {
+            "no workspace: send X-Coditect-Workspace-Id, set the resource attribute \
+             coditect.workspace.id, or use an API key bound to a workspace"
+                .to_string()
+        }),
+    }
+}
+
+/// Entries grouped by workspace, in arrival order within each group; entries whose
+/// workspace could not be resolved are rejected with the reason.
+#[derive(Default)]
+pub struct Groups<'a> {
+    by_workspace: BTreeMap<WorkspaceId, Vec<Result<Candidate<'a>, String>>>,
+    unplaced: Vec<String>,
+    count: usize,
+}
+
+impl<'a> Groups<'a> {
+    pub fn push(
+        &mut self,
+        workspace: &Result<WorkspaceId, String>,
+        entry: Result<Candidate<'a>, String>,
+    ) -> Result<(), ApiError> {
+        self.count += 1;
+        if self.count > MAX_ENTRIES {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("more than {MAX_ENTRIES} log records in one request"),
+            ));
+        }
+        match workspace {
+            Ok(w) => self.by_workspace.entry(*w).or_default().push(entry),
+            Err(reason) => self.unplaced.push(reason.clone()),
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// What storing a request's groups did.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub processed: usize,
+    pub rejected: usize,
+    /// The first rejection's reason, for the protocol's error message.
+    pub first_reason: Option<String>,
+    /// The weakest durability of the parts; `None` when nothing was stored.
+    pub stored: Option<Stored>,
+}
+
+impl Totals {
+    fn reject(&mut self, reason: &str, n: usize) {
+        self.rejected += n;
+        if self.first_reason.is_none() {
+            self.first_reason = Some(reason.to_string());
+        }
+    }
+}
+
+/// A hex digest identifying a request by its decoded body.
+pub fn body_hash(body: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body);
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Stores each workspace's entries as one idempotent batch (`<protocol>-<hash>-<ws>`); a
+/// retried request finds the receipts of the parts already stored and skips them.
+pub async fn ingest_groups(
+    state: &AppState,
+    principal: &Principal,
+    groups: Groups<'_>,
+    hash: &str,
+    protocol: &'static str,
+) -> Result<Totals, ApiError> {
+    let mut totals = Totals::default();
+    for reason in &groups.unplaced {
+        totals.reject(reason, 1);
+    }
+    let scoped = state.gate().scoped(principal);
+    for (workspace, candidates) in groups.by_workspace {
+        let batch_id = format!("{protocol}-{hash}-{workspace}");
+        scoped.may_write_logs(workspace).await?;
+        if let Some(first) = scoped.batch_receipt(&batch_id).await? {
+            let receipt: serde_json::Value = serde_json::from_str(&first).unwrap_or_default();
+            let rejected: Vec<Rejected> =
+                serde_json::from_value(receipt["rejected"].clone()).unwrap_or_default();
+            totals.processed += receipt["processed"].as_u64().unwrap_or(0) as usize;
+            if let Some(r) = rejected.first() {
+                totals.reject(&r.reason, rejected.len());
+            }
+            continue;
+        }
+        let accepted = super::ingest(
+            state,
+            principal,
+            workspace,
+            candidates,
+            Some(batch_id),
+            protocol,
+        )
+        .await?;
+        totals.processed += accepted.processed;
+        if let Some(r) = accepted.rejected.first() {
+            totals.reject(&r.reason, accepted.rejected.len());
+        }
+        totals.stored = match (totals.stored, accepted.stored) {
+            (Some(prev), Some(now)) if rank(prev) < rank(now) => Some(prev),
+            (prev, now) => now.or(prev),
+        };
+    }
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspaces_resolve_in_order() {
+        let ws = WorkspaceId::new();
+        assert_eq!(pick_workspace(None, Some(ws)), Ok(ws));
+        let named = WorkspaceId::new();
+        assert_eq!(
+            pick_workspace(Some(&named.to_string()), Some(ws)),
+            Ok(named)
+        );
+        assert!(pick_workspace(Some("nope"), Some(ws)).is_err());
+        assert!(
+            pick_workspace(None, None)
+                .unwrap_err()
+                .contains("no workspace")
+        );
+    }
+
+    #[test]
+    fn hashes_are_stable_and_short() {
+        assert_eq!(body_hash(b"abc"), body_hash(b"abc"));
+        assert_ne!(body_hash(b"abc"), body_hash(b"abd"));
+        assert_eq!(body_hash(b"").len(), 32);
+    }
+}
