@@ -76,6 +76,77 @@ fn describe() {
         "store_pg_pool_connections",
         "open PostgreSQL connections in the pool"
     );
+    // The log pipeline (ADR-029 names first).
+    describe_counter!(
+        "log_ingestion_total",
+        "log entries stored (durably acknowledged), by protocol"
+    );
+    describe_histogram!(
+        "log_ingestion_duration_seconds",
+        Unit::Seconds,
+        "time to validate and durably store one ingestion request, by protocol"
+    );
+    describe_gauge!(
+        "websocket_connections_active",
+        "open live-tail WebSocket connections on this hub"
+    );
+    describe_counter!(
+        "storage_write_errors_total",
+        "failed log writes, by store (sqlite, postgres)"
+    );
+    describe_counter!(
+        "log_entries_rejected_total",
+        "log entries refused one by one (bad level, timestamp, size…), by protocol"
+    );
+    describe_counter!(
+        "log_ingestion_failed_total",
+        "ingestion requests that stored nothing because the stores failed, by protocol"
+    );
+    describe_counter!(
+        "log_ingestion_throttled_total",
+        "ingestion requests refused by the per-tenant rate limit, by protocol"
+    );
+    describe_counter!(
+        "log_ingestion_busy_total",
+        "ingestion requests refused because the hub was at its in-flight bound"
+    );
+    describe_gauge!(
+        "log_outbox_depth",
+        "chunks in the local outbox waiting to reach PostgreSQL"
+    );
+    describe_gauge!(
+        "log_replay_lag_seconds",
+        Unit::Seconds,
+        "age of the oldest chunk still in the outbox"
+    );
+    describe_counter!(
+        "log_outbox_replayed_total",
+        "outbox chunks replayed into PostgreSQL"
+    );
+    describe_counter!(
+        "log_tail_dropped_total",
+        "live-tail entries dropped for slow clients (each client is told how many)"
+    );
+    describe_histogram!(
+        "log_tail_delivery_seconds",
+        Unit::Seconds,
+        "time from the hub learning of a stored chunk to an entry being written to a tail socket"
+    );
+    describe_counter!(
+        "log_retention_deleted_chunks_total",
+        "chunks deleted by retention"
+    );
+    // Present from the start (at zero), so dashboards and alerts see them before any event.
+    for protocol in ["native", "otlp", "loki"] {
+        metrics::counter!("log_ingestion_total", "protocol" => protocol).increment(0);
+    }
+    for store in ["sqlite", "postgres"] {
+        metrics::counter!("storage_write_errors_total", "store" => store).increment(0);
+    }
+    metrics::gauge!("websocket_connections_active").increment(0.0);
+    metrics::gauge!("log_outbox_depth").increment(0.0);
+    metrics::gauge!("log_replay_lag_seconds").increment(0.0);
+    metrics::counter!("log_tail_dropped_total").increment(0);
 }
 
 /// `GET /metrics` (for scrapers) and `GET /api/admin/metrics` (platform admins):
