@@ -7,7 +7,7 @@
 //!   of the same token;
 //! - login: Argon2id verify at the production parameters, and a whole HTTP login.
 
-use crate::report::{Table, machine};
+use crate::report::{Table, machine, micros, millis, stats};
 use coditect_hub::auth::bootstrap::{self, NewAccount};
 use coditect_hub::authz::RequestMeta;
 use coditect_hub::clock::Clock;
@@ -86,22 +86,6 @@ async fn login(client: &reqwest::Client, base: &str, email: &str) -> anyhow::Res
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| anyhow::anyhow!("no access token"))
-}
-
-/// p50, p99 and mean of `samples`.
-fn stats(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    let mean = samples.iter().sum::<Duration>() / samples.len().max(1) as u32;
-    (at(0.50), at(0.99), mean)
-}
-
-fn micros(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e6)
-}
-
-fn millis(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
 async fn time_async<F, Fut>(n: usize, mut f: F) -> anyhow::Result<Vec<Duration>>

@@ -163,7 +163,7 @@ fn insert_rows(conn: &rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()
     Ok(())
 }
 
-async fn sqlite_raw(rows: usize, batch: usize, sync: Synchronous) -> anyhow::Result<Duration> {
+pub async fn sqlite_raw(rows: usize, batch: usize, sync: Synchronous) -> anyhow::Result<Duration> {
     let data = batches(rows, batch);
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir()?;
@@ -225,7 +225,12 @@ async fn sqlite_writer(
     Ok((elapsed, (stats.jobs - before.jobs) as f64 / groups))
 }
 
-async fn pg_copy(url: &str, rows: usize, batch: usize, clients: usize) -> anyhow::Result<Duration> {
+pub async fn pg_copy(
+    url: &str,
+    rows: usize,
+    batch: usize,
+    clients: usize,
+) -> anyhow::Result<Duration> {
     let (setup, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     let conn = tokio::spawn(conn);
     setup.batch_execute(PG_DDL).await?;

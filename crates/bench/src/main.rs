@@ -4,8 +4,12 @@
 
 mod auth;
 mod baseline;
+mod hubproc;
+mod ingest;
+mod query;
 mod report;
 mod rows;
+mod tail;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +30,15 @@ enum Suite {
     Baseline(baseline::Args),
     /// Access-token validation (beside a bare RSA verify) and login latency.
     Auth(auth::Args),
+    /// Sustained HTTP log ingestion into a hub process, beside the raw engines.
+    Ingest(ingest::Args),
+    /// Searches over a large tenant through the hub, beside plain SQLite rows.
+    Query(query::Args),
+    /// Live-tail delivery latency beside a bare WebSocket broadcast, and idle memory.
+    Tail(tail::Args),
+    /// (internal) the bare WebSocket broadcast server the tail suite compares against.
+    #[command(hide = true)]
+    BareBroadcast,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +50,10 @@ fn main() -> anyhow::Result<()> {
         match cli.suite {
             Suite::Baseline(args) => baseline::run(args).await,
             Suite::Auth(args) => auth::run(args).await,
+            Suite::Ingest(args) => ingest::run(args).await,
+            Suite::Query(args) => query::run(args).await,
+            Suite::Tail(args) => tail::run(args).await,
+            Suite::BareBroadcast => tail::bare_server().await,
         }
     })
 }

@@ -28,6 +28,25 @@ impl Table {
     }
 }
 
+/// p50, p99 and mean of `samples` (zeros when there are none).
+pub fn stats(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    (at(0.50), at(0.99), mean)
+}
+
+pub fn micros(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+pub fn millis(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
 pub fn rate(count: usize, elapsed: Duration) -> String {
     thousands((count as f64 / elapsed.as_secs_f64()).round() as u64)
 }

@@ -559,3 +559,83 @@ async fn org_ids_must_match_the_credential(backend: Backend) {
     .await;
     assert_eq!(res.status(), 404);
 }
+
+/// The Python interpreter of the venv `scripts/test` creates with the third-party clients.
+fn test_python() -> String {
+    std::env::var("CODITECT_TEST_PYTHON").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/test-venv/bin/python"
+        )
+        .to_string()
+    })
+}
+
+/// The official OpenTelemetry Python SDK, configured only by the standard environment
+/// variables the README shows, exports to the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opentelemetry_python_sdk_exports_to_the_hub() {
+    let python = test_python();
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: scripts/test creates it (python3 -m venv target/test-venv and \
+         pip install -r crates/hub/tests/clients/requirements.txt)"
+    );
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
+    let ws = workspace(&app, &tokens.access, "shop").await;
+    let key = json(
+        app.post_as(
+            "/api/v1/api-keys",
+            &tokens.access,
+            json!({"name": "otel", "workspace_id": ws}),
+        )
+        .await,
+    )
+    .await["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let endpoint = app.url("/v1/logs");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/clients/otel_sdk_logs.py"
+            ))
+            .env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", endpoint)
+            .env("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf")
+            .env(
+                "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+                format!("Authorization=Bearer%20{key}"),
+            )
+            .env("OTEL_RESOURCE_ATTRIBUTES", "service.name=checkout")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let items = search(&app, &tokens.access, "component=checkout").await;
+    let messages: Vec<&str> = items
+        .iter()
+        .map(|i| i["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        ["cart loaded", "payment declined", "retrying"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(items[0]["level"], "info");
+    assert_eq!(items[0]["metadata"]["cart.items"], 3);
+    assert_eq!(items[1]["level"], "error");
+    assert_eq!(items[1]["trace_id"].as_str().unwrap().len(), 32);
+    assert_eq!(items[1]["span_id"].as_str().unwrap().len(), 16);
+    assert_eq!(items[2]["level"], "warn");
+    assert_eq!(items[0]["metadata"]["otel.scope"], "checkout");
+}

@@ -195,7 +195,11 @@ async fn tail(
     } else {
         upgrade
     };
+    // Small socket buffers: an idle tail costs a few KiB, not the library's 128 KiB
+    // default read buffer (clients only send pongs and closes).
     Ok(upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| async move {
             let _slot = slot;

@@ -206,13 +206,26 @@ impl ChunkSummary {
 
 /// A Bloom filter over the lower-cased byte trigrams of messages: a chunk whose filter
 /// lacks any trigram of a search term cannot contain the term.
+///
+/// Stored as a version byte (2: multiplicative hash) and the bit words; filters written
+/// before the version byte existed (a bare multiple of 8 bytes: FNV-1a) still read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bloom {
     bits: Vec<u64>,
+    hash: TrigramHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrigramHash {
+    /// FNV-1a over the three bytes (the first format).
+    Fnv,
+    /// One 64-bit multiply of the packed trigram (format 2: cheaper on the ingest path).
+    Mix,
 }
 
 /// Hash functions per trigram.
 const K: u32 = 3;
+const BLOOM_V2: u8 = 2;
 
 impl Bloom {
     /// About 64 bits per entry (a message has ~100 trigrams, most repeated across a chunk),
@@ -223,42 +236,77 @@ impl Bloom {
             .next_power_of_two();
         Bloom {
             bits: vec![0; bits / 64],
+            hash: TrigramHash::Mix,
         }
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Option<Bloom> {
-        if bytes.is_empty()
-            || !bytes.len().is_multiple_of(8)
-            || !(bytes.len() / 8).is_power_of_two()
-        {
+        let (hash, words) = match bytes.len() % 8 {
+            0 => (TrigramHash::Fnv, bytes),
+            1 if bytes.first() == Some(&BLOOM_V2) => (TrigramHash::Mix, &bytes[1..]),
+            _ => return None,
+        };
+        if words.is_empty() || !(words.len() / 8).is_power_of_two() {
             return None;
         }
-        let bits = bytes
+        let bits = words
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
-        Some(Bloom { bits })
+        Some(Bloom { bits, hash })
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
-        self.bits.iter().flat_map(|w| w.to_le_bytes()).collect()
+        let mut out = Vec::with_capacity(1 + self.bits.len() * 8);
+        if self.hash == TrigramHash::Mix {
+            out.push(BLOOM_V2);
+        }
+        out.extend(self.bits.iter().flat_map(|w| w.to_le_bytes()));
+        out
     }
 
     fn positions(&self, trigram: [u8; 3]) -> [usize; K as usize] {
-        // FNV-1a, split into two halves for double hashing.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in trigram {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let h = match self.hash {
+            TrigramHash::Fnv => {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in trigram {
+                    h ^= u64::from(b);
+                    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+                h
+            }
+            TrigramHash::Mix => mix(u64::from(trigram[0])
+                | u64::from(trigram[1]) << 8
+                | u64::from(trigram[2]) << 16),
+        };
+        self.spread(h)
+    }
+
+    /// The K bit positions of a hash (double hashing on its two halves).
+    fn spread(&self, h: u64) -> [usize; K as usize] {
         let (h1, h2) = (h as u32, (h >> 32) as u32 | 1);
         let mask = self.bits.len() * 64 - 1;
         std::array::from_fn(|i| (h1.wrapping_add((i as u32).wrapping_mul(h2)) as usize) & mask)
     }
 
     pub fn add_text(&mut self, text: &str) {
-        for t in trigrams(text) {
-            for p in self.positions(t) {
+        if self.hash == TrigramHash::Fnv {
+            for t in trigrams(text) {
+                for p in self.positions(t) {
+                    self.bits[p / 64] |= 1 << (p % 64);
+                }
+            }
+            return;
+        }
+        // The ingest hot path: a rolling window of three lower-cased bytes, packed as
+        // `positions` packs them.
+        let bytes = text.as_bytes();
+        let [a, b, rest @ ..] = bytes else { return };
+        let mut window =
+            u64::from(a.to_ascii_lowercase()) << 8 | u64::from(b.to_ascii_lowercase()) << 16;
+        for c in rest {
+            window = window >> 8 | u64::from(c.to_ascii_lowercase()) << 16;
+            for p in self.spread(mix(window)) {
                 self.bits[p / 64] |= 1 << (p % 64);
             }
         }
@@ -272,6 +320,12 @@ impl Bloom {
                 .all(|&p| self.bits[p / 64] & (1 << (p % 64)) != 0)
         })
     }
+}
+
+/// The format-2 trigram hash: one multiply of the packed bytes.
+fn mix(packed: u64) -> u64 {
+    let h = (packed ^ 0x5bd1_e995).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
 }
 
 /// Byte trigrams of the ASCII-lower-cased text.
@@ -371,6 +425,24 @@ mod tests {
         let round = Bloom::from_bytes(&b.clone().into_bytes()).unwrap();
         assert_eq!(round, b);
         assert!(Bloom::from_bytes(&[1, 2, 3]).is_none());
+        assert!(Bloom::from_bytes(&[3; 65]).is_none(), "unknown version");
+        // A filter from before the version byte (FNV-1a) still answers.
+        let mut old = Bloom {
+            bits: vec![0; 8],
+            hash: TrigramHash::Fnv,
+        };
+        old.add_text("Connection reset");
+        let old = Bloom::from_bytes(&old.into_bytes()).unwrap();
+        assert_eq!(old.hash, TrigramHash::Fnv);
+        assert!(old.may_contain("reset"));
+        // The rolling window of the hot path sets exactly the bits `may_contain` checks.
+        let mut new = Bloom::for_entries(1);
+        new.add_text("Disk FULL on /var");
+        for term in ["disk", "full on", "/var", "k f"] {
+            assert!(new.may_contain(term), "{term}");
+        }
+        assert!(!new.may_contain("quota"));
+        assert!(!old.may_contain("timeout"));
     }
 
     #[test]

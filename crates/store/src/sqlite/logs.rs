@@ -66,9 +66,11 @@ fn append(c: &Connection, chunk: &EncodedChunk) -> Result<Appended, StoreError> 
             replayed: true,
         });
     }
-    c.prepare_cached("INSERT INTO log_chunk_bodies (data, bloom) VALUES (?1, ?2)")?
-        .execute(params![chunk.data, chunk.bloom])?;
+    c.prepare_cached("INSERT INTO log_chunk_bodies (data, bloom) VALUES (?1, x'')")?
+        .execute(params![chunk.data])?;
     let seq = c.last_insert_rowid();
+    c.prepare_cached("INSERT INTO log_chunk_blooms (seq, bloom) VALUES (?1, ?2)")?
+        .execute(params![seq, chunk.bloom])?;
     let mut skip = Vec::new();
     {
         let mut ids = c.prepare_cached(
@@ -207,7 +209,7 @@ impl LogStore for SqliteStore {
         tenant: TenantId,
         seqs: &[i64],
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        self.bodies(tenant, seqs, "data").await
+        self.bodies(tenant, seqs, "log_chunk_bodies", "data").await
     }
 
     async fn chunk_blooms(
@@ -215,7 +217,7 @@ impl LogStore for SqliteStore {
         tenant: TenantId,
         seqs: &[i64],
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        self.bodies(tenant, seqs, "bloom").await
+        self.bodies(tenant, seqs, "log_chunk_blooms", "bloom").await
     }
 
     async fn locate_entry(
@@ -270,6 +272,8 @@ impl LogStore for SqliteStore {
                     .execute(params![tk, seq])?;
                 c.prepare_cached("DELETE FROM log_chunk_bodies WHERE seq = ?1")?
                     .execute(params![seq])?;
+                c.prepare_cached("DELETE FROM log_chunk_blooms WHERE seq = ?1")?
+                    .execute(params![seq])?;
             }
             Ok(doomed.len() as u64)
         })
@@ -307,12 +311,13 @@ impl SqliteStore {
         &self,
         tenant: TenantId,
         seqs: &[i64],
+        table: &'static str,
         column: &'static str,
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         let seqs = seqs.to_vec();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT b.{column} FROM log_chunks c JOIN log_chunk_bodies b ON b.seq = c.seq
+                "SELECT b.{column} FROM log_chunks c JOIN {table} b ON b.seq = c.seq
                  WHERE c.tenant_key = {TENANT} AND c.seq = ?2"
             ))?;
             let mut out = Vec::with_capacity(seqs.len());
