@@ -386,3 +386,11 @@ async fn logs_are_idempotent_locatable_and_expire() {
     common::logs_are_idempotent_locatable_and_expire(&store).await;
     store.close().await;
 }
+
+#[tokio::test]
+async fn logs_racing_appends_store_each_id_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::logs_racing_appends_store_each_id_once(&store).await;
+    store.close().await;
+}

@@ -167,15 +167,70 @@ impl EncodedChunk {
 
 /// Decodes a chunk's `data` back into its entries.
 pub fn decode(data: &[u8]) -> Result<Vec<LogRecord>, StoreError> {
-    let malformed = |why: String| StoreError::Internal(format!("malformed chunk: {why}"));
-    let (&version, rest) = data
-        .split_first()
-        .ok_or_else(|| malformed("empty".into()))?;
-    if version != FORMAT {
-        return Err(malformed(format!("unknown format {version}")));
+    let unpacked = Unpacked::open(data)?;
+    Ok(unpacked
+        .records()?
+        .iter()
+        .map(RecordRef::to_record)
+        .collect())
+}
+
+/// A chunk's decompressed entries, to be read as [`RecordRef`]s without copying them.
+pub struct Unpacked(Vec<u8>);
+
+impl Unpacked {
+    pub fn open(data: &[u8]) -> Result<Unpacked, StoreError> {
+        let (&version, rest) = data
+            .split_first()
+            .ok_or_else(|| malformed("empty".into()))?;
+        if version != FORMAT {
+            return Err(malformed(format!("unknown format {version}")));
+        }
+        let packed =
+            lz4_flex::decompress_size_prepended(rest).map_err(|e| malformed(e.to_string()))?;
+        Ok(Unpacked(packed))
     }
-    let packed = lz4_flex::decompress_size_prepended(rest).map_err(|e| malformed(e.to_string()))?;
-    rmp_serde::from_slice(&packed).map_err(|e| malformed(e.to_string()))
+
+    /// The entries, their strings borrowed from the chunk.
+    pub fn records(&self) -> Result<Vec<RecordRef<'_>>, StoreError> {
+        rmp_serde::from_slice(&self.0).map_err(|e| malformed(e.to_string()))
+    }
+}
+
+fn malformed(why: String) -> StoreError {
+    StoreError::Internal(format!("malformed chunk: {why}"))
+}
+
+/// A stored entry borrowed from an [`Unpacked`] chunk: searches filter these and copy only
+/// what they return. Same fields, in the same order, as [`LogRecord`].
+#[derive(Debug, Deserialize)]
+pub struct RecordRef<'a> {
+    pub id: Uuid,
+    pub ts: i64,
+    pub level: Level,
+    pub component: &'a str,
+    pub message: &'a str,
+    #[serde(borrow)]
+    pub metadata: Option<&'a str>,
+    pub session_id: Option<SessionId>,
+    pub trace_id: Option<[u8; 16]>,
+    pub span_id: Option<[u8; 8]>,
+}
+
+impl RecordRef<'_> {
+    pub fn to_record(&self) -> LogRecord {
+        LogRecord {
+            id: self.id,
+            ts: self.ts,
+            level: self.level,
+            component: self.component.to_string(),
+            message: self.message.to_string(),
+            metadata: self.metadata.map(str::to_string),
+            session_id: self.session_id,
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+        }
+    }
 }
 
 impl ChunkSummary {

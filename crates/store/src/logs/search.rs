@@ -3,7 +3,7 @@
 //! them out, decode the rest, filter entries exactly, and stop as soon as no remaining
 //! chunk can hold an entry that beats the ones already found.
 
-use super::chunk::{Bloom, LogRecord, decode};
+use super::chunk::{Bloom, LogRecord, RecordRef, Unpacked};
 use super::{ChunkRef, ChunkScan, LogStore, Order};
 use crate::StoreError;
 use base64::Engine;
@@ -13,8 +13,10 @@ use uuid::Uuid;
 
 /// Chunks whose metadata is read per round trip.
 const SCAN_PAGE: u32 = 128;
-/// Chunks whose bodies are fetched per round trip.
-const BODY_GROUP: usize = 8;
+/// At most this many chunks' bodies are fetched per round trip. How many are fetched is
+/// guessed from the matches per chunk seen so far, so that a query needing 1000 entries
+/// decodes about as many chunks as it takes to find them.
+const MAX_BODY_GROUP: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LevelFilter {
@@ -112,7 +114,7 @@ impl LogQuery {
         }
     }
 
-    fn wants(&self, r: &LogRecord, lowered: &mut Option<String>) -> bool {
+    fn wants(&self, r: &RecordRef<'_>) -> bool {
         if !self.level.matches(r.level)
             || self.since.is_some_and(|s| r.ts < s)
             || self.until.is_some_and(|u| r.ts >= u)
@@ -130,7 +132,15 @@ impl LogQuery {
         if self.terms.is_empty() {
             return true;
         }
-        let text = lowered.get_or_insert_with(|| r.message.to_lowercase());
+        if r.message.is_ascii() {
+            // The common case, without lowering a copy: terms are lower case already.
+            let hay = r.message.as_bytes();
+            return self.terms.iter().all(|t| {
+                hay.windows(t.len())
+                    .any(|w| w.eq_ignore_ascii_case(t.as_bytes()))
+            });
+        }
+        let text = r.message.to_lowercase();
         self.terms.iter().all(|t| text.contains(t.as_str()))
     }
 
@@ -167,6 +177,7 @@ pub async fn search(
     }
     let mask = q.level.mask();
     let mut found: Vec<Found> = Vec::new();
+    let mut seen = Seen::default();
     let mut after = None;
     'pages: loop {
         let page = store
@@ -190,7 +201,7 @@ pub async fn search(
             if found.len() >= limit {
                 let worst = found.last().map(|f| (f.record.ts, f.record.id));
                 if worst.is_some_and(|w| !q.may_beat(&chunk, w)) {
-                    read_group(store, &q, &mut group, &mut found, limit).await?;
+                    read_group(store, &q, &mut group, &mut found, &mut seen).await?;
                     break 'pages;
                 }
             }
@@ -200,11 +211,11 @@ pub async fn search(
             {
                 group.push(chunk);
             }
-            if group.len() >= BODY_GROUP {
-                read_group(store, &q, &mut group, &mut found, limit).await?;
+            if group.len() >= seen.group_size(found.len(), limit) {
+                read_group(store, &q, &mut group, &mut found, &mut seen).await?;
             }
         }
-        read_group(store, &q, &mut group, &mut found, limit).await?;
+        read_group(store, &q, &mut group, &mut found, &mut seen).await?;
         if !full_page {
             break;
         }
@@ -215,18 +226,43 @@ pub async fn search(
     Ok((found, next))
 }
 
+/// Candidate chunks read so far and the entries they matched: the basis for how many to
+/// fetch next.
+#[derive(Default)]
+struct Seen {
+    chunks: usize,
+    matches: usize,
+}
+
+impl Seen {
+    fn group_size(&self, found: usize, limit: usize) -> usize {
+        if self.chunks == 0 {
+            return 1;
+        }
+        if found >= limit || self.matches == 0 {
+            // Full: only chunks overlapping the worst entry found are still read. Nothing
+            // yet: a rare match, read in large groups.
+            return if found >= limit { 4 } else { MAX_BODY_GROUP };
+        }
+        let need = (limit - found) * self.chunks;
+        need.div_ceil(self.matches).clamp(1, MAX_BODY_GROUP)
+    }
+}
+
 /// Reads (Bloom-pruned) bodies of `group`, adds matching entries to `found`, keeps `found`
-/// sorted and at most `limit` long.
+/// sorted and at most `q.limit` long.
 async fn read_group(
     store: &dyn LogStore,
     q: &LogQuery,
     group: &mut Vec<ChunkRef>,
     found: &mut Vec<Found>,
-    limit: usize,
+    seen: &mut Seen,
 ) -> Result<(), StoreError> {
     if group.is_empty() {
         return Ok(());
     }
+    let limit = q.limit.max(1) as usize;
+    seen.chunks += group.len();
     let prunable: Vec<&String> = q.terms.iter().filter(|t| t.len() >= 3).collect();
     if !prunable.is_empty() {
         let seqs: Vec<i64> = group.iter().map(|c| c.seq).collect();
@@ -240,24 +276,31 @@ async fn read_group(
         });
     }
     let seqs: Vec<i64> = group.iter().map(|c| c.seq).collect();
+    // `found` is sorted here; once it is full, only entries that beat its worst are worth
+    // copying.
+    let worst = (found.len() >= limit)
+        .then(|| found.last().map(|f| (f.record.ts, f.record.id)))
+        .flatten();
     for (seq, data) in store.chunk_data(q.tenant_id, &seqs).await? {
         let Some(chunk) = group.iter().find(|c| c.seq == seq) else {
             continue;
         };
-        for (pos, record) in decode(&data)?.into_iter().enumerate() {
+        let unpacked = Unpacked::open(&data)?;
+        for (pos, record) in unpacked.records()?.iter().enumerate() {
             let pos = pos as u32;
-            if chunk.skip.contains(&pos) {
+            if chunk.skip.contains(&pos)
+                || worst.is_some_and(|w| !q.key_beats((record.ts, record.id), w))
+                || !q.wants(record)
+            {
                 continue;
             }
-            let mut lowered = None;
-            if q.wants(&record, &mut lowered) {
-                found.push(Found {
-                    seq,
-                    pos,
-                    workspace_id: chunk.workspace_id,
-                    record,
-                });
-            }
+            seen.matches += 1;
+            found.push(Found {
+                seq,
+                pos,
+                workspace_id: chunk.workspace_id,
+                record: record.to_record(),
+            });
         }
     }
     group.clear();

@@ -44,14 +44,56 @@ fn chunk_ref(tenant: TenantId, row: &Row) -> Result<ChunkRef, StoreError> {
     })
 }
 
+/// The seq of an already stored chunk.
+async fn chunk_seq(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: Uuid,
+    chunk_id: Uuid,
+) -> Result<Option<i64>, StoreError> {
+    tx.query_opt(
+        "SELECT seq FROM log_chunks WHERE tenant_id = $1 AND chunk_id = $2",
+        &[&tenant, &chunk_id],
+    )
+    .await?
+    .map(|r| r.col(0))
+    .transpose()
+}
+
 #[async_trait]
 impl LogStore for PgStore {
     async fn append_chunk(&self, chunk: &EncodedChunk) -> Result<Appended, StoreError> {
         let tenant = chunk.tenant_id.as_uuid();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // Taking the next seq locks the tenant's row until commit: appends of one tenant
-        // commit in seq order, and a replay racing a direct write is seen below.
+        // A replay of a chunk that is already stored (the outbox after a lost answer) stops
+        // here without touching the id index.
+        if let Some(seq) = chunk_seq(&tx, tenant, chunk.chunk_id).await? {
+            return Ok(Appended {
+                seq,
+                duplicates: 0,
+                replayed: true,
+            });
+        }
+        // The id index first, outside the tenant's seq lock: it is most of the work and
+        // needs no order. Ids go in sorted so that two appends sharing ids wait for each
+        // other instead of deadlocking; a conflicting id of an append still in flight
+        // waits for its outcome.
+        let positions: Vec<i32> = (0..chunk.ids.len() as i32).collect();
+        let inserted: HashSet<i32> = tx
+            .query(
+                "INSERT INTO log_ids (tenant_id, id, chunk_id, pos)
+                 SELECT $1, u.id, $2, u.pos FROM unnest($3::uuid[], $4::int[]) AS u(id, pos)
+                 ORDER BY u.id
+                 ON CONFLICT DO NOTHING RETURNING pos",
+                &[&tenant, &chunk.chunk_id, &chunk.ids, &positions],
+            )
+            .await?
+            .iter()
+            .map(|r| r.col::<i32>(0))
+            .collect::<Result<_, _>>()?;
+        // Taking the next seq locks the tenant's row until commit, so appends of one tenant
+        // commit in seq order (what tail cursors rely on). Under the lock, a replay that
+        // raced the original is seen for sure; rolling back gives the seq back.
         let seq: i64 = tx
             .query_one(
                 "INSERT INTO log_seqs (tenant_id, last_seq) VALUES ($1, 1)
@@ -61,32 +103,13 @@ impl LogStore for PgStore {
             )
             .await?
             .col(0)?;
-        if let Some(row) = tx
-            .query_opt(
-                "SELECT seq FROM log_chunks WHERE tenant_id = $1 AND chunk_id = $2",
-                &[&tenant, &chunk.chunk_id],
-            )
-            .await?
-        {
-            // Rolling back also gives the seq back.
+        if let Some(seq) = chunk_seq(&tx, tenant, chunk.chunk_id).await? {
             return Ok(Appended {
-                seq: row.col(0)?,
+                seq,
                 duplicates: 0,
                 replayed: true,
             });
         }
-        let positions: Vec<i32> = (0..chunk.ids.len() as i32).collect();
-        let inserted: HashSet<i32> = tx
-            .query(
-                "INSERT INTO log_ids (tenant_id, id, seq, pos)
-                 SELECT $1, u.id, $2, u.pos FROM unnest($3::uuid[], $4::int[]) AS u(id, pos)
-                 ON CONFLICT DO NOTHING RETURNING pos",
-                &[&tenant, &seq, &chunk.ids, &positions],
-            )
-            .await?
-            .iter()
-            .map(|r| r.col::<i32>(0))
-            .collect::<Result<_, _>>()?;
         let skip: Vec<u32> = positions
             .iter()
             .filter(|p| !inserted.contains(p))
@@ -244,7 +267,9 @@ impl LogStore for PgStore {
         id: Uuid,
     ) -> Result<Option<(i64, u32)>, StoreError> {
         self.query_opt(
-            "SELECT seq, pos FROM log_ids WHERE tenant_id = $1 AND id = $2",
+            "SELECT c.seq, i.pos FROM log_ids i
+             JOIN log_chunks c ON c.tenant_id = i.tenant_id AND c.chunk_id = i.chunk_id
+             WHERE i.tenant_id = $1 AND i.id = $2",
             &[&tenant.as_uuid(), &id],
         )
         .await?
@@ -263,22 +288,23 @@ impl LogStore for PgStore {
         let tx = client.transaction().await?;
         let doomed = tx
             .query(
-                "SELECT seq, data FROM log_chunks WHERE tenant_id = $1 AND max_ts < $2
+                "SELECT seq, chunk_id, data FROM log_chunks WHERE tenant_id = $1 AND max_ts < $2
                  ORDER BY max_ts LIMIT $3",
                 &[&t, &cutoff, &i64::from(max_chunks)],
             )
             .await?;
         for row in &doomed {
             let seq: i64 = row.col(0)?;
-            let data: Vec<u8> = row.col(1)?;
+            let chunk_id: Uuid = row.col(1)?;
+            let data: Vec<u8> = row.col(2)?;
             let ids: Vec<Uuid> = decode(&data)
                 .unwrap_or_default()
                 .iter()
                 .map(|r| r.id)
                 .collect();
             tx.execute(
-                "DELETE FROM log_ids WHERE tenant_id = $1 AND id = ANY($2) AND seq = $3",
-                &[&t, &ids, &seq],
+                "DELETE FROM log_ids WHERE tenant_id = $1 AND id = ANY($2) AND chunk_id = $3",
+                &[&t, &ids, &chunk_id],
             )
             .await?;
             tx.execute(
