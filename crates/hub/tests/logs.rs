@@ -533,3 +533,79 @@ async fn only_the_tenant_and_permitted_principals_reach_logs(backend: Backend) {
         .unwrap();
     assert_eq!(res.status(), 202);
 }
+
+/// At most `ingest_max_inflight` ingestion requests are admitted at once, and admission
+/// comes before the body is read (so waiting requests hold no body): a request still
+/// sending its body holds the only slot, the next one is refused with 503 + Retry-After
+/// after its wait, and once the slot is free ingestion goes on.
+#[tokio::test]
+async fn ingestion_admission_is_bounded_and_precedes_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| c.logs.max_inflight = 1,
+        axum::Router::new(),
+    )
+    .await;
+    let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
+    let ws = workspace(&app, &tokens.access, "api").await;
+    let body = serde_json::to_vec(&json!({
+        "workspace_id": ws,
+        "client_version": "test/1",
+        "entries": [entry("info", "api", "sent slowly")],
+    }))
+    .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/logs/batch HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        app.addr,
+        tokens.access,
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..10]).await.unwrap();
+    // Until the hub has admitted the slow request, others still get in.
+    let mut attempts = 0;
+    let refused = loop {
+        attempts += 1;
+        assert!(
+            attempts < 500,
+            "the request sending its body never held the slot"
+        );
+        let res = send(&app, &tokens.access, &ws, vec![entry("info", "api", "m")]).await;
+        if res.status() == 503 {
+            break res;
+        }
+        assert_eq!(res.status(), 202);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_envelope(refused, 503, "UNAVAILABLE").await;
+
+    slow.write_all(&body[10..]).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = slow.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed early");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 202"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(slow);
+    assert_eq!(
+        send(
+            &app,
+            &tokens.access,
+            &ws,
+            vec![entry("info", "api", "after")]
+        )
+        .await
+        .status(),
+        202
+    );
+}

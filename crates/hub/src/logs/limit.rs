@@ -1,11 +1,12 @@
 //! Backpressure for ingestion: a per-tenant rate limit (token bucket, entries per second)
 //! and a bound on requests being processed at once.
 //!
-//! Memory under overload is bounded by the admission bound: at most `max_inflight` bodies
-//! are held at once, each at most `body_limit` bytes and, decoded, a few times that
-//! (roughly `max_inflight × 4 × body_limit` in the worst case; 64 × 4 × 5 MiB = 1.25 GiB
-//! for the defaults with maximal bodies, ~50 MiB for typical 190 KB batches). A request
-//! that cannot be admitted within a second is answered 503 with `Retry-After`.
+//! Memory under overload is bounded by the admission bound: a request is admitted before
+//! its body is read (see `read_body`), so at most `max_inflight` bodies are held at once,
+//! each at most `body_limit` bytes and, decoded, a few times that (roughly
+//! `max_inflight × 4 × body_limit` in the worst case; 64 × 4 × 5 MiB = 1.25 GiB for the
+//! defaults with maximal bodies, ~50 MiB for typical 190 KB batches). A request that cannot
+//! be admitted within a second is answered 503 with `Retry-After`.
 
 use super::entry::EntryLimits;
 use crate::http::ApiError;

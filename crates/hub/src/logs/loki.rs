@@ -18,7 +18,7 @@ use super::push::{self, Groups};
 use crate::authz::Principal;
 use crate::http::ApiError;
 use crate::state::AppState;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use coditect_proto::{ErrorCode, Level};
@@ -108,12 +108,12 @@ pub async fn push(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     push::check_org(&state, &principal, &headers).await?;
     let _slot = state.logs().admit().await?;
     let limit = state.config().body_limit;
-    let body = super::body_bytes(&headers, body, limit)?;
+    let body = super::read_body(&headers, body, limit).await?;
     let fallback = push::default_workspace(&principal, &headers)?;
     let ct = headers
         .get(header::CONTENT_TYPE)

@@ -23,7 +23,7 @@ use crate::authz::Principal;
 use crate::http::{ApiError, Path, Query, check_instant};
 use crate::state::AppState;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -68,15 +68,23 @@ pub struct Accepted {
     pub batch_id: String,
 }
 
-/// The body of a request, decompressed when it says `Content-Encoding: gzip`, never
-/// larger than `limit` bytes (413 otherwise).
-pub fn body_bytes(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
+/// The body of a request, read only now (after admission, so that requests waiting for a
+/// slot hold no body), decompressed when it says `Content-Encoding: gzip`, never larger
+/// than `limit` bytes (413 otherwise).
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("request body is over the limit of {limit} bytes"),
         )
     };
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if over_length_limit(&e) {
+            too_large()
+        } else {
+            ApiError::bad_request("the request body could not be read")
+        }
+    })?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -99,6 +107,17 @@ pub fn body_bytes(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Byte
             format!("unsupported Content-Encoding {other}: use gzip or none"),
         )),
     }
+}
+
+fn over_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The common path of every protocol (see the module docs).
@@ -221,10 +240,10 @@ async fn batch(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let _slot = state.logs().admit().await?;
-    let body = body_bytes(&headers, body, state.config().body_limit)?;
+    let body = read_body(&headers, body, state.config().body_limit).await?;
     let parsed: BatchIn<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
     if parsed.entries.len() > MAX_BATCH {

@@ -19,7 +19,7 @@ use super::push::{self, Groups};
 use crate::authz::Principal;
 use crate::http::ApiError;
 use crate::state::AppState;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -133,7 +133,7 @@ pub async fn export(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let encoding = match Encoding::of(&headers) {
         Ok(e) => e,
@@ -149,13 +149,13 @@ async fn handle(
     state: &AppState,
     principal: Result<Principal, ApiError>,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
     encoding: Encoding,
 ) -> Result<Response, ApiError> {
     let principal = principal?;
     push::check_org(state, &principal, headers).await?;
     let _slot = state.logs().admit().await?;
-    let body = super::body_bytes(headers, body, state.config().body_limit)?;
+    let body = super::read_body(headers, body, state.config().body_limit).await?;
     let request = match encoding {
         Encoding::Protobuf => ExportLogsServiceRequest::decode(&body[..])
             .map_err(|e| ApiError::bad_request(format!("malformed OTLP protobuf: {e}")))?,
