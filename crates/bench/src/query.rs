@@ -8,6 +8,7 @@
 
 use crate::hubproc::HubProc;
 use crate::report::{Table, machine, millis, stats, thousands};
+use crate::rows::COMPONENTS;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -28,16 +29,6 @@ pub struct Args {
 
 const BATCH: usize = 1000;
 const SPAN_US: i64 = 6 * 86_400 * 1_000_000;
-const COMPONENTS: [&str; 8] = [
-    "api",
-    "auth",
-    "file-monitor",
-    "agent",
-    "orchestrator",
-    "proxy",
-    "cli",
-    "sync",
-];
 const LEVELS: [&str; 5] = ["debug", "info", "warn", "error", "fatal"];
 const UNIQUE: &str = "order-7f3a9c";
 

@@ -15,7 +15,8 @@ pub struct Row {
     pub metadata_json: serde_json::Value,
 }
 
-const COMPONENTS: [&str; 8] = [
+/// The components generated entries cycle through.
+pub const COMPONENTS: [&str; 8] = [
     "api",
     "auth",
     "file-monitor",

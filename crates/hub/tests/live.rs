@@ -103,15 +103,6 @@ fn entry(level: &str, component: &str, message: &str) -> Value {
     json!({"level": level, "component": component, "message": message})
 }
 
-async fn workspace(app: &TestApp, token: &str, name: &str) -> String {
-    let ws = json(
-        app.post_as("/api/v1/workspaces", token, json!({"name": name}))
-            .await,
-    )
-    .await;
-    ws["id"].as_str().unwrap().to_string()
-}
-
 async fn send(app: &TestApp, token: &str, ws: &str, entries: Vec<Value>) {
     let res = app
         .post_as(
@@ -133,8 +124,8 @@ fn messages(frames: &[Value]) -> Vec<String> {
 async fn a_tail_streams_what_matches_its_filters(backend: Backend) {
     let app = spawn_app(backend).await;
     let (tenant, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
-    let other = workspace(&app, &tokens.access, "web").await;
+    let ws = app.workspace(&tokens.access, "api").await;
+    let other = app.workspace(&tokens.access, "web").await;
     let mut tail = open(
         &app,
         &tokens.access,
@@ -207,7 +198,7 @@ async fn a_tail_streams_what_matches_its_filters(backend: Backend) {
     );
     // A workspace of another tenant is "not found", like one that does not exist.
     let (_t2, _a2, t2) = app.tenant_with_admin("globex").await;
-    let foreign = workspace(&app, &t2.access, "theirs").await;
+    let foreign = app.workspace(&t2.access, "theirs").await;
     assert_eq!(
         refused(
             &app,
@@ -224,8 +215,8 @@ async fn tenants_never_see_each_other(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_a, _admin_a, a) = app.tenant_with_admin("acme").await;
     let (_b, _admin_b, b) = app.tenant_with_admin("globex").await;
-    let ws_a = workspace(&app, &a.access, "a").await;
-    let ws_b = workspace(&app, &b.access, "b").await;
+    let ws_a = app.workspace(&a.access, "a").await;
+    let ws_b = app.workspace(&b.access, "b").await;
     let mut tail_a = open(&app, &a.access, "").await;
     let mut tail_b = open(&app, &b.access, "").await;
     next(&mut tail_a).await;
@@ -266,7 +257,7 @@ async fn tenants_never_see_each_other(backend: Backend) {
 async fn a_resumed_tail_has_no_gap_and_no_duplicate(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
+    let ws = app.workspace(&tokens.access, "api").await;
     let mut tail = open(&app, &tokens.access, "component=keep").await;
     next(&mut tail).await;
     let batch = |from: usize, to: usize| {
@@ -333,7 +324,7 @@ async fn a_resumed_tail_has_no_gap_and_no_duplicate(backend: Backend) {
 async fn a_slow_client_is_told_what_it_missed(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.logs.tail_queue = 8, axum::Router::new()).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
+    let ws = app.workspace(&tokens.access, "api").await;
     let mut slow = open(&app, &tokens.access, "").await;
     let mut quick = open(&app, &tokens.access, "").await;
     next(&mut slow).await;
@@ -377,7 +368,7 @@ async fn a_slow_client_is_told_what_it_missed(backend: Backend) {
 async fn tickets_and_subprotocols_authenticate(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
+    let ws = app.workspace(&tokens.access, "api").await;
 
     // No credential, a bad one: 401 before any upgrade.
     assert_eq!(
@@ -425,18 +416,9 @@ async fn tickets_and_subprotocols_authenticate(backend: Backend) {
     assert_eq!(next(&mut by_protocol).await["type"], "connected");
 
     // An API key in the header; tickets are for browser sessions only.
-    let key = json(
-        app.post_as(
-            "/api/v1/api-keys",
-            &tokens.access,
-            json!({"name": "ci", "role": "viewer"}),
-        )
-        .await,
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = app
+        .api_key(&tokens.access, json!({"name": "ci", "role": "viewer"}))
+        .await;
     let mut by_key = open(&app, &key, "").await;
     assert_eq!(next(&mut by_key).await["type"], "connected");
     assert_envelope(
@@ -478,21 +460,12 @@ async fn bound_keys_and_platform_admins_see_their_scope(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_a, _admin, a) = app.tenant_with_admin("acme").await;
     let (_b, _admin_b, b) = app.tenant_with_admin("globex").await;
-    let ws1 = workspace(&app, &a.access, "one").await;
-    let ws2 = workspace(&app, &a.access, "two").await;
-    let ws_b = workspace(&app, &b.access, "b").await;
-    let key = json(
-        app.post_as(
-            "/api/v1/api-keys",
-            &a.access,
-            json!({"name": "monitor", "workspace_id": ws1}),
-        )
-        .await,
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ws1 = app.workspace(&a.access, "one").await;
+    let ws2 = app.workspace(&a.access, "two").await;
+    let ws_b = app.workspace(&b.access, "b").await;
+    let key = app
+        .api_key(&a.access, json!({"name": "monitor", "workspace_id": ws1}))
+        .await;
     assert_eq!(
         refused(&app, Some(&key), &format!("workspace_id={ws2}")).await,
         (403, "ACCESS_DENIED".to_string())
@@ -574,7 +547,7 @@ async fn a_tail_on_one_replica_sees_writes_on_another() {
     )
     .await;
     let (_t, _admin, tokens) = a.tenant_with_admin("acme").await;
-    let ws = workspace(&a, &tokens.access, "api").await;
+    let ws = a.workspace(&tokens.access, "api").await;
     let mut tail = open(&b, &tokens.access, "").await;
     next(&mut tail).await;
     for i in 0..20 {

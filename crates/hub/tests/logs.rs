@@ -29,15 +29,6 @@ fn entry(level: &str, component: &str, message: &str) -> Value {
     })
 }
 
-async fn workspace(app: &TestApp, token: &str, name: &str) -> String {
-    let ws = json(
-        app.post_as("/api/v1/workspaces", token, json!({"name": name}))
-            .await,
-    )
-    .await;
-    ws["id"].as_str().unwrap().to_string()
-}
-
 async fn send(app: &TestApp, token: &str, ws: &str, entries: Vec<Value>) -> reqwest::Response {
     app.post_as(
         "/api/logs/batch",
@@ -57,7 +48,7 @@ fn storage_of(backend: Backend) -> &'static str {
 async fn accepted_entries_are_searchable_and_bad_ones_reported(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
+    let ws = app.workspace(&tokens.access, "api").await;
     let entries = vec![
         entry("info", "api", "GET /users 200"),
         entry("LOUD", "api", "bad level"),
@@ -127,7 +118,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 async fn limits_answer_with_the_envelope(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.body_limit = 1 << 20, axum::Router::new()).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
+    let ws = app.workspace(&tokens.access, "api").await;
     let post = |body: Vec<u8>, encoding: Option<&'static str>| {
         let mut req = app
             .client
@@ -218,7 +209,7 @@ async fn limits_answer_with_the_envelope(backend: Backend) {
 async fn a_retried_batch_is_stored_once(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
+    let ws = app.workspace(&tokens.access, "api").await;
     let batch = json!({
         "entries": [entry("info", "api", "once"), entry("warn", "api", "twice?"), entry("bad", "api", "x")],
         "workspace_id": ws,
@@ -297,7 +288,7 @@ async fn tenants_are_rate_limited(backend: Backend) {
     )
     .await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
+    let ws = app.workspace(&tokens.access, "api").await;
     let ten: Vec<Value> = (0..10)
         .map(|i| entry("info", "api", &format!("m{i}")))
         .collect();
@@ -315,7 +306,7 @@ async fn tenants_are_rate_limited(backend: Backend) {
     assert_envelope(res, 429, "RATE_LIMITED").await;
     // Another tenant has its own budget.
     let (_t2, _a2, other) = app.tenant_with_admin("other").await;
-    let ws2 = workspace(&app, &other.access, "api").await;
+    let ws2 = app.workspace(&other.access, "api").await;
     assert_eq!(
         send(&app, &other.access, &ws2, vec![entry("info", "a", "m")])
             .await
@@ -327,8 +318,8 @@ async fn tenants_are_rate_limited(backend: Backend) {
 async fn search_filters_and_pages(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
-    let other_ws = workspace(&app, &tokens.access, "web").await;
+    let ws = app.workspace(&tokens.access, "api").await;
+    let other_ws = app.workspace(&tokens.access, "web").await;
     let session = uuid::Uuid::now_v7().to_string();
     for batch in 0..5 {
         let entries: Vec<Value> = (0..50)
@@ -442,8 +433,8 @@ fn urlencode(s: &str) -> String {
 async fn only_the_tenant_and_permitted_principals_reach_logs(backend: Backend) {
     let app = spawn_app(backend).await;
     let (tenant, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
-    let ws2 = workspace(&app, &tokens.access, "web").await;
+    let ws = app.workspace(&tokens.access, "api").await;
+    let ws2 = app.workspace(&tokens.access, "web").await;
     let res = send(
         &app,
         &tokens.access,
@@ -490,16 +481,12 @@ async fn only_the_tenant_and_permitted_principals_reach_logs(backend: Backend) {
     .await;
 
     // A key bound to one workspace writes and reads only there.
-    let key = json(
-        app.post_as(
-            "/api/v1/api-keys",
+    let key = app
+        .api_key(
             &tokens.access,
             json!({"name": "monitor", "workspace_id": ws}),
         )
-        .await,
-    )
-    .await;
-    let key = key["key"].as_str().unwrap().to_string();
+        .await;
     assert_eq!(
         send(&app, &key, &ws, vec![entry("info", "a", "from the key")])
             .await
@@ -548,7 +535,7 @@ async fn ingestion_admission_is_bounded_and_precedes_the_body() {
     )
     .await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "api").await;
+    let ws = app.workspace(&tokens.access, "api").await;
     let body = serde_json::to_vec(&json!({
         "workspace_id": ws,
         "client_version": "test/1",

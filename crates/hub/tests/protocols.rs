@@ -91,15 +91,6 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-async fn workspace(app: &TestApp, token: &str, name: &str) -> String {
-    let ws = json(
-        app.post_as("/api/v1/workspaces", token, json!({"name": name}))
-            .await,
-    )
-    .await;
-    ws["id"].as_str().unwrap().to_string()
-}
-
 async fn post(
     app: &TestApp,
     path: &str,
@@ -130,7 +121,7 @@ async fn search(app: &TestApp, token: &str, query: &str) -> Vec<Value> {
 async fn otlp_protobuf_is_stored_with_its_mapping(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "shop").await;
+    let ws = app.workspace(&tokens.access, "shop").await;
     let session = uuid::Uuid::now_v7().to_string();
     let mut traced = record(
         17,
@@ -202,7 +193,7 @@ async fn otlp_protobuf_is_stored_with_its_mapping(backend: Backend) {
 async fn otlp_json_reports_partial_success_and_errors_per_spec(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "shop").await;
+    let ws = app.workspace(&tokens.access, "shop").await;
     let now = now_nanos();
     let body = json!({"resourceLogs": [{
         "resource": {"attributes": [
@@ -322,20 +313,14 @@ async fn otlp_json_reports_partial_success_and_errors_per_spec(backend: Backend)
 async fn otlp_retries_are_stored_once(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "shop").await;
+    let ws = app.workspace(&tokens.access, "shop").await;
     // A key bound to the workspace needs no header.
-    let key = json(
-        app.post_as(
-            "/api/v1/api-keys",
+    let key = app
+        .api_key(
             &tokens.access,
             json!({"name": "collector", "workspace_id": ws}),
         )
-        .await,
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .await;
     let req = request(
         "api",
         vec![],
@@ -363,19 +348,13 @@ async fn otlp_retries_are_stored_once(backend: Backend) {
 async fn loki_json_and_protobuf_are_stored(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "edge").await;
-    let key = json(
-        app.post_as(
-            "/api/v1/api-keys",
+    let ws = app.workspace(&tokens.access, "edge").await;
+    let key = app
+        .api_key(
             &tokens.access,
             json!({"name": "promtail", "workspace_id": ws}),
         )
-        .await,
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .await;
     let now = now_nanos();
     let body = json!({"streams": [
         {"stream": {"service_name": "nginx", "level": "warning", "env": "prod"},
@@ -498,7 +477,7 @@ async fn loki_json_and_protobuf_are_stored(backend: Backend) {
 async fn org_ids_must_match_the_credential(backend: Backend) {
     let app = spawn_app(backend).await;
     let (tenant, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "edge").await;
+    let ws = app.workspace(&tokens.access, "edge").await;
     let tenant_name = app
         .get_json(&format!("/api/v1/tenants/{tenant}"), &tokens.access)
         .await["name"]
@@ -545,7 +524,7 @@ async fn org_ids_must_match_the_credential(backend: Backend) {
     assert_eq!(res.status(), 403);
     // A workspace of another tenant is not found, whichever way it is named.
     let (_o, _oa, other_tokens) = app.tenant_with_admin("initech").await;
-    let theirs = workspace(&app, &other_tokens.access, "theirs").await;
+    let theirs = app.workspace(&other_tokens.access, "theirs").await;
     let res = post(
         &app,
         "/loki/api/v1/push",
@@ -583,19 +562,10 @@ async fn the_opentelemetry_python_sdk_exports_to_the_hub() {
     );
     let app = spawn_app(Backend::Sqlite).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
-    let ws = workspace(&app, &tokens.access, "shop").await;
-    let key = json(
-        app.post_as(
-            "/api/v1/api-keys",
-            &tokens.access,
-            json!({"name": "otel", "workspace_id": ws}),
-        )
-        .await,
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ws = app.workspace(&tokens.access, "shop").await;
+    let key = app
+        .api_key(&tokens.access, json!({"name": "otel", "workspace_id": ws}))
+        .await;
     let endpoint = app.url("/v1/logs");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&python)

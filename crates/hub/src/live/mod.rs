@@ -31,7 +31,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coditect_proto::{ErrorCode, Level, SessionId, TenantId, WorkspaceId};
 use coditect_store::logs::decode;
-use coditect_store::logs::search::LevelFilter;
 use filter::Filter;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -149,14 +148,7 @@ async fn tail(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let principal = authenticate(&state, &headers, meta, p.ticket.as_deref()).await?;
-    let level = match (p.level, p.min_level) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give level or min_level, not both"));
-        }
-        (Some(l), None) => LevelFilter::Exact(l),
-        (None, Some(l)) => LevelFilter::AtLeast(l),
-        (None, None) => LevelFilter::Any,
-    };
+    let level = crate::logs::level_filter(p.level, p.min_level)?;
     let all_tenants = p.all_tenants.unwrap_or(false);
     let scoped = state.gate().scoped(&principal);
     let workspace = scoped.may_tail_logs(p.workspace_id, all_tenants).await?;

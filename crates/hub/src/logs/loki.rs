@@ -20,7 +20,7 @@ use crate::http::ApiError;
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use coditect_proto::{ErrorCode, Level};
 use prost::Message;
 use serde::Deserialize;
@@ -115,15 +115,7 @@ pub async fn push(
     let limit = state.config().body_limit;
     let body = super::read_body(&headers, body, limit).await?;
     let fallback = push::default_workspace(&principal, &headers)?;
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = push::media_type(&headers);
     // The decoded request owns the strings the candidates borrow.
     let decoded;
     let json;

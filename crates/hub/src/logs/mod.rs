@@ -381,19 +381,25 @@ struct SearchParams {
     cursor: Option<String>,
 }
 
+/// `level` (exactly) or `min_level` (and worse), as search and tail take them.
+pub fn level_filter(
+    level: Option<Level>,
+    min_level: Option<Level>,
+) -> Result<LevelFilter, ApiError> {
+    match (level, min_level) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("give level or min_level, not both")),
+        (Some(l), None) => Ok(LevelFilter::Exact(l)),
+        (None, Some(l)) => Ok(LevelFilter::AtLeast(l)),
+        (None, None) => Ok(LevelFilter::Any),
+    }
+}
+
 async fn search_logs(
     State(state): State<AppState>,
     principal: Principal,
     Query(p): Query<SearchParams>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let level = match (p.level, p.min_level) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give level or min_level, not both"));
-        }
-        (Some(l), None) => LevelFilter::Exact(l),
-        (None, Some(l)) => LevelFilter::AtLeast(l),
-        (None, None) => LevelFilter::Any,
-    };
+    let level = level_filter(p.level, p.min_level)?;
     let limit = match p.limit.unwrap_or(100) {
         n @ 1..=1000 => n,
         _ => return Err(ApiError::bad_request("limit must be between 1 and 1000")),

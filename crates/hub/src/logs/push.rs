@@ -22,6 +22,19 @@ pub const MAX_ENTRIES: usize = 10_000;
 
 pub const WORKSPACE_HEADER: &str = "x-coditect-workspace-id";
 
+/// The request's media type, lower case, without parameters (`""` when absent).
+pub fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Refuses a request whose `X-Scope-OrgID` names another tenant than its credential
 /// (the id or the name of the tenant are both accepted).
 pub async fn check_org(

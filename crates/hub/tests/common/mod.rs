@@ -102,6 +102,27 @@ impl TestApp {
             .await
     }
 
+    /// A workspace of the caller's tenant, by name; its id.
+    pub async fn workspace(&self, token: &str, name: &str) -> String {
+        let ws = json(
+            self.post_as(
+                "/api/v1/workspaces",
+                token,
+                serde_json::json!({"name": name}),
+            )
+            .await,
+        )
+        .await;
+        ws["id"].as_str().expect("workspace id").to_string()
+    }
+
+    /// A new API key made by `token` with these fields (`name`, `role`, `workspace_id`…);
+    /// the secret.
+    pub async fn api_key(&self, token: &str, fields: Value) -> String {
+        let key = json(self.post_as("/api/v1/api-keys", token, fields).await).await;
+        key["key"].as_str().expect("api key").to_string()
+    }
+
     /// A tenant created directly through the hub's system door (test set-up).
     pub async fn seed_tenant(&self, name: &str) -> TenantId {
         self.state
