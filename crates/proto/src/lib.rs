@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod identity;
 pub mod ids;
+pub mod ipc;
 pub mod logs;
 
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};
