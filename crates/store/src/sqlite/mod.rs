@@ -72,6 +72,9 @@ pub struct SqliteConfig {
     pub write_queue: usize,
     /// Most jobs committed in one transaction.
     pub max_group: usize,
+    /// The schema: the hub's ([`migrate::SQLITE`]) unless another program (the monitor)
+    /// keeps its own tables in this engine.
+    pub migrations: &'static [migrate::Migration],
 }
 
 impl SqliteConfig {
@@ -83,6 +86,7 @@ impl SqliteConfig {
             readers: 4,
             write_queue: 1024,
             max_group: 256,
+            migrations: migrate::SQLITE,
         }
     }
 }
@@ -213,7 +217,7 @@ fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
          PRAGMA journal_size_limit=67108864;",
         config.synchronous.pragma()
     ))?;
-    migrate_sqlite(&mut conn)?;
+    migrate_sqlite(&mut conn, config.migrations)?;
     Ok(conn)
 }
 
@@ -227,7 +231,10 @@ fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreE
     Ok(conn)
 }
 
-fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
+fn migrate_sqlite(
+    conn: &mut Connection,
+    migrations: &[migrate::Migration],
+) -> Result<(), StoreError> {
     // BEGIN IMMEDIATE takes the write lock first, so concurrent openers serialize here.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(migrate::BOOKKEEPING)?;
@@ -236,7 +243,7 @@ fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
         stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<Vec<_>, _>>()?
     };
-    let plan = migrate::plan(&applied, migrate::SQLITE)?;
+    let plan = migrate::plan(&applied, migrations)?;
     plan.log("sqlite");
     for m in &plan.pending {
         tx.execute_batch(m.sql)

@@ -1,0 +1,361 @@
+//! Configuration: defaults < TOML file (`--config`, `CODI_CONFIG`, or
+//! `$XDG_CONFIG_HOME/codi/monitor.toml` when it exists) < `CODI_*` variables < flags.
+//!
+//! The sections are ADR-031's: `[general]`, `[storage]`, `[monitor]`, `[server_hub]`.
+//! `codi2` finds the socket and the database through the same [`paths`] functions and
+//! the same variables, so both always agree.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub general: General,
+    pub storage: Storage,
+    pub monitor: Monitor,
+    pub server_hub: ServerHub,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct General {
+    /// `tracing` filter, e.g. `info` or `codi_monitor=debug`.
+    pub log_level: String,
+    /// Log as JSON lines (for a service manager) instead of text.
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    pub sqlite_path: PathBuf,
+    /// `full` (survives power loss) or `normal` (survives a crash of the daemon).
+    pub synchronous: String,
+    /// Synced entries older than this are deleted; unsynced ones are kept.
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Monitor {
+    pub unix_socket_path: PathBuf,
+    /// The TCP listener (containers); off unless enabled, and then its first frame must be
+    /// a `Hello` with `tcp_token`.
+    pub tcp_enabled: bool,
+    pub tcp_listen: SocketAddr,
+    pub tcp_token: Option<String>,
+    /// Most concurrent IPC connections.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerHub {
+    /// The hub's base URL; no sync when absent.
+    pub url: Option<String>,
+    pub api_key: Option<String>,
+    pub workspace_id: Option<String>,
+}
+
+impl Default for General {
+    fn default() -> General {
+        General {
+            log_level: "info".into(),
+            log_json: false,
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Storage {
+        Storage {
+            sqlite_path: paths::default_db(),
+            synchronous: "full".into(),
+            retention_days: 30,
+        }
+    }
+}
+
+impl Default for Monitor {
+    fn default() -> Monitor {
+        Monitor {
+            unix_socket_path: paths::default_socket(),
+            tcp_enabled: false,
+            tcp_listen: SocketAddr::from(([127, 0, 0, 1], 9847)),
+            tcp_token: None,
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Values given on the command line (they win over everything).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub db: Option<PathBuf>,
+}
+
+/// Where the daemon and `codi2` look, unless told otherwise.
+pub mod paths {
+    use std::path::PathBuf;
+
+    /// `$XDG_RUNTIME_DIR/codi-monitor.sock`, else a per-user path in `/tmp`.
+    pub fn default_socket() -> PathBuf {
+        match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir).join("codi-monitor.sock"),
+            None => PathBuf::from(format!("/tmp/codi-monitor-{}.sock", user_tag())),
+        }
+    }
+
+    /// `$XDG_DATA_HOME/codi/monitor.db`, else `~/.local/share/codi/monitor.db`.
+    pub fn default_db() -> PathBuf {
+        data_home().join("codi").join("monitor.db")
+    }
+
+    /// `$XDG_CONFIG_HOME/codi`, else `~/.config/codi`.
+    pub fn config_dir() -> PathBuf {
+        match std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir).join("codi"),
+            None => home().join(".config").join("codi"),
+        }
+    }
+
+    fn data_home() -> PathBuf {
+        match std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => home().join(".local").join("share"),
+        }
+    }
+
+    fn home() -> PathBuf {
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"))
+    }
+
+    /// The user's id (so two users of one machine never share a socket), else their name.
+    fn user_tag() -> String {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid().to_string())
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "user".into())
+    }
+}
+
+/// A configuration problem, naming the key and where the value came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads from `env` (a lookup, so tests need not touch the process environment).
+    pub fn load(
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = overrides
+            .config
+            .clone()
+            .or_else(|| env("CODI_CONFIG").map(PathBuf::from));
+        let mut config = match file {
+            Some(path) => Config::from_file(&path)?,
+            None => {
+                let implicit = paths::config_dir().join("monitor.toml");
+                if implicit.exists() {
+                    Config::from_file(&implicit)?
+                } else {
+                    Config::default()
+                }
+            }
+        };
+        config.apply_env(&env)?;
+        if let Some(s) = &overrides.socket {
+            config.monitor.unix_socket_path = s.clone();
+        }
+        if let Some(d) = &overrides.db {
+            config.storage.sqlite_path = d.clone();
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        // toml's message quotes the offending line, which may hold a token: keep only its
+        // first line (what and where).
+        toml::from_str(&text).map_err(|e| {
+            let msg = e.message().to_string();
+            ConfigError(format!("{}: {msg}", path.display()))
+        })
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim()
+                .parse()
+                .map_err(|e| ConfigError(format!("{key}={v:?} is not valid: {e}")))
+        }
+        if let Some(v) = env("CODI_SOCKET") {
+            self.monitor.unix_socket_path = v.into();
+        }
+        if let Some(v) = env("CODI_DB") {
+            self.storage.sqlite_path = v.into();
+        }
+        if let Some(v) = env("CODI_LOG_LEVEL") {
+            self.general.log_level = v;
+        }
+        if let Some(v) = env("CODI_SYNCHRONOUS") {
+            self.storage.synchronous = v;
+        }
+        if let Some(v) = env("CODI_RETENTION_DAYS") {
+            self.storage.retention_days = parse("CODI_RETENTION_DAYS", &v)?;
+        }
+        if let Some(v) = env("CODI_TCP_ENABLED") {
+            self.monitor.tcp_enabled = parse("CODI_TCP_ENABLED", &v)?;
+        }
+        if let Some(v) = env("CODI_TCP_LISTEN") {
+            self.monitor.tcp_listen = parse("CODI_TCP_LISTEN", &v)?;
+        }
+        if let Some(v) = env("CODI_TCP_TOKEN") {
+            self.monitor.tcp_token = Some(v);
+        }
+        if let Some(v) = env("CODI_HUB_URL") {
+            self.server_hub.url = Some(v);
+        }
+        if let Some(v) = env("CODI_HUB_API_KEY") {
+            self.server_hub.api_key = Some(v);
+        }
+        if let Some(v) = env("CODI_HUB_WORKSPACE_ID") {
+            self.server_hub.workspace_id = Some(v);
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.monitor.tcp_enabled
+            && self
+                .monitor
+                .tcp_token
+                .as_deref()
+                .is_none_or(|t| t.len() < 16)
+        {
+            return Err(ConfigError(
+                "monitor.tcp_enabled needs monitor.tcp_token (CODI_TCP_TOKEN) of at least 16 characters"
+                    .into(),
+            ));
+        }
+        self.synchronous()?;
+        if self.monitor.max_connections == 0 {
+            return Err(ConfigError(
+                "monitor.max_connections must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn synchronous(&self) -> Result<coditect_store::Synchronous, ConfigError> {
+        self.storage.synchronous.parse().map_err(|e| {
+            ConfigError(format!(
+                "storage.synchronous={:?}: {e}",
+                self.storage.synchronous
+            ))
+        })
+    }
+
+    /// How long the daemon waits for in-flight work when asked to stop.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "[storage]\nsqlite_path = \"/from/file.db\"\nretention_days = 7\n\
+             [monitor]\nunix_socket_path = \"/from/file.sock\"\n\
+             [server_hub]\nurl = \"http://hub:8080\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        };
+        let c = Config::load(&o, env_of(&[("CODI_DB", "/from/env.db")])).unwrap();
+        assert_eq!(c.storage.sqlite_path, PathBuf::from("/from/env.db"));
+        assert_eq!(c.storage.retention_days, 7);
+        assert_eq!(c.monitor.unix_socket_path, PathBuf::from("/from/file.sock"));
+        assert_eq!(c.server_hub.url.as_deref(), Some("http://hub:8080"));
+        let o = Overrides {
+            config: Some(file),
+            socket: Some("/flag.sock".into()),
+            db: Some("/flag.db".into()),
+        };
+        let c = Config::load(&o, env_of(&[("CODI_DB", "/from/env.db")])).unwrap();
+        assert_eq!(c.storage.sqlite_path, PathBuf::from("/flag.db"));
+        assert_eq!(c.monitor.unix_socket_path, PathBuf::from("/flag.sock"));
+    }
+
+    #[test]
+    fn bad_values_are_named_and_secrets_not_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "[monitor]\ntcp_token = \"s3cret-s3cret-s3cret\"\nbogus = 1\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(file),
+            ..Overrides::default()
+        };
+        let e = Config::load(&o, env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+
+        let e = Config::load(
+            &Overrides::default(),
+            env_of(&[("CODI_RETENTION_DAYS", "soon")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("CODI_RETENTION_DAYS"), "{e}");
+        let e = Config::load(
+            &Overrides::default(),
+            env_of(&[("CODI_TCP_ENABLED", "true")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tcp_token"), "{e}");
+    }
+
+    #[test]
+    fn the_socket_is_per_user_without_a_runtime_dir() {
+        let s = paths::default_socket();
+        assert!(s.to_string_lossy().contains("codi-monitor"), "{s:?}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Start-up, accept loops and shutdown: SIGTERM/SIGINT (or the `stop` future) stops the
+//! accept loops, lets every connection answer what it has read, closes the store (pending
+//! writes commit) and removes the socket file.
+
+use crate::config::Config;
+use crate::ipc::{self, Ipc};
+use crate::store::MonitorStore;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// A started daemon: its listeners are bound, its store open.
+pub struct Daemon {
+    config: Config,
+    ipc: Arc<Ipc>,
+    unix: UnixListener,
+    tcp: Option<TcpListener>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Opens the store and binds the listeners; fails (and leaves nothing behind) when
+    /// another daemon owns the socket.
+    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        let socket = config.monitor.unix_socket_path.clone();
+        let unix = ipc::bind_unix(&socket).await?;
+        let opened = async {
+            let store =
+                MonitorStore::open(&config.storage.sqlite_path, config.synchronous()?).await?;
+            let tcp = match config.monitor.tcp_enabled {
+                true => Some(TcpListener::bind(config.monitor.tcp_listen).await?),
+                false => None,
+            };
+            anyhow::Ok((store, tcp))
+        }
+        .await;
+        let (store, tcp) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            socket = %socket.display(),
+            db = %config.storage.sqlite_path.display(),
+            tcp = ?tcp.as_ref().and_then(|t| t.local_addr().ok()),
+            "codi-monitor started"
+        );
+        Ok(Daemon {
+            ipc: Arc::new(Ipc {
+                store,
+                started: Instant::now(),
+                tcp_token: config.monitor.tcp_token.clone(),
+            }),
+            config,
+            unix,
+            tcp,
+            socket,
+        })
+    }
+
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.as_ref().and_then(|t| t.local_addr().ok())
+    }
+
+    /// Serves until `stop` resolves, then shuts down cleanly.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(self.config.monitor.max_connections));
+        let mut conns = JoinSet::new();
+        tokio::pin!(stop);
+        loop {
+            // A free slot first: at the limit, new clients wait in the listen backlog.
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = &mut stop => break,
+            };
+            tokio::select! {
+                accepted = self.unix.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let (ipc, rx) = (self.ipc.clone(), stop_rx.clone());
+                        conns.spawn(async move {
+                            ipc::serve(ipc, stream, false, rx).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unix accept failed"),
+                },
+                accepted = accept_tcp(&self.tcp) => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        let (ipc, rx) = (self.ipc.clone(), stop_rx.clone());
+                        conns.spawn(async move {
+                            ipc::serve(ipc, stream, true, rx).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "tcp accept failed"),
+                },
+                _ = &mut stop => break,
+            }
+            while conns.try_join_next().is_some() {}
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.config.shutdown_timeout(), async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still open at the shutdown timeout");
+            conns.abort_all();
+        }
+        self.ipc.store.close().await;
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("stopped");
+    }
+}
+
+async fn accept_tcp(
+    tcp: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match tcp {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signalled() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,351 @@
+//! The IPC server: a Unix socket (mode 0600) and, when enabled, a TCP listener whose first
+//! frame must be a `Hello` with the configured token. Frames are
+//! [`coditect_proto::ipc`]'s; every request gets one reply carrying its id, in order, and
+//! a client may pipeline. Nothing a client sends can stop the daemon: an undecodable frame
+//! gets an `Error` and the connection goes on, an oversized one gets an `Error` and a
+//! close, a client that vanishes mid-frame costs its buffer.
+
+use crate::store::{MonitorStore, NewEntry};
+use coditect_proto::ErrorCode;
+use coditect_proto::ipc::{
+    AckStatus, ComponentStatus, EncodeError, Frame, Message, Payload, encode_frame, next_frame,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Most entries a `QueryLogs` may ask for.
+pub const MAX_QUERY: u32 = 10_000;
+
+/// What every connection shares.
+pub struct Ipc {
+    pub store: MonitorStore,
+    pub started: Instant,
+    /// The TCP token; connections over TCP must present it first.
+    pub tcp_token: Option<String>,
+}
+
+/// Binds the Unix socket at `path`: refuses when a live daemon answers there, replaces a
+/// stale socket file, and never exposes the socket with wider permissions than 0600 (it
+/// is bound under a temporary name, restricted, then renamed into place).
+pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "{} exists and is not a socket: refusing to replace it",
+                path.display()
+            );
+        }
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another codi-monitor is already running on {} (stop it, or use --socket)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)?;
+        tracing::info!(path = %path.display(), "replaced a stale socket");
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let staging = temp_name(path);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&staging, path)?;
+    Ok(listener)
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.tmp", std::process::id()));
+    PathBuf::from(name)
+}
+
+/// Serves one connection until the client leaves, it breaks the protocol beyond repair,
+/// or `stop` turns true (then after the frames already read are answered).
+pub async fn serve<S>(ipc: Arc<Ipc>, mut stream: S, tcp: bool, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut authenticated = !tcp;
+    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(8 * 1024);
+    loop {
+        let mut close = false;
+        loop {
+            match next_frame(&buf) {
+                Ok(None) => break,
+                Err(too_large) => {
+                    push(
+                        &mut out,
+                        Message::reply(
+                            Uuid::nil(),
+                            error(ErrorCode::PayloadTooLarge, too_large.to_string()),
+                        ),
+                    );
+                    close = true;
+                    break;
+                }
+                Ok(Some((frame, used))) => {
+                    buf.drain(..used);
+                    let (reply, fatal) = answer(&ipc, frame, &mut authenticated).await;
+                    push(&mut out, reply);
+                    if fatal {
+                        close = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close || *stop.borrow() {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        buf.reserve(8 * 1024);
+        tokio::select! {
+            read = stream.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Frames `reply`; one too large for a frame (a big query) is cut down until it fits.
+fn push(out: &mut Vec<u8>, mut reply: Message) {
+    loop {
+        match encode_frame(&reply, out) {
+            Ok(()) => return,
+            Err(EncodeError::TooLarge(_)) => {
+                if let Payload::LogResults { entries, .. } = &mut reply.payload
+                    && entries.len() > 1
+                {
+                    entries.truncate(entries.len() / 2);
+                    continue;
+                }
+                reply.payload = error(
+                    ErrorCode::PayloadTooLarge,
+                    "the reply is over the frame limit".into(),
+                );
+            }
+            Err(EncodeError::Serialize(e)) => {
+                tracing::error!(error = %e, "cannot encode a reply");
+                reply.payload = error(ErrorCode::InternalError, "cannot encode the reply".into());
+            }
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: String) -> Payload {
+    Payload::Error {
+        code,
+        message,
+        details: None,
+    }
+}
+
+fn ack(request_id: Uuid, status: AckStatus, stored: u32) -> Payload {
+    Payload::Acknowledgment {
+        request_id,
+        status,
+        stored,
+    }
+}
+
+fn unavailable(e: coditect_store::StoreError) -> Payload {
+    tracing::error!(error = %e, "store write failed");
+    error(
+        ErrorCode::Unavailable,
+        "the local store cannot take writes right now; nothing was stored".into(),
+    )
+}
+
+/// The reply to one frame, and whether the connection must close after it.
+async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, bool) {
+    let m = match frame {
+        Frame::Message(m) => m,
+        Frame::Undecodable { id, reason } => {
+            let reply = error(
+                ErrorCode::BadRequest,
+                format!("undecodable message: {reason}"),
+            );
+            return (Message::reply(id.unwrap_or_else(Uuid::nil), reply), false);
+        }
+    };
+    let id = m.id;
+    if !*authenticated {
+        return match m.payload {
+            Payload::Hello { token }
+                if ipc
+                    .tcp_token
+                    .as_deref()
+                    .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) =>
+            {
+                *authenticated = true;
+                (Message::reply(id, ack(id, AckStatus::Accepted, 0)), false)
+            }
+            _ => (
+                Message::reply(
+                    id,
+                    error(
+                        ErrorCode::AuthRequired,
+                        "the first frame over TCP must be Hello with the monitor's token".into(),
+                    ),
+                ),
+                true,
+            ),
+        };
+    }
+    let payload = match m.payload {
+        Payload::Hello { .. } => ack(id, AckStatus::Accepted, 0),
+        Payload::LogEntry(e) => match NewEntry::parse(e) {
+            Err(reason) => ack(id, AckStatus::Rejected(reason), 0),
+            Ok(entry) => match ipc.store.append(vec![entry]).await {
+                Ok(n) => ack(id, AckStatus::Accepted, n),
+                Err(e) => unavailable(e),
+            },
+        },
+        Payload::LogBatch { entries } => {
+            let parsed: Result<Vec<NewEntry>, String> = entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| NewEntry::parse(e).map_err(|r| format!("entry {i}: {r}")))
+                .collect();
+            match parsed {
+                Err(reason) => ack(id, AckStatus::Rejected(reason), 0),
+                Ok(entries) if entries.is_empty() => ack(id, AckStatus::Accepted, 0),
+                Ok(entries) => match ipc.store.append(entries).await {
+                    Ok(n) => ack(id, AckStatus::Accepted, n),
+                    Err(e) => unavailable(e),
+                },
+            }
+        }
+        Payload::QueryLogs { filter, limit } => {
+            if limit == 0 || limit > MAX_QUERY {
+                error(
+                    ErrorCode::BadRequest,
+                    format!("limit must be between 1 and {MAX_QUERY}"),
+                )
+            } else {
+                match ipc.store.query(filter, limit).await {
+                    Ok((entries, total_count)) => Payload::LogResults {
+                        entries,
+                        total_count,
+                    },
+                    Err(e) => unavailable(e),
+                }
+            }
+        }
+        Payload::SessionStart {
+            session_id,
+            identity,
+            agent_type,
+        } => {
+            if session_id.trim().is_empty() || identity.trim().is_empty() {
+                error(
+                    ErrorCode::BadRequest,
+                    "session_id and identity must not be empty".into(),
+                )
+            } else {
+                match ipc
+                    .store
+                    .session_start(session_id, identity, agent_type)
+                    .await
+                {
+                    Ok(()) => ack(id, AckStatus::Accepted, 0),
+                    Err(e) => unavailable(e),
+                }
+            }
+        }
+        Payload::SessionEnd { session_id } => match ipc.store.session_end(session_id).await {
+            Ok(true) => ack(id, AckStatus::Accepted, 0),
+            Ok(false) => error(ErrorCode::NotFound, "no such open session".into()),
+            Err(e) => unavailable(e),
+        },
+        Payload::StartMonitoring {
+            path,
+            recursive,
+            patterns,
+        } => {
+            if !path.is_absolute() {
+                error(ErrorCode::BadRequest, "the path must be absolute".into())
+            } else {
+                let w = coditect_proto::ipc::WatchedPath {
+                    path,
+                    recursive,
+                    patterns,
+                    mode: "native".into(),
+                };
+                match ipc.store.watch_add(w).await {
+                    Ok(()) => ack(id, AckStatus::Accepted, 0),
+                    Err(e) => unavailable(e),
+                }
+            }
+        }
+        Payload::StopMonitoring { path } => match ipc.store.watch_remove(path).await {
+            Ok(true) => ack(id, AckStatus::Accepted, 0),
+            Ok(false) => error(ErrorCode::NotFound, "that path is not watched".into()),
+            Err(e) => unavailable(e),
+        },
+        Payload::ListMonitoring => match ipc.store.watches().await {
+            Ok(paths) => Payload::Monitoring { paths },
+            Err(e) => unavailable(e),
+        },
+        Payload::GetStatus => {
+            let store = ipc.store.probe().await;
+            Payload::Status {
+                components: vec![
+                    ComponentStatus {
+                        name: "store".into(),
+                        status: if store.healthy {
+                            "healthy"
+                        } else {
+                            "unhealthy"
+                        }
+                        .into(),
+                        detail: store.message,
+                    },
+                    ComponentStatus {
+                        name: "ipc".into(),
+                        status: "healthy".into(),
+                        detail: None,
+                    },
+                ],
+                uptime_ms: ipc.started.elapsed().as_millis() as u64,
+                version: env!("CARGO_PKG_VERSION").into(),
+            }
+        }
+        Payload::Acknowledgment { .. }
+        | Payload::LogResults { .. }
+        | Payload::Monitoring { .. }
+        | Payload::Error { .. }
+        | Payload::Status { .. } => error(
+            ErrorCode::BadRequest,
+            "that is a reply, not a request".into(),
+        ),
+    };
+    (Message::reply(id, payload), false)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,11 @@
+//! `codi-monitor`: the daemon on each developer machine or workspace (ADR-031).
+//!
+//! - [`config`]: settings and the default paths `codi2` shares;
+//! - [`store`]: the local SQLite store (durable before any acknowledgement);
+//! - [`ipc`]: the Unix socket / TCP server speaking `coditect_proto::ipc`;
+//! - [`daemon`]: start-up, the accept loops and graceful shutdown.
+
+pub mod config;
+pub mod daemon;
+pub mod ipc;
+pub mod store;

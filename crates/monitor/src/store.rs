@@ -1,0 +1,336 @@
+//! The monitor's local store: one SQLite file in WAL mode, on the same engine as the hub's
+//! embedded store (one writer thread with group commit, a pool of readers), with the
+//! monitor's own schema (`migrations/`). A write returns once it is committed: an
+//! acknowledgement sent after it is durable.
+
+use coditect_proto::Level;
+use coditect_proto::ipc::{LogEntry, LogFilter, StoredLog, WatchedPath};
+use coditect_store::migrate::Migration;
+use coditect_store::{SqliteConfig, SqliteStore, StoreError, Synchronous};
+use rusqlite::{OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_monitor",
+    sql: include_str!("../migrations/0001_monitor.sql"),
+}];
+
+/// Longest accepted message (bytes); longer entries are refused, not truncated.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Longest accepted metadata (bytes of JSON).
+pub const MAX_METADATA: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct MonitorStore {
+    db: SqliteStore,
+}
+
+/// An entry checked and ready to store.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub id: Uuid,
+    pub ts: i64,
+    pub level: Level,
+    pub component: String,
+    pub message: String,
+    pub metadata: Option<String>,
+    pub session_id: Option<String>,
+}
+
+impl NewEntry {
+    /// Checks an entry from a client ("parse, don't validate"): the reason when it is
+    /// refused.
+    pub fn parse(e: LogEntry) -> Result<NewEntry, String> {
+        if e.component.trim().is_empty() {
+            return Err("component is empty".into());
+        }
+        if e.component.len() > 256 {
+            return Err("component is over 256 bytes".into());
+        }
+        if e.message.len() > MAX_MESSAGE {
+            return Err(format!("message is over {MAX_MESSAGE} bytes"));
+        }
+        let metadata = match e.metadata {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v @ serde_json::Value::Object(_)) => {
+                let text = v.to_string();
+                if text.len() > MAX_METADATA {
+                    return Err(format!("metadata is over {MAX_METADATA} bytes"));
+                }
+                Some(text)
+            }
+            Some(_) => return Err("metadata must be a JSON object".into()),
+        };
+        let ts = e
+            .timestamp
+            .unwrap_or_else(chrono::Utc::now)
+            .timestamp_micros();
+        Ok(NewEntry {
+            id: Uuid::now_v7(),
+            ts,
+            level: e.level,
+            component: e.component,
+            message: e.message,
+            metadata,
+            session_id: e.session_id.filter(|s| !s.is_empty()),
+        })
+    }
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl MonitorStore {
+    /// Opens (creating the file and its directory, mode 0700, if needed) and migrates.
+    pub async fn open(path: &Path, synchronous: Synchronous) -> Result<MonitorStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
+                })?;
+        }
+        let mut config = SqliteConfig::new(path);
+        config.synchronous = synchronous;
+        config.migrations = MIGRATIONS;
+        config.readers = 2;
+        Ok(MonitorStore {
+            db: SqliteStore::open(config).await?,
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.db.path().to_path_buf()
+    }
+
+    /// Stores entries in one transaction; returns once they are durable.
+    pub async fn append(&self, entries: Vec<NewEntry>) -> Result<u32, StoreError> {
+        let n = entries.len() as u32;
+        self.db
+            .write(move |c| {
+                let created = now_micros();
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO logs (id, timestamp, level, component, session_id, message,
+                                       metadata, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for e in &entries {
+                    stmt.execute(params![
+                        e.id.as_bytes(),
+                        e.ts,
+                        e.level.as_u8(),
+                        e.component,
+                        e.session_id,
+                        e.message,
+                        e.metadata,
+                        created,
+                    ])?;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    /// Newest first, at most `limit`, and how many match in all.
+    pub async fn query(
+        &self,
+        filter: LogFilter,
+        limit: u32,
+    ) -> Result<(Vec<StoredLog>, u64), StoreError> {
+        self.db
+            .read(move |c| {
+                let min_level = filter.min_level.map(|l| l.as_u8());
+                let since = filter.since.map(|t| t.timestamp_micros());
+                let until = filter.until.map(|t| t.timestamp_micros());
+                let conditions = "(?1 IS NULL OR level >= ?1)
+                    AND (?2 IS NULL OR component = ?2)
+                    AND (?3 IS NULL OR session_id = ?3)
+                    AND (?4 IS NULL OR timestamp >= ?4)
+                    AND (?5 IS NULL OR timestamp < ?5)";
+                let total: i64 = c
+                    .prepare_cached(&format!("SELECT count(*) FROM logs WHERE {conditions}"))?
+                    .query_row(
+                        params![min_level, filter.component, filter.session_id, since, until],
+                        |r| r.get(0),
+                    )?;
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT seq, id, timestamp, level, component, message, metadata, session_id,
+                            synced
+                     FROM logs WHERE {conditions} AND (?6 IS NULL OR seq < ?6)
+                     ORDER BY seq DESC LIMIT ?7"
+                ))?;
+                let rows = stmt.query_map(
+                    params![
+                        min_level,
+                        filter.component,
+                        filter.session_id,
+                        since,
+                        until,
+                        filter.before_seq,
+                        limit
+                    ],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, u8>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                            r.get::<_, Option<String>>(6)?,
+                            r.get::<_, Option<String>>(7)?,
+                            r.get::<_, bool>(8)?,
+                        ))
+                    },
+                )?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (seq, id, ts, level, component, message, metadata, session_id, synced) =
+                        row?;
+                    out.push(StoredLog {
+                        seq,
+                        id: Uuid::from_slice(&id)
+                            .map_err(|_| StoreError::Internal(format!("bad id at seq {seq}")))?,
+                        timestamp: chrono::DateTime::from_timestamp_micros(ts).unwrap_or_default(),
+                        level: Level::from_u8(level).unwrap_or_default(),
+                        component,
+                        message,
+                        metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+                        session_id,
+                        synced,
+                    });
+                }
+                Ok((out, total.max(0) as u64))
+            })
+            .await
+    }
+
+    pub async fn session_start(
+        &self,
+        id: String,
+        identity: String,
+        agent_type: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO sessions (id, identity, agent_type, started_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET identity = ?2, agent_type = ?3, ended_at = NULL",
+                )?
+                .execute(params![id, identity, agent_type, now_micros()])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Ends a session; false when there is no such open session.
+    pub async fn session_end(&self, id: String) -> Result<bool, StoreError> {
+        self.db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE sessions SET ended_at = ?2 WHERE id = ?1 AND ended_at IS NULL",
+                    )?
+                    .execute(params![id, now_micros()])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    /// The open session with this id: (identity, agent_type).
+    pub async fn session(
+        &self,
+        id: String,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        self.db
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT identity, agent_type FROM sessions WHERE id = ?1 AND ended_at IS NULL",
+                )?
+                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?)
+            })
+            .await
+    }
+
+    pub async fn watch_add(&self, w: WatchedPath) -> Result<(), StoreError> {
+        let patterns =
+            serde_json::to_string(&w.patterns).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO monitored_paths (path, recursive, patterns, active, created_at)
+                     VALUES (?1, ?2, ?3, 1, ?4)
+                     ON CONFLICT (path) DO UPDATE SET recursive = ?2, patterns = ?3, active = 1",
+                )?
+                .execute(params![
+                    w.path.to_string_lossy(),
+                    w.recursive,
+                    patterns,
+                    now_micros()
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Stops watching; false when the path was not watched.
+    pub async fn watch_remove(&self, path: PathBuf) -> Result<bool, StoreError> {
+        self.db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE monitored_paths SET active = 0 WHERE path = ?1 AND active = 1",
+                    )?
+                    .execute(params![path.to_string_lossy()])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    /// The active watches (what the daemon resumes after a restart).
+    pub async fn watches(&self) -> Result<Vec<WatchedPath>, StoreError> {
+        self.db
+            .read(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT path, recursive, patterns FROM monitored_paths WHERE active = 1
+                     ORDER BY path",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (path, recursive, patterns) = row?;
+                    out.push(WatchedPath {
+                        path: path.into(),
+                        recursive,
+                        patterns: serde_json::from_str(&patterns).unwrap_or_default(),
+                        mode: "native".into(),
+                    });
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    pub async fn probe(&self) -> coditect_proto::ComponentHealth {
+        self.db.probe().await
+    }
+
+    pub async fn close(&self) {
+        self.db.close().await
+    }
+}

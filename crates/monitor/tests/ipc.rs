@@ -1,0 +1,463 @@
+//! The daemon over real sockets and a real SQLite file: replies carry request ids, entries
+//! are durable when acknowledged, bad frames never hurt the daemon, the socket is private
+//! and owned by one daemon, TCP needs the token.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use coditect_monitor::config::Config;
+use coditect_monitor::daemon::Daemon;
+use coditect_monitor::store::MonitorStore;
+use coditect_proto::ipc::{
+    AckStatus, Frame, LogEntry, LogFilter, Message, Payload, encode_frame, next_frame,
+};
+use coditect_proto::{ErrorCode, Level};
+use coditect_store::Synchronous;
+use std::path::PathBuf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+struct TestDaemon {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    db: PathBuf,
+    tcp: Option<std::net::SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+const TOKEN: &str = "a-long-enough-test-token";
+
+async fn spawn_daemon(tcp: bool) -> TestDaemon {
+    let dir = tempfile::tempdir().unwrap();
+    spawn_in(dir, tcp).await
+}
+
+async fn spawn_in(dir: tempfile::TempDir, tcp: bool) -> TestDaemon {
+    let mut config = Config::default();
+    config.monitor.unix_socket_path = dir.path().join("run").join("m.sock");
+    config.storage.sqlite_path = dir.path().join("data").join("m.db");
+    if tcp {
+        config.monitor.tcp_enabled = true;
+        config.monitor.tcp_listen = "127.0.0.1:0".parse().unwrap();
+        config.monitor.tcp_token = Some(TOKEN.into());
+    }
+    let (socket, db) = (
+        config.monitor.unix_socket_path.clone(),
+        config.storage.sqlite_path.clone(),
+    );
+    let daemon = Daemon::start(config).await.unwrap();
+    let tcp = daemon.tcp_addr();
+    let (tx, rx) = oneshot::channel();
+    let done = tokio::spawn(daemon.run(async {
+        let _ = rx.await;
+    }));
+    TestDaemon {
+        dir,
+        socket,
+        db,
+        tcp,
+        stop: Some(tx),
+        done,
+    }
+}
+
+impl TestDaemon {
+    async fn client(&self) -> Client<UnixStream> {
+        Client::new(UnixStream::connect(&self.socket).await.unwrap())
+    }
+
+    async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.done).await.unwrap();
+        self.dir
+    }
+}
+
+struct Client<S> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    fn new(stream: S) -> Client<S> {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, m: &Message) {
+        let mut out = Vec::new();
+        encode_frame(m, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next reply, or None when the daemon closed the connection.
+    async fn reply(&mut self) -> Option<Message> {
+        loop {
+            if let Some((frame, used)) = next_frame(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                match frame {
+                    Frame::Message(m) => return Some(m),
+                    other => panic!("undecodable reply {other:?}"),
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn call(&mut self, payload: Payload) -> Payload {
+        let m = Message::request(payload);
+        self.send(&m).await;
+        let r = self.reply().await.expect("a reply");
+        assert_eq!(r.id, m.id, "the reply carries the request's id");
+        r.payload
+    }
+}
+
+fn entry(level: Level, message: &str) -> LogEntry {
+    LogEntry {
+        level,
+        component: "cli".into(),
+        message: message.into(),
+        metadata: Some(serde_json::json!({"file": "main.rs"})),
+        session_id: Some("s-1".into()),
+        timestamp: None,
+    }
+}
+
+fn accepted(p: &Payload) -> u32 {
+    match p {
+        Payload::Acknowledgment {
+            status: AckStatus::Accepted,
+            stored,
+            ..
+        } => *stored,
+        other => panic!("not accepted: {other:?}"),
+    }
+}
+
+fn error_code(p: &Payload) -> ErrorCode {
+    match p {
+        Payload::Error { code, .. } => *code,
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_entries_are_durable_and_queryable() {
+    let d = spawn_daemon(false).await;
+    let mut c = d.client().await;
+    assert_eq!(
+        accepted(&c.call(Payload::LogEntry(entry(Level::Info, "hello"))).await),
+        1
+    );
+    let batch: Vec<LogEntry> = (0..500)
+        .map(|i| entry(Level::Warn, &format!("b{i}")))
+        .collect();
+    assert_eq!(
+        accepted(&c.call(Payload::LogBatch { entries: batch }).await),
+        500
+    );
+    // Pipelined: 100 requests in one write, 100 replies in order.
+    let msgs: Vec<Message> = (0..100)
+        .map(|i| Message::request(Payload::LogEntry(entry(Level::Error, &format!("p{i}")))))
+        .collect();
+    let mut out = Vec::new();
+    for m in &msgs {
+        encode_frame(m, &mut out).unwrap();
+    }
+    c.stream.write_all(&out).await.unwrap();
+    for m in &msgs {
+        let r = c.reply().await.unwrap();
+        assert_eq!(r.id, m.id);
+        assert_eq!(accepted(&r.payload), 1);
+    }
+    match c
+        .call(Payload::QueryLogs {
+            filter: LogFilter {
+                min_level: Some(Level::Error),
+                ..LogFilter::default()
+            },
+            limit: 10,
+        })
+        .await
+    {
+        Payload::LogResults {
+            entries,
+            total_count,
+        } => {
+            assert_eq!(total_count, 100);
+            assert_eq!(entries.len(), 10);
+            assert_eq!(entries[0].message, "p99", "newest first");
+            assert_eq!(
+                entries[0].metadata,
+                Some(serde_json::json!({"file": "main.rs"}))
+            );
+            assert_eq!(entries[0].session_id.as_deref(), Some("s-1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A bad entry is refused with its reason; a batch with one is refused whole.
+    let mut bad = entry(Level::Info, "x");
+    bad.metadata = Some(serde_json::json!([1, 2]));
+    assert!(matches!(
+        c.call(Payload::LogEntry(bad.clone())).await,
+        Payload::Acknowledgment { status: AckStatus::Rejected(r), .. } if r.contains("object")
+    ));
+    assert!(matches!(
+        c.call(Payload::LogBatch { entries: vec![entry(Level::Info, "ok"), bad] }).await,
+        Payload::Acknowledgment { status: AckStatus::Rejected(r), stored: 0, .. } if r.starts_with("entry 1")
+    ));
+    assert_eq!(
+        error_code(
+            &c.call(Payload::QueryLogs {
+                filter: LogFilter::default(),
+                limit: 0
+            })
+            .await
+        ),
+        ErrorCode::BadRequest
+    );
+
+    // What was acknowledged is in the file, read by another opener after the daemon stops.
+    let db = d.db.clone();
+    let socket = d.socket.clone();
+    let _dir = d.stop().await;
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+    let store = MonitorStore::open(&db, Synchronous::Full).await.unwrap();
+    let (_, total) = store.query(LogFilter::default(), 1).await.unwrap();
+    assert_eq!(total, 601);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn bad_frames_never_hurt_the_daemon() {
+    let d = spawn_daemon(false).await;
+    // Undecodable but whole: an error, and the connection goes on.
+    let mut c = d.client().await;
+    let junk = b"\x93not msgpack";
+    let mut frame = (junk.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(junk);
+    c.stream.write_all(&frame).await.unwrap();
+    assert_eq!(
+        error_code(&c.reply().await.unwrap().payload),
+        ErrorCode::BadRequest
+    );
+    assert!(matches!(
+        c.call(Payload::GetStatus).await,
+        Payload::Status { .. }
+    ));
+    // A reply sent as a request: an error.
+    assert_eq!(
+        error_code(
+            &c.call(Payload::Status {
+                components: vec![],
+                uptime_ms: 0,
+                version: String::new()
+            })
+            .await
+        ),
+        ErrorCode::BadRequest
+    );
+    // Over the limit: an error, then the daemon closes.
+    let mut c2 = d.client().await;
+    c2.stream
+        .write_all(&(2u32 << 20).to_le_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(&c2.reply().await.unwrap().payload),
+        ErrorCode::PayloadTooLarge
+    );
+    assert!(
+        c2.reply().await.is_none(),
+        "closed after an oversized frame"
+    );
+    // A client that vanishes mid-frame.
+    let mut c3 = d.client().await;
+    c3.stream.write_all(&[200, 0, 0, 0, 1, 2]).await.unwrap();
+    drop(c3);
+    // Random bytes from many clients at once.
+    let mut tasks = Vec::new();
+    for seed in 0..20u64 {
+        let socket = d.socket.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = UnixStream::connect(socket).await.unwrap();
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let bytes: Vec<u8> = (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = s.write_all(&bytes).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Still serving.
+    let mut c4 = d.client().await;
+    assert_eq!(
+        accepted(
+            &c4.call(Payload::LogEntry(entry(Level::Info, "still here")))
+                .await
+        ),
+        1
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn the_socket_is_private_and_owned_by_one_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = spawn_daemon(false).await;
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second daemon on the same socket refuses to start, and leaves the first alone.
+    let mut config = Config::default();
+    config.monitor.unix_socket_path = d.socket.clone();
+    config.storage.sqlite_path = d.dir.path().join("other.db");
+    let err = Daemon::start(config).await.err().expect("refused");
+    assert!(err.to_string().contains("already running"), "{err}");
+    let mut c = d.client().await;
+    assert!(matches!(
+        c.call(Payload::GetStatus).await,
+        Payload::Status { .. }
+    ));
+    let socket = d.socket.clone();
+    let dir = d.stop().await;
+
+    // A stale socket file (its daemon died without cleaning up) is replaced.
+    let stale = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    drop(stale);
+    assert!(socket.exists());
+    let d = spawn_in(dir, false).await;
+    let mut c = d.client().await;
+    assert_eq!(
+        accepted(
+            &c.call(Payload::LogEntry(entry(Level::Info, "after stale")))
+                .await
+        ),
+        1
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_needs_the_token_first() {
+    let d = spawn_daemon(true).await;
+    let addr = d.tcp.unwrap();
+    // No Hello: refused and closed.
+    let mut c = Client::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    assert_eq!(
+        error_code(&c.call(Payload::GetStatus).await),
+        ErrorCode::AuthRequired
+    );
+    assert!(c.reply().await.is_none());
+    // A wrong token: the same.
+    let mut c = Client::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    assert_eq!(
+        error_code(
+            &c.call(Payload::Hello {
+                token: "not-the-token-at-all".into()
+            })
+            .await
+        ),
+        ErrorCode::AuthRequired
+    );
+    // The token: served.
+    let mut c = Client::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    accepted(
+        &c.call(Payload::Hello {
+            token: TOKEN.into(),
+        })
+        .await,
+    );
+    assert_eq!(
+        accepted(
+            &c.call(Payload::LogEntry(entry(Level::Info, "over tcp")))
+                .await
+        ),
+        1
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_and_watches_persist() {
+    let d = spawn_daemon(false).await;
+    let mut c = d.client().await;
+    accepted(
+        &c.call(Payload::SessionStart {
+            session_id: "s-9".into(),
+            identity: "ada@example.com".into(),
+            agent_type: Some("claude".into()),
+        })
+        .await,
+    );
+    let watched = d.dir.path().join("src");
+    accepted(
+        &c.call(Payload::StartMonitoring {
+            path: watched.clone(),
+            recursive: true,
+            patterns: vec!["**/*.rs".into(), "!target/**".into()],
+        })
+        .await,
+    );
+    assert_eq!(
+        error_code(
+            &c.call(Payload::StartMonitoring {
+                path: "relative".into(),
+                recursive: true,
+                patterns: vec![]
+            })
+            .await
+        ),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        error_code(
+            &c.call(Payload::SessionEnd {
+                session_id: "nope".into()
+            })
+            .await
+        ),
+        ErrorCode::NotFound
+    );
+    let dir = d.stop().await;
+    // After a restart, the watch is still there and the session still open.
+    let d = spawn_in(dir, false).await;
+    let mut c = d.client().await;
+    match c.call(Payload::ListMonitoring).await {
+        Payload::Monitoring { paths } => {
+            assert_eq!(paths.len(), 1);
+            assert_eq!(paths[0].path, watched);
+            assert_eq!(paths[0].patterns, vec!["**/*.rs", "!target/**"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    accepted(
+        &c.call(Payload::SessionEnd {
+            session_id: "s-9".into(),
+        })
+        .await,
+    );
+    accepted(&c.call(Payload::StopMonitoring { path: watched }).await);
+    match c.call(Payload::ListMonitoring).await {
+        Payload::Monitoring { paths } => assert!(paths.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    d.stop().await;
+}
