@@ -287,6 +287,17 @@ async fn session(
                 }
                 metrics::histogram!("log_tail_delivery_seconds").record(entry.heard_at.elapsed().as_secs_f64());
                 last = Some(at);
+                // Caught up: entries dropped since (possibly the newest ones) are reported
+                // now, not only when another entry comes.
+                if queue.is_empty() {
+                    let missed = dropped.swap(0, Ordering::Relaxed);
+                    if missed > 0 {
+                        let note = serde_json::json!({"type": "dropped", "count": missed});
+                        if !send(&mut socket, note.to_string()).await {
+                            break;
+                        }
+                    }
+                }
             }
             message = socket.recv() => match message {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
