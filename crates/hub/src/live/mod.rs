@@ -203,6 +203,17 @@ async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
     socket.send(Message::Text(text.into())).await.is_ok()
 }
 
+/// Tells the client how many entries it missed since the last report, if any; false when
+/// the socket is gone.
+async fn report_dropped(socket: &mut WebSocket, dropped: &AtomicU64) -> bool {
+    let missed = dropped.swap(0, Ordering::Relaxed);
+    if missed == 0 {
+        return true;
+    }
+    let note = serde_json::json!({"type": "dropped", "count": missed});
+    send(socket, note.to_string()).await
+}
+
 async fn session(
     mut socket: WebSocket,
     state: AppState,
@@ -275,28 +286,17 @@ async fn session(
                 if tenant.is_some() && last.is_some_and(|l| at <= l) {
                     continue; // already sent from the backlog
                 }
-                let missed = dropped.swap(0, Ordering::Relaxed);
-                if missed > 0 {
-                    let note = serde_json::json!({"type": "dropped", "count": missed});
-                    if !send(&mut socket, note.to_string()).await {
-                        break;
-                    }
-                }
-                if !send(&mut socket, &*entry.frame).await {
+                if !report_dropped(&mut socket, &dropped).await
+                    || !send(&mut socket, &*entry.frame).await
+                {
                     break;
                 }
                 metrics::histogram!("log_tail_delivery_seconds").record(entry.heard_at.elapsed().as_secs_f64());
                 last = Some(at);
                 // Caught up: entries dropped since (possibly the newest ones) are reported
                 // now, not only when another entry comes.
-                if queue.is_empty() {
-                    let missed = dropped.swap(0, Ordering::Relaxed);
-                    if missed > 0 {
-                        let note = serde_json::json!({"type": "dropped", "count": missed});
-                        if !send(&mut socket, note.to_string()).await {
-                            break;
-                        }
-                    }
+                if queue.is_empty() && !report_dropped(&mut socket, &dropped).await {
+                    break;
                 }
             }
             message = socket.recv() => match message {

@@ -239,10 +239,13 @@ impl Seen {
         if self.chunks == 0 {
             return 1;
         }
-        if found >= limit || self.matches == 0 {
-            // Full: only chunks overlapping the worst entry found are still read. Nothing
-            // yet: a rare match, read in large groups.
-            return if found >= limit { 4 } else { MAX_BODY_GROUP };
+        if found >= limit {
+            // Full: only chunks overlapping the worst entry found are still read.
+            return 4;
+        }
+        if self.matches == 0 {
+            // Nothing yet: a rare match, read in large groups.
+            return MAX_BODY_GROUP;
         }
         let need = (limit - found) * self.chunks;
         need.div_ceil(self.matches).clamp(1, MAX_BODY_GROUP)

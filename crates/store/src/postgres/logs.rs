@@ -44,6 +44,26 @@ fn chunk_ref(tenant: TenantId, row: &Row) -> Result<ChunkRef, StoreError> {
     })
 }
 
+impl PgStore {
+    /// One blob column of some chunks of a tenant, by seq.
+    async fn chunk_column(
+        &self,
+        tenant: TenantId,
+        seqs: &[i64],
+        column: &'static str,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT seq, {column} FROM log_chunks WHERE tenant_id = $1 AND seq = ANY($2)"
+                ),
+                &[&tenant.as_uuid(), &seqs],
+            )
+            .await?;
+        map_rows(&rows, |r| Ok((r.col(0)?, r.col(1)?)))
+    }
+}
+
 /// The seq of an already stored chunk.
 async fn chunk_seq(
     tx: &tokio_postgres::Transaction<'_>,
@@ -238,13 +258,7 @@ impl LogStore for PgStore {
         tenant: TenantId,
         seqs: &[i64],
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT seq, data FROM log_chunks WHERE tenant_id = $1 AND seq = ANY($2)",
-                &[&tenant.as_uuid(), &seqs],
-            )
-            .await?;
-        map_rows(&rows, |r| Ok((r.col(0)?, r.col(1)?)))
+        self.chunk_column(tenant, seqs, "data").await
     }
 
     async fn chunk_blooms(
@@ -252,13 +266,7 @@ impl LogStore for PgStore {
         tenant: TenantId,
         seqs: &[i64],
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT seq, bloom FROM log_chunks WHERE tenant_id = $1 AND seq = ANY($2)",
-                &[&tenant.as_uuid(), &seqs],
-            )
-            .await?;
-        map_rows(&rows, |r| Ok((r.col(0)?, r.col(1)?)))
+        self.chunk_column(tenant, seqs, "bloom").await
     }
 
     async fn locate_entry(
