@@ -36,6 +36,8 @@ pub struct Storage {
     pub synchronous: String,
     /// Synced entries older than this are deleted; unsynced ones are kept.
     pub retention_days: u32,
+    /// Where exported files are archived (content-addressed).
+    pub export_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +51,22 @@ pub struct Monitor {
     pub tcp_token: Option<String>,
     /// Most concurrent IPC connections.
     pub max_connections: usize,
+    /// File events for one path within this window become one entry.
+    #[serde(with = "humantime_serde_compat")]
+    pub debounce: Duration,
+    /// How often polling watches scan their tree.
+    #[serde(with = "humantime_serde_compat")]
+    pub scan_interval: Duration,
+    /// File events waiting to be processed; past it the queue overflows and the watched
+    /// trees are rescanned (nothing is missed, but events become coarser).
+    pub event_queue: usize,
+    /// Globs (matched against the path under its watch, and the file name) of files to
+    /// archive when they are created or changed.
+    pub export_patterns: Vec<String>,
+    /// Move exported files into the archive instead of copying them.
+    pub export_move: bool,
+    /// The loopback HTTP port for `/health` and `/metrics`; `None` = off.
+    pub http_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -75,6 +93,7 @@ impl Default for Storage {
             sqlite_path: paths::default_db(),
             synchronous: "full".into(),
             retention_days: 30,
+            export_dir: paths::default_export_dir(),
         }
     }
 }
@@ -87,6 +106,12 @@ impl Default for Monitor {
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 9847)),
             tcp_token: None,
             max_connections: 4096,
+            debounce: Duration::from_millis(100),
+            scan_interval: Duration::from_secs(2),
+            event_queue: 65_536,
+            export_patterns: Vec::new(),
+            export_move: false,
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9848))),
         }
     }
 }
@@ -114,6 +139,11 @@ pub mod paths {
     /// `$XDG_DATA_HOME/codi/monitor.db`, else `~/.local/share/codi/monitor.db`.
     pub fn default_db() -> PathBuf {
         data_home().join("codi").join("monitor.db")
+    }
+
+    /// `$XDG_DATA_HOME/codi/exports`, else `~/.local/share/codi/exports`.
+    pub fn default_export_dir() -> PathBuf {
+        data_home().join("codi").join("exports")
     }
 
     /// `$XDG_CONFIG_HOME/codi`, else `~/.config/codi`.
@@ -229,6 +259,15 @@ impl Config {
         if let Some(v) = env("CODI_TCP_TOKEN") {
             self.monitor.tcp_token = Some(v);
         }
+        if let Some(v) = env("CODI_HTTP_LISTEN") {
+            self.monitor.http_listen = match v.trim() {
+                "" | "off" => None,
+                other => Some(parse("CODI_HTTP_LISTEN", other)?),
+            };
+        }
+        if let Some(v) = env("CODI_EXPORT_DIR") {
+            self.storage.export_dir = v.into();
+        }
         if let Some(v) = env("CODI_HUB_URL") {
             self.server_hub.url = Some(v);
         }
@@ -255,6 +294,23 @@ impl Config {
             ));
         }
         self.synchronous()?;
+        if let Some(addr) = self.monitor.http_listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(ConfigError(format!(
+                "monitor.http_listen={addr}: health and metrics are served on loopback only"
+            )));
+        }
+        if self.monitor.event_queue < 16 {
+            return Err(ConfigError(
+                "monitor.event_queue must be at least 16".into(),
+            ));
+        }
+        for p in &self.monitor.export_patterns {
+            if let Err(e) = globset::Glob::new(p) {
+                return Err(ConfigError(format!("monitor.export_patterns: {p:?}: {e}")));
+            }
+        }
         if self.monitor.max_connections == 0 {
             return Err(ConfigError(
                 "monitor.max_connections must be at least 1".into(),
@@ -357,5 +413,16 @@ mod tests {
     fn the_socket_is_per_user_without_a_runtime_dir() {
         let s = paths::default_socket();
         assert!(s.to_string_lossy().contains("codi-monitor"), "{s:?}");
+    }
+}
+
+/// `"100ms"`, `"2s"` in the file (humantime), as a `Duration`.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }

@@ -3,11 +3,14 @@
 //! writes commit) and removes the socket file.
 
 use crate::config::Config;
+use crate::export::{ExportConfig, Exporter};
 use crate::ipc::{self, Ipc};
 use crate::store::MonitorStore;
+use crate::watch::{WatchConfig, Watcher};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
@@ -45,6 +48,14 @@ impl Daemon {
                 return Err(e);
             }
         };
+        let watcher = match start_watching(&config, &store).await {
+            Ok(w) => w,
+            Err(e) => {
+                store.close().await;
+                let _ = std::fs::remove_file(&socket);
+                return Err(e);
+            }
+        };
         tracing::info!(
             socket = %socket.display(),
             db = %config.storage.sqlite_path.display(),
@@ -54,6 +65,7 @@ impl Daemon {
         Ok(Daemon {
             ipc: Arc::new(Ipc {
                 store,
+                watcher,
                 started: Instant::now(),
                 tcp_token: config.monitor.tcp_token.clone(),
             }),
@@ -119,10 +131,53 @@ impl Daemon {
             tracing::warn!("connections still open at the shutdown timeout");
             conns.abort_all();
         }
+        let watcher = self.ipc.watcher.clone();
+        let _ = tokio::task::spawn_blocking(move || watcher.stop()).await;
         self.ipc.store.close().await;
         let _ = std::fs::remove_file(&self.socket);
         tracing::info!("stopped");
     }
+}
+
+/// The exporter and the watcher, with every persisted watch resumed (a watch whose path is
+/// gone is reported and kept: it resumes when the daemon next starts and the path exists).
+async fn start_watching(config: &Config, store: &MonitorStore) -> anyhow::Result<Arc<Watcher>> {
+    let rt = tokio::runtime::Handle::current();
+    let exporter = Exporter::start(
+        ExportConfig {
+            patterns: config.monitor.export_patterns.clone(),
+            dir: config.storage.export_dir.clone(),
+            move_originals: config.monitor.export_move,
+        },
+        store.clone(),
+        rt.clone(),
+    )?;
+    let db = &config.storage.sqlite_path;
+    let mut ignore = vec![config.storage.export_dir.clone()];
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        ignore.push(PathBuf::from(p));
+    }
+    let watcher = Arc::new(Watcher::start(
+        WatchConfig {
+            debounce: config.monitor.debounce,
+            scan_interval: config.monitor.scan_interval,
+            event_queue: config.monitor.event_queue,
+            ignore,
+        },
+        store.clone(),
+        exporter,
+        rt,
+    )?);
+    for w in store.watches().await? {
+        let path = w.path.clone();
+        if let Err(reason) = watcher.add(w).await {
+            watcher.stats.failed_watches.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(path = %path.display(), reason, "cannot resume a watch");
+        }
+    }
+    Ok(watcher)
 }
 
 async fn accept_tcp(

@@ -6,6 +6,7 @@
 //! close, a client that vanishes mid-frame costs its buffer.
 
 use crate::store::{MonitorStore, NewEntry};
+use crate::watch::Watcher;
 use coditect_proto::ErrorCode;
 use coditect_proto::ipc::{
     AckStatus, ComponentStatus, EncodeError, Frame, Message, Payload, encode_frame, next_frame,
@@ -24,6 +25,7 @@ pub const MAX_QUERY: u32 = 10_000;
 /// What every connection shares.
 pub struct Ipc {
     pub store: MonitorStore,
+    pub watcher: Arc<Watcher>,
     pub started: Instant,
     /// The TCP token; connections over TCP must present it first.
     pub tcp_token: Option<String>,
@@ -285,24 +287,23 @@ async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, 
             path,
             recursive,
             patterns,
+            session_id,
+            mode,
         } => {
-            if !path.is_absolute() {
-                error(ErrorCode::BadRequest, "the path must be absolute".into())
-            } else {
-                let w = coditect_proto::ipc::WatchedPath {
-                    path,
-                    recursive,
-                    patterns,
-                    mode: "native".into(),
-                };
-                match ipc.store.watch_add(w).await {
-                    Ok(()) => ack(id, AckStatus::Accepted, 0),
-                    Err(e) => unavailable(e),
-                }
-            }
+            let w = coditect_proto::ipc::WatchedPath {
+                path,
+                recursive,
+                patterns,
+                mode,
+                session_id,
+            };
+            start_monitoring(ipc, id, w).await
         }
-        Payload::StopMonitoring { path } => match ipc.store.watch_remove(path).await {
-            Ok(true) => ack(id, AckStatus::Accepted, 0),
+        Payload::StopMonitoring { path } => match ipc.store.watch_remove(path.clone()).await {
+            Ok(true) => {
+                ipc.watcher.remove(path);
+                ack(id, AckStatus::Accepted, 0)
+            }
             Ok(false) => error(ErrorCode::NotFound, "that path is not watched".into()),
             Err(e) => unavailable(e),
         },
@@ -329,6 +330,7 @@ async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, 
                         status: "healthy".into(),
                         detail: None,
                     },
+                    ipc.watcher.status(),
                 ],
                 uptime_ms: ipc.started.elapsed().as_millis() as u64,
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -344,6 +346,36 @@ async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, 
         ),
     };
     (Message::reply(id, payload), false)
+}
+
+/// Watches first (so a path that cannot be watched is refused), then persists.
+async fn start_monitoring(ipc: &Ipc, id: Uuid, w: coditect_proto::ipc::WatchedPath) -> Payload {
+    if !w.path.is_absolute() {
+        return error(ErrorCode::BadRequest, "the path must be absolute".into());
+    }
+    if let Some(s) = &w.session_id {
+        match ipc.store.session(s.clone()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return error(
+                    ErrorCode::NotFound,
+                    format!("no open session {s:?}: start it first"),
+                );
+            }
+            Err(e) => return unavailable(e),
+        }
+    }
+    if let Err(reason) = ipc.watcher.add(w.clone()).await {
+        return error(ErrorCode::BadRequest, reason);
+    }
+    let path = w.path.clone();
+    match ipc.store.watch_add(w).await {
+        Ok(()) => ack(id, AckStatus::Accepted, 0),
+        Err(e) => {
+            ipc.watcher.remove(path);
+            unavailable(e)
+        }
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -3,9 +3,14 @@
 //! - [`config`]: settings and the default paths `codi2` shares;
 //! - [`store`]: the local SQLite store (durable before any acknowledgement);
 //! - [`ipc`]: the Unix socket / TCP server speaking `coditect_proto::ipc`;
-//! - [`daemon`]: start-up, the accept loops and graceful shutdown.
+//! - [`daemon`]: start-up, the accept loops and graceful shutdown;
+//! - [`watch`]: file watching, attributed to sessions; [`export`]: archiving matched files;
+//! - [`client`]: a client of the IPC protocol (`codi2`, benchmarks, tests).
 
+pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod export;
 pub mod ipc;
 pub mod store;
+pub mod watch;

@@ -4,18 +4,25 @@
 //! acknowledgement sent after it is durable.
 
 use coditect_proto::Level;
-use coditect_proto::ipc::{LogEntry, LogFilter, StoredLog, WatchedPath};
+use coditect_proto::ipc::{LogEntry, LogFilter, StoredLog, WatchMode, WatchedPath};
 use coditect_store::migrate::Migration;
 use coditect_store::{SqliteConfig, SqliteStore, StoreError, Synchronous};
 use rusqlite::{OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_monitor",
-    sql: include_str!("../migrations/0001_monitor.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_monitor",
+        sql: include_str!("../migrations/0001_monitor.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_watch_attribution",
+        sql: include_str!("../migrations/0002_watch_attribution.sql"),
+    },
+];
 
 /// Longest accepted message (bytes); longer entries are refused, not truncated.
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -25,6 +32,16 @@ pub const MAX_METADATA: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct MonitorStore {
     db: SqliteStore,
+}
+
+/// A file archived by the exporter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRecord {
+    pub original_path: String,
+    pub archive_path: String,
+    pub sha256: String,
+    pub session_id: Option<String>,
+    pub file_size: u64,
 }
 
 /// An entry checked and ready to store.
@@ -267,15 +284,19 @@ impl MonitorStore {
         self.db
             .write(move |c| {
                 c.prepare_cached(
-                    "INSERT INTO monitored_paths (path, recursive, patterns, active, created_at)
-                     VALUES (?1, ?2, ?3, 1, ?4)
-                     ON CONFLICT (path) DO UPDATE SET recursive = ?2, patterns = ?3, active = 1",
+                    "INSERT INTO monitored_paths (path, recursive, patterns, active, created_at,
+                                                  session_id, mode)
+                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6)
+                     ON CONFLICT (path) DO UPDATE
+                     SET recursive = ?2, patterns = ?3, active = 1, session_id = ?5, mode = ?6",
                 )?
                 .execute(params![
                     w.path.to_string_lossy(),
                     w.recursive,
                     patterns,
-                    now_micros()
+                    now_micros(),
+                    w.session_id,
+                    w.mode.as_str(),
                 ])?;
                 Ok(())
             })
@@ -301,27 +322,76 @@ impl MonitorStore {
         self.db
             .read(|c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT path, recursive, patterns FROM monitored_paths WHERE active = 1
-                     ORDER BY path",
+                    "SELECT path, recursive, patterns, session_id, mode FROM monitored_paths
+                     WHERE active = 1 ORDER BY path",
                 )?;
                 let rows = stmt.query_map([], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, bool>(1)?,
                         r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, String>(4)?,
                     ))
                 })?;
                 let mut out = Vec::new();
                 for row in rows {
-                    let (path, recursive, patterns) = row?;
+                    let (path, recursive, patterns, session_id, mode) = row?;
                     out.push(WatchedPath {
                         path: path.into(),
                         recursive,
                         patterns: serde_json::from_str(&patterns).unwrap_or_default(),
-                        mode: "native".into(),
+                        mode: match mode.as_str() {
+                            "polling" => WatchMode::Polling,
+                            _ => WatchMode::Native,
+                        },
+                        session_id,
                     });
                 }
                 Ok(out)
+            })
+            .await
+    }
+
+    pub async fn record_export(&self, r: ExportRecord) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO export_archive (original_path, archive_path, sha256, session_id,
+                                                 file_size, processed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    r.original_path,
+                    r.archive_path,
+                    r.sha256,
+                    r.session_id,
+                    r.file_size as i64,
+                    now_micros()
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The newest exports first.
+    pub async fn exports(&self, limit: u32) -> Result<Vec<ExportRecord>, StoreError> {
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT original_path, archive_path, sha256, session_id, file_size
+                     FROM export_archive ORDER BY id DESC LIMIT ?1",
+                )?;
+                let rows = stmt.query_map(params![limit], |r| {
+                    Ok(ExportRecord {
+                        original_path: r.get(0)?,
+                        archive_path: r.get(1)?,
+                        sha256: r.get(2)?,
+                        session_id: r.get(3)?,
+                        file_size: r.get::<_, i64>(4)?.max(0) as u64,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await
     }

@@ -7,150 +7,14 @@
 use coditect_monitor::config::Config;
 use coditect_monitor::daemon::Daemon;
 use coditect_monitor::store::MonitorStore;
-use coditect_proto::ipc::{
-    AckStatus, Frame, LogEntry, LogFilter, Message, Payload, encode_frame, next_frame,
-};
+use coditect_proto::ipc::{AckStatus, LogEntry, LogFilter, Message, Payload, encode_frame};
 use coditect_proto::{ErrorCode, Level};
 use coditect_store::Synchronous;
-use std::path::PathBuf;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
 
-struct TestDaemon {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    db: PathBuf,
-    tcp: Option<std::net::SocketAddr>,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
-
-const TOKEN: &str = "a-long-enough-test-token";
-
-async fn spawn_daemon(tcp: bool) -> TestDaemon {
-    let dir = tempfile::tempdir().unwrap();
-    spawn_in(dir, tcp).await
-}
-
-async fn spawn_in(dir: tempfile::TempDir, tcp: bool) -> TestDaemon {
-    let mut config = Config::default();
-    config.monitor.unix_socket_path = dir.path().join("run").join("m.sock");
-    config.storage.sqlite_path = dir.path().join("data").join("m.db");
-    if tcp {
-        config.monitor.tcp_enabled = true;
-        config.monitor.tcp_listen = "127.0.0.1:0".parse().unwrap();
-        config.monitor.tcp_token = Some(TOKEN.into());
-    }
-    let (socket, db) = (
-        config.monitor.unix_socket_path.clone(),
-        config.storage.sqlite_path.clone(),
-    );
-    let daemon = Daemon::start(config).await.unwrap();
-    let tcp = daemon.tcp_addr();
-    let (tx, rx) = oneshot::channel();
-    let done = tokio::spawn(daemon.run(async {
-        let _ = rx.await;
-    }));
-    TestDaemon {
-        dir,
-        socket,
-        db,
-        tcp,
-        stop: Some(tx),
-        done,
-    }
-}
-
-impl TestDaemon {
-    async fn client(&self) -> Client<UnixStream> {
-        Client::new(UnixStream::connect(&self.socket).await.unwrap())
-    }
-
-    async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        (&mut self.done).await.unwrap();
-        self.dir
-    }
-}
-
-struct Client<S> {
-    stream: S,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    fn new(stream: S) -> Client<S> {
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, m: &Message) {
-        let mut out = Vec::new();
-        encode_frame(m, &mut out).unwrap();
-        self.stream.write_all(&out).await.unwrap();
-    }
-
-    /// The next reply, or None when the daemon closed the connection.
-    async fn reply(&mut self) -> Option<Message> {
-        loop {
-            if let Some((frame, used)) = next_frame(&self.buf).unwrap() {
-                self.buf.drain(..used);
-                match frame {
-                    Frame::Message(m) => return Some(m),
-                    other => panic!("undecodable reply {other:?}"),
-                }
-            }
-            let mut chunk = [0u8; 8192];
-            let n = self.stream.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn call(&mut self, payload: Payload) -> Payload {
-        let m = Message::request(payload);
-        self.send(&m).await;
-        let r = self.reply().await.expect("a reply");
-        assert_eq!(r.id, m.id, "the reply carries the request's id");
-        r.payload
-    }
-}
-
-fn entry(level: Level, message: &str) -> LogEntry {
-    LogEntry {
-        level,
-        component: "cli".into(),
-        message: message.into(),
-        metadata: Some(serde_json::json!({"file": "main.rs"})),
-        session_id: Some("s-1".into()),
-        timestamp: None,
-    }
-}
-
-fn accepted(p: &Payload) -> u32 {
-    match p {
-        Payload::Acknowledgment {
-            status: AckStatus::Accepted,
-            stored,
-            ..
-        } => *stored,
-        other => panic!("not accepted: {other:?}"),
-    }
-}
-
-fn error_code(p: &Payload) -> ErrorCode {
-    match p {
-        Payload::Error { code, .. } => *code,
-        other => panic!("not an error: {other:?}"),
-    }
-}
+mod common;
+use common::*;
 
 #[tokio::test]
 async fn acknowledged_entries_are_durable_and_queryable() {
@@ -408,11 +272,14 @@ async fn sessions_and_watches_persist() {
         .await,
     );
     let watched = d.dir.path().join("src");
+    std::fs::create_dir_all(&watched).unwrap();
     accepted(
         &c.call(Payload::StartMonitoring {
             path: watched.clone(),
             recursive: true,
             patterns: vec!["**/*.rs".into(), "!target/**".into()],
+            session_id: Some("s-9".into()),
+            mode: Default::default(),
         })
         .await,
     );
@@ -421,7 +288,9 @@ async fn sessions_and_watches_persist() {
             &c.call(Payload::StartMonitoring {
                 path: "relative".into(),
                 recursive: true,
-                patterns: vec![]
+                patterns: vec![],
+                session_id: None,
+                mode: Default::default(),
             })
             .await
         ),

@@ -123,9 +123,33 @@ pub struct ComponentStatus {
 pub struct WatchedPath {
     pub path: PathBuf,
     pub recursive: bool,
+    /// Globs relative to `path`; a leading `!` excludes. None = every file.
     pub patterns: Vec<String>,
     /// `polling` or `native`.
-    pub mode: String,
+    pub mode: WatchMode,
+    /// The session whose person or agent the events under this path are attributed to
+    /// (while that session is open).
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// How a path is watched: the kernel's events, or periodic scans for file systems that
+/// have none (WSL2 mounts, network shares).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    #[default]
+    Native,
+    Polling,
+}
+
+impl WatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchMode::Native => "native",
+            WatchMode::Polling => "polling",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +169,11 @@ pub enum Payload {
         recursive: bool,
         #[serde(default)]
         patterns: Vec<String>,
+        /// Attribute events under `path` to this open session.
+        #[serde(default)]
+        session_id: Option<String>,
+        #[serde(default)]
+        mode: WatchMode,
     },
     StopMonitoring {
         path: PathBuf,

@@ -1,0 +1,125 @@
+//! A client of the daemon's IPC protocol (what `codi2`, the benchmarks and the tests use):
+//! one connection, requests answered in order, pipelining allowed.
+
+use coditect_proto::ipc::{EncodeError, Frame, Message, Payload, encode_frame, next_frame};
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach codi-monitor at {at}: {source}")]
+    Unreachable {
+        at: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connection to codi-monitor failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("codi-monitor closed the connection")]
+    Closed,
+    #[error("codi-monitor sent an undecodable reply: {0}")]
+    BadReply(String),
+    #[error("the request cannot be sent: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("the token was refused: {0}")]
+    Refused(String),
+}
+
+/// One connection to the daemon.
+pub struct IpcClient<S> {
+    stream: S,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl IpcClient<UnixStream> {
+    pub async fn connect_unix(path: &Path) -> Result<Self, ClientError> {
+        let stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    at: path.display().to_string(),
+                    source,
+                })?;
+        Ok(IpcClient::new(stream))
+    }
+}
+
+impl IpcClient<TcpStream> {
+    /// Connects over TCP and presents `token` (the daemon closes the connection otherwise).
+    pub async fn connect_tcp(addr: SocketAddr, token: &str) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                at: addr.to_string(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let mut c = IpcClient::new(stream);
+        match c
+            .call(Payload::Hello {
+                token: token.to_string(),
+            })
+            .await?
+        {
+            Payload::Error { message, .. } => Err(ClientError::Refused(message)),
+            _ => Ok(c),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> IpcClient<S> {
+    pub fn new(stream: S) -> Self {
+        IpcClient {
+            stream,
+            buf: Vec::with_capacity(8 * 1024),
+            out: Vec::with_capacity(8 * 1024),
+        }
+    }
+
+    /// Sends one request and waits for its reply.
+    pub async fn call(&mut self, payload: Payload) -> Result<Payload, ClientError> {
+        let m = Message::request(payload);
+        let id = m.id;
+        self.send(&m).await?;
+        loop {
+            let reply = self.reply().await?;
+            if reply.id == id {
+                return Ok(reply.payload);
+            }
+        }
+    }
+
+    /// Sends without waiting (pipelining): replies come back in order through [`reply`].
+    ///
+    /// [`reply`]: IpcClient::reply
+    pub async fn send(&mut self, m: &Message) -> Result<(), ClientError> {
+        self.out.clear();
+        encode_frame(m, &mut self.out)?;
+        self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    /// The next reply.
+    pub async fn reply(&mut self) -> Result<Message, ClientError> {
+        loop {
+            match next_frame(&self.buf) {
+                Ok(Some((frame, used))) => {
+                    self.buf.drain(..used);
+                    return match frame {
+                        Frame::Message(m) => Ok(m),
+                        Frame::Undecodable { reason, .. } => Err(ClientError::BadReply(reason)),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::BadReply(e.to_string())),
+            }
+            self.buf.reserve(8 * 1024);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+}

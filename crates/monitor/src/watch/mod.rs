@@ -1,0 +1,634 @@
+//! File watching: the paths given by `StartMonitoring` (persisted, resumed after a
+//! restart), through the kernel's events or by polling, recorded as log entries with
+//! component `file-monitor`.
+//!
+//! Events only *nominate* paths. After the debounce window the worker looks at each
+//! nominated file and compares it with what it last recorded (`known`: size and mtime of
+//! every file under a watch), so the kind (`create`, `modify`, `remove`, `rename`) comes
+//! from the file system's state, a burst of events on one file is one entry, and an event
+//! seen twice records nothing twice. When events were lost (the kernel's queue or ours
+//! overflowed), the worker reports it and rescans: every watched tree is compared with
+//! `known`, so what changed meanwhile is still recorded.
+//!
+//! An event is attributed to the session of the deepest enclosing watch whose session is
+//! open: its `session_id` on the entry, `identity` and `agent_type` in the metadata.
+//! Directories themselves are not recorded, only what is in them.
+
+pub mod filter;
+
+use crate::export::Exporter;
+use crate::store::{MonitorStore, NewEntry};
+use coditect_proto::Level;
+use coditect_proto::ipc::{WatchMode, WatchedPath};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use filter::PathFilter;
+use notify::{EventKind, RecursiveMode, Watcher as _};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::oneshot;
+
+/// Component of every entry the watcher records.
+pub const COMPONENT: &str = "file-monitor";
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub debounce: Duration,
+    pub scan_interval: Duration,
+    /// Capacity of the queue between the kernel's events and the worker.
+    pub event_queue: usize,
+    /// Paths never recorded (the store's own files, the export archive): recording them
+    /// would feed back into itself.
+    pub ignore: Vec<PathBuf>,
+}
+
+/// What the watcher has seen, for `/health` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    pub recorded: AtomicU64,
+    pub overflows: AtomicU64,
+    pub failed_watches: AtomicU64,
+}
+
+enum Command {
+    Add(WatchedPath, oneshot::Sender<Result<(), String>>),
+    Remove(PathBuf),
+    Stop,
+}
+
+/// The handle: commands go to the worker thread.
+pub struct Watcher {
+    commands: Sender<Command>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub stats: Arc<WatchStats>,
+}
+
+impl Watcher {
+    /// Starts the worker thread. Store writes run on `rt`.
+    pub fn start(
+        config: WatchConfig,
+        store: MonitorStore,
+        exporter: Option<Exporter>,
+        rt: tokio::runtime::Handle,
+    ) -> std::io::Result<Watcher> {
+        let (commands, command_rx) = crossbeam_channel::unbounded();
+        let (event_tx, events) = crossbeam_channel::bounded(config.event_queue);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(WatchStats::default());
+        let worker = Worker {
+            config,
+            store,
+            exporter,
+            rt,
+            events,
+            event_tx,
+            overflowed,
+            native: None,
+            polling: None,
+            watches: Vec::new(),
+            known: HashMap::new(),
+            pending: HashMap::new(),
+            oldest: None,
+            unsaved: Vec::new(),
+            retry_at: None,
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("file-watcher".into())
+            .spawn(move || worker.run(command_rx))?;
+        Ok(Watcher {
+            commands,
+            thread: std::sync::Mutex::new(Some(thread)),
+            stats,
+        })
+    }
+
+    /// Starts watching; the reason when the path cannot be watched.
+    pub async fn add(&self, w: WatchedPath) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Add(w, tx))
+            .map_err(|_| "the file watcher has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the file watcher has stopped".to_string())?
+    }
+
+    /// For `GetStatus` and `/health`.
+    pub fn status(&self) -> coditect_proto::ipc::ComponentStatus {
+        let failed = self.stats.failed_watches.load(Ordering::Relaxed);
+        let overflows = self.stats.overflows.load(Ordering::Relaxed);
+        coditect_proto::ipc::ComponentStatus {
+            name: "watcher".into(),
+            status: if failed > 0 { "degraded" } else { "healthy" }.into(),
+            detail: Some(format!(
+                "{} events recorded, {overflows} overflows, {failed} watches failed",
+                self.stats.recorded.load(Ordering::Relaxed)
+            )),
+        }
+    }
+
+    pub fn remove(&self, path: PathBuf) {
+        let _ = self.commands.send(Command::Remove(path));
+    }
+
+    /// Records what is pending and stops the worker (blocking: call from a blocking
+    /// context or at shutdown).
+    pub fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Size and modification time: what "changed" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: Option<SystemTime>,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            len: meta.len(),
+            mtime: meta.modified().ok(),
+        }
+    }
+}
+
+struct Watch {
+    spec: WatchedPath,
+    filter: PathFilter,
+}
+
+impl Watch {
+    /// The path below the root, when this watch records it.
+    fn covers<'a>(&self, path: &'a Path) -> Option<&'a Path> {
+        let rel = path.strip_prefix(&self.spec.path).ok()?;
+        if rel.as_os_str().is_empty() {
+            return None;
+        }
+        if !self.spec.recursive && rel.components().count() != 1 {
+            return None;
+        }
+        self.filter.accepts(rel).then_some(rel)
+    }
+}
+
+struct Pending {
+    /// A rename's old path.
+    from: Option<PathBuf>,
+    seen: chrono::DateTime<chrono::Utc>,
+    rescan: bool,
+}
+
+struct Worker {
+    config: WatchConfig,
+    store: MonitorStore,
+    exporter: Option<Exporter>,
+    rt: tokio::runtime::Handle,
+    events: Receiver<notify::Result<notify::Event>>,
+    event_tx: Sender<notify::Result<notify::Event>>,
+    overflowed: Arc<AtomicBool>,
+    native: Option<notify::RecommendedWatcher>,
+    polling: Option<notify::PollWatcher>,
+    /// Deepest root first.
+    watches: Vec<Watch>,
+    known: HashMap<PathBuf, Stamp>,
+    pending: HashMap<PathBuf, Pending>,
+    oldest: Option<Instant>,
+    /// Entries whose write failed, retried before anything newer.
+    unsaved: Vec<NewEntry>,
+    retry_at: Option<Instant>,
+    stats: Arc<WatchStats>,
+}
+
+/// Most nominated paths held before recording, whatever the debounce window.
+const MAX_PENDING: usize = 4096;
+
+impl Worker {
+    fn run(mut self, commands: Receiver<Command>) {
+        loop {
+            let wait = match self.oldest {
+                Some(t) => (t + self.config.debounce).saturating_duration_since(Instant::now()),
+                None if !self.unsaved.is_empty() => Duration::from_millis(500),
+                None => Duration::from_secs(3600),
+            };
+            crossbeam_channel::select! {
+                recv(commands) -> c => match c {
+                    Ok(Command::Add(w, reply)) => {
+                        let _ = reply.send(self.add(w));
+                    }
+                    Ok(Command::Remove(path)) => self.remove(&path),
+                    Ok(Command::Stop) | Err(_) => {
+                        self.drain_events();
+                        self.flush();
+                        return;
+                    }
+                },
+                recv(self.events) -> e => {
+                    if let Ok(e) = e {
+                        self.on_event(e);
+                    }
+                    // Take what else is queued before looking at the clock.
+                    for _ in 0..1024 {
+                        match self.events.try_recv() {
+                            Ok(e) => self.on_event(e),
+                            Err(_) => break,
+                        }
+                    }
+                },
+                default(wait) => {},
+            }
+            if self.overflowed.swap(false, Ordering::AcqRel) {
+                self.overflow();
+            }
+            let due = self
+                .oldest
+                .is_some_and(|t| t.elapsed() >= self.config.debounce)
+                || self.pending.len() >= MAX_PENDING
+                || (self.oldest.is_none() && self.retry_at.is_some_and(|t| t <= Instant::now()));
+            if due {
+                self.flush();
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Ok(e) = self.events.try_recv() {
+            self.on_event(e);
+        }
+        if self.overflowed.swap(false, Ordering::AcqRel) {
+            self.overflow();
+        }
+    }
+
+    fn handler(&self) -> impl notify::EventHandler {
+        let (tx, overflowed) = (self.event_tx.clone(), self.overflowed.clone());
+        move |e: notify::Result<notify::Event>| {
+            if let Err(TrySendError::Full(_)) = tx.try_send(e) {
+                overflowed.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    fn add(&mut self, spec: WatchedPath) -> Result<(), String> {
+        let filter = PathFilter::new(&spec.patterns)?;
+        let meta = std::fs::metadata(&spec.path)
+            .map_err(|e| format!("cannot watch {}: {e}", spec.path.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("{} is not a directory", spec.path.display()));
+        }
+        // A changed watch on the same path replaces the old one.
+        self.remove(&spec.path);
+        let mode = if spec.recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        let result = match spec.mode {
+            WatchMode::Native => {
+                if self.native.is_none() {
+                    self.native = Some(
+                        notify::recommended_watcher(self.handler())
+                            .map_err(|e| format!("cannot start the file watcher: {e}"))?,
+                    );
+                }
+                self.native.as_mut().map(|w| w.watch(&spec.path, mode))
+            }
+            WatchMode::Polling => {
+                if self.polling.is_none() {
+                    let config =
+                        notify::Config::default().with_poll_interval(self.config.scan_interval);
+                    self.polling = Some(
+                        notify::PollWatcher::new(self.handler(), config)
+                            .map_err(|e| format!("cannot start the polling watcher: {e}"))?,
+                    );
+                }
+                self.polling.as_mut().map(|w| w.watch(&spec.path, mode))
+            }
+        };
+        if let Some(Err(e)) = result {
+            return Err(format!("cannot watch {}: {e}", spec.path.display()));
+        }
+        tracing::info!(path = %spec.path.display(), mode = spec.mode.as_str(), "watching");
+        let watch = Watch { spec, filter };
+        // What is there now is the baseline: only changes from here on are recorded.
+        for (path, stamp) in self.scan(&watch) {
+            self.known.insert(path, stamp);
+        }
+        self.watches.push(watch);
+        self.watches
+            .sort_by_key(|w| std::cmp::Reverse(w.spec.path.components().count()));
+        Ok(())
+    }
+
+    fn remove(&mut self, root: &Path) {
+        let Some(i) = self.watches.iter().position(|w| w.spec.path == root) else {
+            return;
+        };
+        let w = self.watches.remove(i);
+        let _ = match w.spec.mode {
+            WatchMode::Native => self.native.as_mut().map(|n| n.unwatch(root)),
+            WatchMode::Polling => self.polling.as_mut().map(|n| n.unwatch(root)),
+        };
+        let watches = &self.watches;
+        self.known
+            .retain(|p, _| !p.starts_with(root) || watches.iter().any(|w| w.covers(p).is_some()));
+        tracing::info!(path = %root.display(), "stopped watching");
+    }
+
+    /// The recordable files under a watch now.
+    fn scan(&self, watch: &Watch) -> Vec<(PathBuf, Stamp)> {
+        let depth = if watch.spec.recursive { usize::MAX } else { 1 };
+        let ignore = &self.config.ignore;
+        walkdir::WalkDir::new(&watch.spec.path)
+            .min_depth(1)
+            .max_depth(depth)
+            .into_iter()
+            .filter_entry(|e| !ignore.iter().any(|i| e.path().starts_with(i)))
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_type().is_dir() && watch.covers(e.path()).is_some())
+            .filter_map(|e| Some((e.path().to_path_buf(), Stamp::of(&e.metadata().ok()?))))
+            .collect()
+    }
+
+    fn on_event(&mut self, event: notify::Result<notify::Event>) {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "file watcher error");
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    self.stats.failed_watches.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        };
+        if event.need_rescan() {
+            self.overflowed.store(true, Ordering::Release);
+            return;
+        }
+        use notify::event::{ModifyKind, RenameMode};
+        match event.kind {
+            EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => {}
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if event.paths.len() == 2 => {
+                let (from, to) = (&event.paths[0], &event.paths[1]);
+                if self.watch_of(to).is_some() {
+                    self.nominate(to.clone(), Some(from.clone()), false);
+                }
+                self.nominate(from.clone(), None, false);
+            }
+            EventKind::Create(_) => {
+                for p in &event.paths {
+                    // Files made in a new directory before its watch was in place have no
+                    // events of their own.
+                    if p.is_dir() {
+                        self.nominate_tree(p);
+                    } else {
+                        self.nominate(p.clone(), None, false);
+                    }
+                }
+            }
+            _ => {
+                for p in event.paths {
+                    self.nominate(p, None, false);
+                }
+            }
+        }
+    }
+
+    fn nominate_tree(&mut self, dir: &Path) {
+        let found: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_type().is_dir())
+            .map(|e| e.path().to_path_buf())
+            .collect();
+        for p in found {
+            self.nominate(p, None, false);
+        }
+    }
+
+    fn watch_of(&self, path: &Path) -> Option<&Watch> {
+        if self.config.ignore.iter().any(|i| path.starts_with(i)) {
+            return None;
+        }
+        self.watches.iter().find(|w| w.covers(path).is_some())
+    }
+
+    fn nominate(&mut self, path: PathBuf, from: Option<PathBuf>, rescan: bool) {
+        if self.watch_of(&path).is_none() {
+            return;
+        }
+        let p = self.pending.entry(path).or_insert_with(|| Pending {
+            from: None,
+            seen: chrono::Utc::now(),
+            rescan,
+        });
+        if from.is_some() {
+            p.from = from;
+        }
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    /// Events were lost: say so, then compare every watched tree with what was recorded.
+    fn overflow(&mut self) {
+        self.stats.overflows.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("codi_file_events_overflow_total").increment(1);
+        tracing::warn!("file event queue overflowed: rescanning the watched trees");
+        self.drain_events_without_overflow();
+        let mut current: HashMap<PathBuf, Stamp> = HashMap::new();
+        for w in &self.watches {
+            current.extend(self.scan(w));
+        }
+        let mut changed: Vec<PathBuf> = current
+            .iter()
+            .filter(|(p, s)| self.known.get(*p) != Some(s))
+            .map(|(p, _)| p.clone())
+            .collect();
+        changed.extend(
+            self.known
+                .keys()
+                .filter(|p| !current.contains_key(*p))
+                .cloned(),
+        );
+        let n = changed.len();
+        for p in changed {
+            self.nominate(p, None, true);
+        }
+        let roots: Vec<String> = self
+            .watches
+            .iter()
+            .map(|w| w.spec.path.display().to_string())
+            .collect();
+        self.unsaved.push(entry(
+            Level::Warn,
+            format!(
+                "file event queue overflowed; rescanned {} watched trees, {n} changes found",
+                roots.len()
+            ),
+            serde_json::json!({"kind": "overflow", "watches": roots, "changes": n}),
+            None,
+            chrono::Utc::now(),
+        ));
+    }
+
+    /// Takes what is queued (it is covered by the rescan that follows).
+    fn drain_events_without_overflow(&mut self) {
+        while let Ok(e) = self.events.try_recv() {
+            if let Ok(e) = e
+                && !e.need_rescan()
+            {
+                self.on_event(Ok(e));
+            }
+        }
+    }
+
+    /// Records the nominated paths whose state changed, attributed, in one write.
+    fn flush(&mut self) {
+        self.oldest = None;
+        let mut nominated: Vec<(PathBuf, Pending)> = self.pending.drain().collect();
+        // Renames first: their old path is then already accounted for.
+        nominated.sort_by_key(|(_, p)| p.from.is_none());
+        let mut sessions: HashMap<String, Option<(String, Option<String>)>> = HashMap::new();
+        let mut exports = Vec::new();
+        for (path, p) in nominated {
+            let Some(watch) = self.watch_of(&path) else {
+                continue;
+            };
+            let root = watch.spec.path.display().to_string();
+            let stamp = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(m) => Some(Stamp::of(&m)),
+                Err(_) => None,
+            };
+            let kind = match stamp {
+                None => match self.known.remove(&path) {
+                    Some(_) => "remove",
+                    None => continue, // never recorded: made and gone within the window
+                },
+                Some(stamp) => {
+                    let renamed = p.from.as_ref().and_then(|f| self.known.remove(f));
+                    match (self.known.insert(path.clone(), stamp), renamed) {
+                        (_, Some(_)) => "rename",
+                        (None, None) => "create",
+                        (Some(old), None) if old == stamp => continue,
+                        (Some(_), None) => "modify",
+                    }
+                }
+            };
+            let (session_id, attribution) = self.attribute(&path, &mut sessions);
+            let mut meta = serde_json::json!({
+                "path": path.display().to_string(),
+                "kind": kind,
+                "watch": root,
+            });
+            if let Some(s) = stamp {
+                meta["size"] = s.len.into();
+            }
+            if kind == "rename"
+                && let Some(f) = &p.from
+            {
+                meta["from"] = f.display().to_string().into();
+            }
+            if p.rescan {
+                meta["rescan"] = true.into();
+            }
+            if let Some((identity, agent_type)) = attribution {
+                meta["identity"] = identity.into();
+                if let Some(a) = agent_type {
+                    meta["agent_type"] = a.into();
+                }
+            }
+            if kind != "remove" {
+                exports.push((path.clone(), session_id.clone()));
+            }
+            self.unsaved.push(entry(
+                Level::Info,
+                format!("{kind} {}", path.display()),
+                meta,
+                session_id,
+                p.seen,
+            ));
+        }
+        if self.unsaved.is_empty() {
+            self.retry_at = None;
+            return;
+        }
+        let batch = std::mem::take(&mut self.unsaved);
+        let n = batch.len() as u64;
+        match self.rt.block_on(self.store.append(batch.clone())) {
+            Ok(_) => {
+                self.retry_at = None;
+                self.stats.recorded.fetch_add(n, Ordering::Relaxed);
+                metrics::counter!("codi_logs_total", "source" => "file").increment(n);
+                metrics::counter!("codi_file_events_total").increment(n);
+                if let Some(x) = &self.exporter {
+                    for (path, session) in exports {
+                        x.offer(path, session);
+                    }
+                }
+            }
+            Err(e) => {
+                // Kept and retried: file events are never dropped for a failed write.
+                tracing::error!(error = %e, entries = n, "cannot record file events; will retry");
+                self.unsaved = batch;
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// The deepest enclosing watch whose session is open: its id and (identity, agent).
+    #[allow(clippy::type_complexity)]
+    fn attribute(
+        &self,
+        path: &Path,
+        cache: &mut HashMap<String, Option<(String, Option<String>)>>,
+    ) -> (Option<String>, Option<(String, Option<String>)>) {
+        for w in &self.watches {
+            let Some(id) = w.spec.session_id.as_ref() else {
+                continue;
+            };
+            if !path.starts_with(&w.spec.path) {
+                continue;
+            }
+            let session = cache
+                .entry(id.clone())
+                .or_insert_with(|| {
+                    self.rt
+                        .block_on(self.store.session(id.clone()))
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the session for attribution");
+                            None
+                        })
+                })
+                .clone();
+            if let Some(s) = session {
+                return (Some(id.clone()), Some(s));
+            }
+        }
+        (None, None)
+    }
+}
+
+fn entry(
+    level: Level,
+    message: String,
+    metadata: serde_json::Value,
+    session_id: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> NewEntry {
+    NewEntry {
+        id: uuid::Uuid::now_v7(),
+        ts: at.timestamp_micros(),
+        level,
+        component: COMPONENT.into(),
+        message,
+        metadata: Some(metadata.to_string()),
+        session_id,
+    }
+}

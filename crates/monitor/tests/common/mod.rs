@@ -1,0 +1,160 @@
+//! The harness: a daemon on a fresh directory (socket, database), a raw-frame client.
+
+#![allow(dead_code, clippy::unwrap_used)] // each test file uses a part; a panic fails a test
+
+use coditect_monitor::config::Config;
+use coditect_monitor::daemon::Daemon;
+use coditect_proto::ipc::{AckStatus, Frame, LogEntry, Message, Payload, encode_frame, next_frame};
+use coditect_proto::{ErrorCode, Level};
+use std::path::PathBuf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub db: PathBuf,
+    pub tcp: Option<std::net::SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+pub const TOKEN: &str = "a-long-enough-test-token";
+
+pub async fn spawn_daemon(tcp: bool) -> TestDaemon {
+    let dir = tempfile::tempdir().unwrap();
+    spawn_in(dir, tcp).await
+}
+
+pub async fn spawn_in(dir: tempfile::TempDir, tcp: bool) -> TestDaemon {
+    spawn_with(dir, tcp, |_| {}).await
+}
+
+/// A daemon on `dir` (socket under `run/`, database under `data/`, exports under
+/// `exports/`, no HTTP port) with `adjust` applied to its configuration.
+pub async fn spawn_with(
+    dir: tempfile::TempDir,
+    tcp: bool,
+    adjust: impl FnOnce(&mut Config),
+) -> TestDaemon {
+    let mut config = Config::default();
+    config.monitor.unix_socket_path = dir.path().join("run").join("m.sock");
+    config.storage.sqlite_path = dir.path().join("data").join("m.db");
+    config.storage.export_dir = dir.path().join("exports");
+    config.monitor.http_listen = None;
+    if tcp {
+        config.monitor.tcp_enabled = true;
+        config.monitor.tcp_listen = "127.0.0.1:0".parse().unwrap();
+        config.monitor.tcp_token = Some(TOKEN.into());
+    }
+    adjust(&mut config);
+    let (socket, db) = (
+        config.monitor.unix_socket_path.clone(),
+        config.storage.sqlite_path.clone(),
+    );
+    let daemon = Daemon::start(config).await.unwrap();
+    let tcp = daemon.tcp_addr();
+    let (tx, rx) = oneshot::channel();
+    let done = tokio::spawn(daemon.run(async {
+        let _ = rx.await;
+    }));
+    TestDaemon {
+        dir,
+        socket,
+        db,
+        tcp,
+        stop: Some(tx),
+        done,
+    }
+}
+
+impl TestDaemon {
+    pub async fn client(&self) -> Client<UnixStream> {
+        Client::new(UnixStream::connect(&self.socket).await.unwrap())
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.done).await.unwrap();
+        self.dir
+    }
+}
+
+pub struct Client<S> {
+    pub stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub fn new(stream: S) -> Client<S> {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, m: &Message) {
+        let mut out = Vec::new();
+        encode_frame(m, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next reply, or None when the daemon closed the connection.
+    pub async fn reply(&mut self) -> Option<Message> {
+        loop {
+            if let Some((frame, used)) = next_frame(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                match frame {
+                    Frame::Message(m) => return Some(m),
+                    other => panic!("undecodable reply {other:?}"),
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub async fn call(&mut self, payload: Payload) -> Payload {
+        let m = Message::request(payload);
+        self.send(&m).await;
+        let r = self.reply().await.expect("a reply");
+        assert_eq!(r.id, m.id, "the reply carries the request's id");
+        r.payload
+    }
+}
+
+pub fn entry(level: Level, message: &str) -> LogEntry {
+    LogEntry {
+        level,
+        component: "cli".into(),
+        message: message.into(),
+        metadata: Some(serde_json::json!({"file": "main.rs"})),
+        session_id: Some("s-1".into()),
+        timestamp: None,
+    }
+}
+
+pub fn accepted(p: &Payload) -> u32 {
+    match p {
+        Payload::Acknowledgment {
+            status: AckStatus::Accepted,
+            stored,
+            ..
+        } => *stored,
+        other => panic!("not accepted: {other:?}"),
+    }
+}
+
+pub fn error_code(p: &Payload) -> ErrorCode {
+    match p {
+        Payload::Error { code, .. } => *code,
+        other => panic!("not an error: {other:?}"),
+    }
+}
