@@ -69,13 +69,37 @@ pub struct Monitor {
     pub http_listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerHub {
     /// The hub's base URL; no sync when absent.
     pub url: Option<String>,
     pub api_key: Option<String>,
     pub workspace_id: Option<String>,
+    /// Most entries per batch (the hub takes at most 1000).
+    pub batch_size: u32,
+    /// How often to look for new entries when there is nothing to send.
+    #[serde(with = "humantime_serde_compat")]
+    pub sync_interval: Duration,
+    /// The longest wait between attempts while the hub is unreachable.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_backoff: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerHub {
+    fn default() -> ServerHub {
+        ServerHub {
+            url: None,
+            api_key: None,
+            workspace_id: None,
+            batch_size: 500,
+            sync_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for General {
@@ -311,6 +335,31 @@ impl Config {
                 return Err(ConfigError(format!("monitor.export_patterns: {p:?}: {e}")));
             }
         }
+        let hub = &self.server_hub;
+        let set = [
+            hub.url.is_some(),
+            hub.api_key.is_some(),
+            hub.workspace_id.is_some(),
+        ];
+        if set.contains(&true) && set.contains(&false) {
+            return Err(ConfigError(
+                "sync needs all of server_hub.url, server_hub.api_key and server_hub.workspace_id \
+                 (CODI_HUB_URL, CODI_HUB_API_KEY, CODI_HUB_WORKSPACE_ID)"
+                    .into(),
+            ));
+        }
+        if let Some(url) = &hub.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError(format!(
+                "server_hub.url={url:?} must start with http:// or https://"
+            )));
+        }
+        if !(1..=1000).contains(&hub.batch_size) {
+            return Err(ConfigError(
+                "server_hub.batch_size must be between 1 and 1000".into(),
+            ));
+        }
         if self.monitor.max_connections == 0 {
             return Err(ConfigError(
                 "monitor.max_connections must be at least 1".into(),
@@ -354,7 +403,7 @@ mod tests {
             &file,
             "[storage]\nsqlite_path = \"/from/file.db\"\nretention_days = 7\n\
              [monitor]\nunix_socket_path = \"/from/file.sock\"\n\
-             [server_hub]\nurl = \"http://hub:8080\"\n",
+             [server_hub]\nurl = \"http://hub:8080\"\napi_key = \"k\"\nworkspace_id = \"w\"\n",
         )
         .unwrap();
         let o = Overrides {

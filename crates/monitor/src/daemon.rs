@@ -4,8 +4,10 @@
 
 use crate::config::Config;
 use crate::export::{ExportConfig, Exporter};
+use crate::http;
 use crate::ipc::{self, Ipc};
 use crate::store::MonitorStore;
+use crate::sync::{SharedSyncState, SyncSettings, Syncer};
 use crate::watch::{WatchConfig, Watcher};
 use std::future::Future;
 use std::path::PathBuf;
@@ -22,6 +24,8 @@ pub struct Daemon {
     ipc: Arc<Ipc>,
     unix: UnixListener,
     tcp: Option<TcpListener>,
+    http: Option<TcpListener>,
+    syncer: Option<Syncer>,
     socket: PathBuf,
 }
 
@@ -56,8 +60,37 @@ impl Daemon {
                 return Err(e);
             }
         };
+        let (syncer, sync_state) = match SyncSettings::from_config(&config.server_hub) {
+            None => (None, None),
+            Some(settings) => {
+                let state = SharedSyncState::default();
+                match Syncer::new(settings, store.clone(), state.clone()) {
+                    Ok(s) => (Some(s), Some(state)),
+                    Err(e) => {
+                        watcher.stop();
+                        store.close().await;
+                        let _ = std::fs::remove_file(&socket);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        // Health and metrics are an aid: a port already taken is reported, not fatal (two
+        // users' daemons on one machine must not stop each other).
+        let http = match config.monitor.http_listen {
+            None => None,
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot serve /health and /metrics");
+                    None
+                }
+            },
+        };
         tracing::info!(
             socket = %socket.display(),
+            http = ?http.as_ref().and_then(|t| t.local_addr().ok()),
+            hub = config.server_hub.url.as_deref().unwrap_or("none"),
             db = %config.storage.sqlite_path.display(),
             tcp = ?tcp.as_ref().and_then(|t| t.local_addr().ok()),
             "codi-monitor started"
@@ -66,12 +99,15 @@ impl Daemon {
             ipc: Arc::new(Ipc {
                 store,
                 watcher,
+                sync: sync_state,
                 started: Instant::now(),
                 tcp_token: config.monitor.tcp_token.clone(),
             }),
             config,
             unix,
             tcp,
+            http,
+            syncer,
             socket,
         })
     }
@@ -80,9 +116,35 @@ impl Daemon {
         self.tcp.as_ref().and_then(|t| t.local_addr().ok())
     }
 
+    /// Where `/health` and `/metrics` are served, if anywhere.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(|t| t.local_addr().ok())
+    }
+
     /// Serves until `stop` resolves, then shuts down cleanly.
-    pub async fn run(self, stop: impl Future<Output = ()>) {
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let handle = http::metrics_handle();
+        let upkeep = tokio::spawn(http::upkeep(handle));
+        let http_task = self.http.take().map(|listener| {
+            let mut rx = stop_rx.clone();
+            let app = http::router(self.ipc.clone());
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::warn!(error = %e, "the health endpoint stopped");
+                }
+            })
+        });
+        let sync_task = self
+            .syncer
+            .take()
+            .map(|s| tokio::spawn(s.run(stop_rx.clone())));
         let slots = Arc::new(Semaphore::new(self.config.monitor.max_connections));
         let mut conns = JoinSet::new();
         tokio::pin!(stop);
@@ -131,6 +193,14 @@ impl Daemon {
             tracing::warn!("connections still open at the shutdown timeout");
             conns.abort_all();
         }
+        if let Some(t) = sync_task {
+            // An attempt in flight finishes (its batch_id makes a repeat harmless anyway).
+            let _ = tokio::time::timeout(self.config.shutdown_timeout(), t).await;
+        }
+        if let Some(t) = http_task {
+            t.abort();
+        }
+        upkeep.abort();
         let watcher = self.ipc.watcher.clone();
         let _ = tokio::task::spawn_blocking(move || watcher.stop()).await;
         self.ipc.store.close().await;

@@ -6,6 +6,7 @@
 //! close, a client that vanishes mid-frame costs its buffer.
 
 use crate::store::{MonitorStore, NewEntry};
+use crate::sync::SharedSyncState;
 use crate::watch::Watcher;
 use coditect_proto::ErrorCode;
 use coditect_proto::ipc::{
@@ -26,9 +27,68 @@ pub const MAX_QUERY: u32 = 10_000;
 pub struct Ipc {
     pub store: MonitorStore,
     pub watcher: Arc<Watcher>,
+    /// `None` when no hub is configured.
+    pub sync: Option<SharedSyncState>,
     pub started: Instant,
     /// The TCP token; connections over TCP must present it first.
     pub tcp_token: Option<String>,
+}
+
+impl Ipc {
+    /// The health of each part, for `GetStatus` and `/health`.
+    pub async fn components(&self) -> Vec<ComponentStatus> {
+        let store = self.store.probe().await;
+        let mut out = vec![
+            ComponentStatus {
+                name: "store".into(),
+                status: if store.healthy {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                }
+                .into(),
+                detail: store.message,
+            },
+            ComponentStatus {
+                name: "ipc".into(),
+                status: "healthy".into(),
+                detail: None,
+            },
+            self.watcher.status(),
+        ];
+        out.push(match &self.sync {
+            None => ComponentStatus {
+                name: "sync".into(),
+                status: "disabled".into(),
+                detail: Some("no hub configured".into()),
+            },
+            Some(state) => {
+                let s = state.lock().map(|s| s.clone()).unwrap_or_default();
+                let (pending, oldest) = self.store.sync_backlog().await.unwrap_or_default();
+                let lag = oldest
+                    .map(|t| (chrono::Utc::now().timestamp_micros() - t).max(0) as f64 / 1e6)
+                    .unwrap_or(0.0);
+                let mut detail = format!(
+                    "{pending} entries pending, lag {lag:.1}s, {} rejected by the hub",
+                    s.rejected
+                );
+                if let Some(e) = &s.last_error {
+                    detail.push_str(&format!(", last error: {e}"));
+                }
+                ComponentStatus {
+                    name: "sync".into(),
+                    status: if s.last_error.is_some() {
+                        "degraded"
+                    } else {
+                        "healthy"
+                    }
+                    .into(),
+                    detail: Some(detail),
+                }
+            }
+        });
+        out
+    }
 }
 
 /// Binds the Unix socket at `path`: refuses when a live daemon answers there, replaces a
@@ -102,7 +162,14 @@ where
                 }
                 Ok(Some((frame, used))) => {
                     buf.drain(..used);
+                    let kind = match &frame {
+                        Frame::Message(m) => m.payload.kind(),
+                        Frame::Undecodable { .. } => "undecodable",
+                    };
+                    let started = Instant::now();
                     let (reply, fatal) = answer(&ipc, frame, &mut authenticated).await;
+                    metrics::histogram!("codi_ipc_duration_seconds", "type" => kind)
+                        .record(started.elapsed().as_secs_f64());
                     push(&mut out, reply);
                     if fatal {
                         close = true;
@@ -222,7 +289,10 @@ async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, 
         Payload::LogEntry(e) => match NewEntry::parse(e) {
             Err(reason) => ack(id, AckStatus::Rejected(reason), 0),
             Ok(entry) => match ipc.store.append(vec![entry]).await {
-                Ok(n) => ack(id, AckStatus::Accepted, n),
+                Ok(n) => {
+                    metrics::counter!("codi_logs_total", "source" => "ipc").increment(n.into());
+                    ack(id, AckStatus::Accepted, n)
+                }
                 Err(e) => unavailable(e),
             },
         },
@@ -236,7 +306,10 @@ async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, 
                 Err(reason) => ack(id, AckStatus::Rejected(reason), 0),
                 Ok(entries) if entries.is_empty() => ack(id, AckStatus::Accepted, 0),
                 Ok(entries) => match ipc.store.append(entries).await {
-                    Ok(n) => ack(id, AckStatus::Accepted, n),
+                    Ok(n) => {
+                        metrics::counter!("codi_logs_total", "source" => "ipc").increment(n.into());
+                        ack(id, AckStatus::Accepted, n)
+                    }
                     Err(e) => unavailable(e),
                 },
             }
@@ -311,31 +384,11 @@ async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, 
             Ok(paths) => Payload::Monitoring { paths },
             Err(e) => unavailable(e),
         },
-        Payload::GetStatus => {
-            let store = ipc.store.probe().await;
-            Payload::Status {
-                components: vec![
-                    ComponentStatus {
-                        name: "store".into(),
-                        status: if store.healthy {
-                            "healthy"
-                        } else {
-                            "unhealthy"
-                        }
-                        .into(),
-                        detail: store.message,
-                    },
-                    ComponentStatus {
-                        name: "ipc".into(),
-                        status: "healthy".into(),
-                        detail: None,
-                    },
-                    ipc.watcher.status(),
-                ],
-                uptime_ms: ipc.started.elapsed().as_millis() as u64,
-                version: env!("CARGO_PKG_VERSION").into(),
-            }
-        }
+        Payload::GetStatus => Payload::Status {
+            components: ipc.components().await,
+            uptime_ms: ipc.started.elapsed().as_millis() as u64,
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
         Payload::Acknowledgment { .. }
         | Payload::LogResults { .. }
         | Payload::Monitoring { .. }

@@ -5,12 +5,16 @@
 //! - [`ipc`]: the Unix socket / TCP server speaking `coditect_proto::ipc`;
 //! - [`daemon`]: start-up, the accept loops and graceful shutdown;
 //! - [`watch`]: file watching, attributed to sessions; [`export`]: archiving matched files;
+//! - [`sync`]: sending entries to the hub, no loss, no duplicates;
+//! - [`http`]: `/health` and `/metrics` on loopback;
 //! - [`client`]: a client of the IPC protocol (`codi2`, benchmarks, tests).
 
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod export;
+pub mod http;
 pub mod ipc;
 pub mod store;
+pub mod sync;
 pub mod watch;

@@ -34,6 +34,29 @@ pub struct MonitorStore {
     db: SqliteStore,
 }
 
+/// Entries on their way to the hub under one `batch_id`.
+#[derive(Debug, Clone)]
+pub struct SyncBatch {
+    pub batch_id: String,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// Attempts so far.
+    pub retries: u32,
+    pub entries: Vec<SyncRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncRow {
+    pub seq: i64,
+    pub id: Uuid,
+    pub ts: i64,
+    pub level: Level,
+    pub component: String,
+    pub message: String,
+    pub metadata: Option<String>,
+    pub session_id: Option<String>,
+}
+
 /// A file archived by the exporter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportRecord {
@@ -391,6 +414,180 @@ impl MonitorStore {
                         file_size: r.get::<_, i64>(4)?.max(0) as u64,
                     })
                 })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+
+    /// The batch to send next: the oldest one already claimed (a retry keeps its
+    /// `batch_id`, so the hub recognises it), else a new one of the oldest unsynced
+    /// entries, at most `max_entries` and about `max_bytes` of text.
+    pub async fn sync_claim(
+        &self,
+        max_entries: u32,
+        max_bytes: usize,
+    ) -> Result<Option<SyncBatch>, StoreError> {
+        self.db
+            .write(move |c| {
+                let claimed: Option<(String, i64, i64, u32)> = c
+                    .prepare_cached(
+                        "SELECT batch_id, first_seq, last_seq, retry_count FROM sync_queue
+                         ORDER BY id LIMIT 1",
+                    )?
+                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .optional()?;
+                let (batch_id, first, last, retries, fresh) = match claimed {
+                    Some((b, f, l, n)) => (b, f, l, n, false),
+                    None => {
+                        let mut stmt = c.prepare_cached(
+                            "SELECT seq, length(message) + coalesce(length(metadata), 0)
+                             FROM logs WHERE synced = 0 ORDER BY seq LIMIT ?1",
+                        )?;
+                        let mut rows = stmt.query(params![max_entries])?;
+                        let (mut first, mut last, mut bytes) = (None, 0i64, 0usize);
+                        while let Some(r) = rows.next()? {
+                            let (seq, len): (i64, i64) = (r.get(0)?, r.get(1)?);
+                            if first.is_some() && bytes + len.max(0) as usize + 256 > max_bytes {
+                                break;
+                            }
+                            first.get_or_insert(seq);
+                            last = seq;
+                            bytes += len.max(0) as usize + 256;
+                        }
+                        let Some(first) = first else { return Ok(None) };
+                        let batch_id = format!("codi-{}", Uuid::now_v7());
+                        (batch_id, first, last, 0, true)
+                    }
+                };
+                if fresh {
+                    c.prepare_cached(
+                        "INSERT INTO sync_queue (batch_id, first_seq, last_seq, created_at)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![batch_id, first, last, now_micros()])?;
+                }
+                let mut stmt = c.prepare_cached(
+                    "SELECT seq, id, timestamp, level, component, message, metadata, session_id
+                     FROM logs WHERE seq BETWEEN ?1 AND ?2 AND synced = 0 ORDER BY seq",
+                )?;
+                let entries = stmt
+                    .query_map(params![first, last], |r| {
+                        Ok(SyncRow {
+                            seq: r.get(0)?,
+                            id: Uuid::from_slice(&r.get::<_, Vec<u8>>(1)?).unwrap_or_default(),
+                            ts: r.get(2)?,
+                            level: Level::from_u8(r.get(3)?).unwrap_or_default(),
+                            component: r.get(4)?,
+                            message: r.get(5)?,
+                            metadata: r.get(6)?,
+                            session_id: r.get(7)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Some(SyncBatch {
+                    batch_id,
+                    first_seq: first,
+                    last_seq: last,
+                    retries,
+                    entries,
+                }))
+            })
+            .await
+    }
+
+    /// The hub took the batch (202): its rejected entries are moved aside with their
+    /// reasons, the rest marked synced, the claim released, in one transaction.
+    pub async fn sync_done(
+        &self,
+        batch: &SyncBatch,
+        rejected: Vec<(i64, String)>,
+    ) -> Result<(), StoreError> {
+        let (batch_id, first, last) = (batch.batch_id.clone(), batch.first_seq, batch.last_seq);
+        self.db
+            .write(move |c| {
+                let now = now_micros();
+                for (seq, reason) in &rejected {
+                    c.prepare_cached(
+                        "INSERT OR REPLACE INTO sync_rejected (seq, reason, rejected_at)
+                         VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![seq, reason, now])?;
+                    c.prepare_cached("UPDATE logs SET synced = 2 WHERE seq = ?1")?
+                        .execute(params![seq])?;
+                }
+                c.prepare_cached(
+                    "UPDATE logs SET synced = 1, sync_timestamp = ?3
+                     WHERE seq BETWEEN ?1 AND ?2 AND synced = 0",
+                )?
+                .execute(params![first, last, now])?;
+                c.prepare_cached("DELETE FROM sync_queue WHERE batch_id = ?1")?
+                    .execute(params![batch_id])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// A failed attempt: counted and explained on the claim, which stays for the retry.
+    pub async fn sync_failed(&self, batch_id: String, error: String) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE sync_queue SET retry_count = retry_count + 1, last_error = ?2,
+                            next_retry = ?3
+                     WHERE batch_id = ?1",
+                )?
+                .execute(params![batch_id, error, now_micros()])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Gives a claim up unsent (the hub found it too large): its entries are claimed
+    /// again, in smaller batches.
+    pub async fn sync_release(&self, batch_id: String) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM sync_queue WHERE batch_id = ?1")?
+                    .execute(params![batch_id])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Entries waiting for the hub, and when the oldest of them was stored (µs).
+    pub async fn sync_backlog(&self) -> Result<(u64, Option<i64>), StoreError> {
+        self.db
+            .read(|c| {
+                let oldest: Option<i64> = c
+                    .prepare_cached(
+                        "SELECT created_at FROM logs WHERE synced = 0 ORDER BY seq LIMIT 1",
+                    )?
+                    .query_row([], |r| r.get(0))
+                    .optional()?;
+                let n: i64 = match oldest {
+                    None => 0,
+                    Some(_) => c
+                        .prepare_cached("SELECT count(*) FROM logs WHERE synced = 0")?
+                        .query_row([], |r| r.get(0))?,
+                };
+                Ok((n.max(0) as u64, oldest))
+            })
+            .await
+    }
+
+    /// Entries the hub refused: (seq, message, reason), newest first.
+    pub async fn sync_rejections(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT r.seq, l.message, r.reason FROM sync_rejected r
+                     JOIN logs l ON l.seq = r.seq ORDER BY r.seq DESC LIMIT ?1",
+                )?;
+                let rows =
+                    stmt.query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await

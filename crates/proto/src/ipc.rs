@@ -224,6 +224,29 @@ pub enum Payload {
     },
 }
 
+impl Payload {
+    /// The variant's name, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Hello { .. } => "hello",
+            Payload::LogEntry(_) => "log_entry",
+            Payload::LogBatch { .. } => "log_batch",
+            Payload::StartMonitoring { .. } => "start_monitoring",
+            Payload::StopMonitoring { .. } => "stop_monitoring",
+            Payload::ListMonitoring => "list_monitoring",
+            Payload::SessionStart { .. } => "session_start",
+            Payload::SessionEnd { .. } => "session_end",
+            Payload::QueryLogs { .. } => "query_logs",
+            Payload::GetStatus => "get_status",
+            Payload::Acknowledgment { .. } => "acknowledgment",
+            Payload::LogResults { .. } => "log_results",
+            Payload::Monitoring { .. } => "monitoring",
+            Payload::Error { .. } => "error",
+            Payload::Status { .. } => "status",
+        }
+    }
+}
+
 /// A frame taken off a buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {

@@ -1,10 +1,12 @@
 //! Test support shared by the crates' test suites and the bench: throw-away PostgreSQL
-//! clusters and fresh databases on the suite's cluster. Never a production dependency.
+//! clusters and fresh databases on the suite's cluster, and the real hub binary as a child
+//! process ([`hub::HubProcess`]) for its clients' tests. Never a production dependency.
 //!
 //! The suite's cluster is provisioned by `scripts/test`, which exports its base URL as
 //! `CODITECT_TEST_PG` (`postgres://user@127.0.0.1:port`). Tests that must stop or restart
 //! PostgreSQL start a private [`PgCluster`] instead.
 
+pub mod hub;
 pub mod pg;
 
 pub use pg::{PgCluster, fresh_database, suite_pg_url};

@@ -16,6 +16,7 @@ pub struct TestDaemon {
     pub socket: PathBuf,
     pub db: PathBuf,
     pub tcp: Option<std::net::SocketAddr>,
+    pub http: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -55,6 +56,7 @@ pub async fn spawn_with(
     );
     let daemon = Daemon::start(config).await.unwrap();
     let tcp = daemon.tcp_addr();
+    let http = daemon.http_addr();
     let (tx, rx) = oneshot::channel();
     let done = tokio::spawn(daemon.run(async {
         let _ = rx.await;
@@ -64,6 +66,7 @@ pub async fn spawn_with(
         socket,
         db,
         tcp,
+        http,
         stop: Some(tx),
         done,
     }

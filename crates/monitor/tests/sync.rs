@@ -1,0 +1,225 @@
+//! Sync against a real `coditect-hub` process: every acknowledged entry reaches the hub
+//! exactly once across a hub crash during steady logging; entries the hub rejects are set
+//! aside with its reason; refused credentials keep everything local and say why.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+mod common;
+
+use coditect_monitor::store::MonitorStore;
+use coditect_proto::Level;
+use coditect_proto::ipc::{LogEntry, Payload};
+use coditect_store::Synchronous;
+use coditect_testkit::hub::HubProcess;
+use common::*;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn hub_settings(
+    c: &mut coditect_monitor::config::Config,
+    hub: &HubProcess,
+    key: &str,
+    workspace: &str,
+) {
+    c.server_hub.url = Some(hub.url(""));
+    c.server_hub.api_key = Some(key.into());
+    c.server_hub.workspace_id = Some(workspace.into());
+    c.server_hub.batch_size = 50;
+    c.server_hub.sync_interval = Duration::from_millis(100);
+    c.server_hub.max_backoff = Duration::from_millis(800);
+    c.server_hub.request_timeout = Duration::from_secs(5);
+}
+
+fn line(component: &str, message: String) -> LogEntry {
+    LogEntry {
+        level: Level::Info,
+        component: component.into(),
+        message,
+        metadata: None,
+        session_id: Some("local-session".into()),
+        timestamp: None,
+    }
+}
+
+/// Every entry of `component` on the hub: message → how many times.
+async fn on_hub(
+    hub: &HubProcess,
+    token: &str,
+    workspace: &str,
+    component: &str,
+) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!(
+            "/api/logs?workspace_id={workspace}&component={component}&limit=1000&order=asc"
+        );
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = hub.get(&path, token).await;
+        for item in page["items"].as_array().unwrap() {
+            *out.entry(item["message"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// Waits until nothing is left to sync (at most 60 s).
+async fn drained(db: &std::path::Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let s = MonitorStore::open(db, Synchronous::Normal).await.unwrap();
+        let (pending, _) = s.sync_backlog().await.unwrap();
+        s.close().await;
+        if pending == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_entry_arrives_exactly_once_across_a_hub_crash() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut hub = tokio::task::block_in_place(|| HubProcess::start(hub_dir.path()));
+    let token = hub.admin_token().await;
+    let workspace = hub.workspace(&token, "laptop").await;
+    let key = hub.api_key(&token, Some(&workspace)).await;
+    let d = spawn_with(tempfile::tempdir().unwrap(), false, |c| {
+        hub_settings(c, &hub, &key, &workspace)
+    })
+    .await;
+
+    // Steady logging from another task while the hub goes away and comes back.
+    let socket = d.socket.clone();
+    let writer = tokio::spawn(async move {
+        let mut c = Client::new(tokio::net::UnixStream::connect(&socket).await.unwrap());
+        let started = Instant::now();
+        let mut n = 0usize;
+        while started.elapsed() < Duration::from_secs(6) {
+            accepted(
+                &c.call(Payload::LogEntry(line("steady", format!("m-{n}"))))
+                    .await,
+            );
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+        n
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| hub.kill());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut c = d.client().await;
+    match c.call(Payload::GetStatus).await {
+        Payload::Status { components, .. } => {
+            let sync = components.iter().find(|s| s.name == "sync").unwrap();
+            assert_eq!(sync.status, "degraded", "{sync:?}");
+            assert!(
+                sync.detail.as_deref().unwrap().contains("unreachable"),
+                "{sync:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::task::block_in_place(|| hub.restart());
+    let written = writer.await.unwrap();
+    assert!(written > 200, "only {written} entries written");
+
+    assert!(drained(&d.db).await, "entries left unsynced");
+    let token = hub.admin_token().await;
+    let seen = on_hub(&hub, &token, &workspace, "steady").await;
+    let missing: Vec<usize> = (0..written)
+        .filter(|i| !seen.contains_key(&format!("m-{i}")))
+        .collect();
+    assert!(missing.is_empty(), "missing on the hub: {missing:?}");
+    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    assert_eq!(seen.len(), written);
+    match c.call(Payload::GetStatus).await {
+        Payload::Status { components, .. } => {
+            let sync = components.iter().find(|s| s.name == "sync").unwrap();
+            assert_eq!(sync.status, "healthy", "{sync:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    d.stop().await;
+    hub.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_entries_are_set_aside_and_bad_keys_keep_everything() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut hub = tokio::task::block_in_place(|| HubProcess::start(hub_dir.path()));
+    let token = hub.admin_token().await;
+    let workspace = hub.workspace(&token, "laptop").await;
+    let key = hub.api_key(&token, Some(&workspace)).await;
+
+    // A key the hub does not know: nothing leaves, the status says why.
+    let d = spawn_with(tempfile::tempdir().unwrap(), false, |c| {
+        hub_settings(c, &hub, "cdk_not-a-real-key-0000000000000000", &workspace)
+    })
+    .await;
+    let mut c = d.client().await;
+    accepted(
+        &c.call(Payload::LogEntry(line("keyed", "kept".into())))
+            .await,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let detail = loop {
+        let detail = match c.call(Payload::GetStatus).await {
+            Payload::Status { components, .. } => components
+                .into_iter()
+                .find(|s| s.name == "sync")
+                .and_then(|s| s.detail)
+                .unwrap(),
+            other => panic!("{other:?}"),
+        };
+        if detail.contains("last error") || Instant::now() > deadline {
+            break detail;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(detail.contains("refused the credentials"), "{detail}");
+    assert!(detail.contains("1 entries pending"), "{detail}");
+    assert!(
+        !detail.contains("cdk_not-a-real-key"),
+        "the key is never shown: {detail}"
+    );
+    let dir = d.stop().await;
+
+    // With the right key: the entry kept above goes, a too-old entry is refused by the
+    // hub and set aside with its reason, never retried.
+    let d = spawn_with(dir, false, |c| hub_settings(c, &hub, &key, &workspace)).await;
+    let mut c = d.client().await;
+    let mut old = line("keyed", "from last month".into());
+    old.timestamp = Some(chrono::Utc::now() - chrono::Duration::days(30));
+    accepted(
+        &c.call(Payload::LogBatch {
+            entries: vec![old, line("keyed", "fresh".into())],
+        })
+        .await,
+    );
+    assert!(drained(&d.db).await, "entries left unsynced");
+    let seen = on_hub(&hub, &token, &workspace, "keyed").await;
+    assert_eq!(
+        seen,
+        HashMap::from([("kept".to_string(), 1), ("fresh".to_string(), 1)])
+    );
+    let store = MonitorStore::open(&d.db, Synchronous::Normal)
+        .await
+        .unwrap();
+    let rejected = store.sync_rejections(10).await.unwrap();
+    store.close().await;
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].1, "from last month");
+    assert!(rejected[0].2.contains("timestamp"), "{rejected:?}");
+    d.stop().await;
+    hub.stop();
+}
