@@ -38,6 +38,9 @@ pub struct Storage {
     pub retention_days: u32,
     /// Where exported files are archived (content-addressed).
     pub export_dir: PathBuf,
+    /// A cap on the database (MiB); when reached, the oldest synced entries make room.
+    /// `None`: the disk's own size is the cap.
+    pub max_size_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +121,7 @@ impl Default for Storage {
             synchronous: "full".into(),
             retention_days: 30,
             export_dir: paths::default_export_dir(),
+            max_size_mb: None,
         }
     }
 }
@@ -288,6 +292,9 @@ impl Config {
                 "" | "off" => None,
                 other => Some(parse("CODI_HTTP_LISTEN", other)?),
             };
+        }
+        if let Some(v) = env("CODI_MAX_SIZE_MB") {
+            self.storage.max_size_mb = Some(parse("CODI_MAX_SIZE_MB", &v)?);
         }
         if let Some(v) = env("CODI_EXPORT_DIR") {
             self.storage.export_dir = v.into();

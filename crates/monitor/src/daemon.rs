@@ -6,7 +6,8 @@ use crate::config::Config;
 use crate::export::{ExportConfig, Exporter};
 use crate::http;
 use crate::ipc::{self, Ipc};
-use crate::store::MonitorStore;
+use crate::salvage;
+use crate::store::{MonitorStore, NewEntry};
 use crate::sync::{SharedSyncState, SyncSettings, Syncer};
 use crate::watch::{WatchConfig, Watcher};
 use std::future::Future;
@@ -36,8 +37,14 @@ impl Daemon {
         let socket = config.monitor.unix_socket_path.clone();
         let unix = ipc::bind_unix(&socket).await?;
         let opened = async {
-            let store =
-                MonitorStore::open(&config.storage.sqlite_path, config.synchronous()?).await?;
+            let (store, salvaged) =
+                salvage::open(&config.storage.sqlite_path, config.synchronous()?).await?;
+            if let Some(r) = salvaged {
+                report_salvage(&store, &r).await;
+            }
+            if let Some(mb) = config.storage.max_size_mb {
+                store.set_max_size(mb.saturating_mul(1024 * 1024)).await?;
+            }
             let tcp = match config.monitor.tcp_enabled {
                 true => Some(TcpListener::bind(config.monitor.tcp_listen).await?),
                 false => None,
@@ -141,6 +148,12 @@ impl Daemon {
                 }
             })
         });
+        let retention_task = tokio::spawn(retention(
+            self.ipc.store.clone(),
+            self.config.storage.retention_days,
+            self.ipc.sync.is_some(),
+            stop_rx.clone(),
+        ));
         let sync_task = self
             .syncer
             .take()
@@ -201,11 +214,69 @@ impl Daemon {
             t.abort();
         }
         upkeep.abort();
+        retention_task.abort();
         let watcher = self.ipc.watcher.clone();
         let _ = tokio::task::spawn_blocking(move || watcher.stop()).await;
         self.ipc.store.close().await;
         let _ = std::fs::remove_file(&self.socket);
         tracing::info!("stopped");
+    }
+}
+
+/// Leaves a trace of a salvage in the store itself (and so on the hub).
+async fn report_salvage(store: &MonitorStore, r: &salvage::SalvageReport) {
+    let entry = NewEntry {
+        id: uuid::Uuid::now_v7(),
+        ts: chrono::Utc::now().timestamp_micros(),
+        level: coditect_proto::Level::Error,
+        component: "codi-monitor".into(),
+        message: format!(
+            "the store was corrupt and was moved aside; salvaged {} entries, {} sessions, {} watches",
+            r.entries, r.sessions, r.watches
+        ),
+        metadata: Some(
+            serde_json::json!({
+                "kind": "salvage",
+                "moved_to": r.moved_to.display().to_string(),
+                "reason": r.reason,
+                "entries": r.entries,
+                "sessions": r.sessions,
+                "watches": r.watches,
+            })
+            .to_string(),
+        ),
+        session_id: None,
+    };
+    if let Err(e) = store.append(vec![entry]).await {
+        tracing::error!(error = %e, "cannot record the salvage");
+    }
+}
+
+/// Deletes what is past `retention_days` now and every hour: only entries settled with
+/// the hub when one is configured, else every old entry.
+async fn retention(
+    store: MonitorStore,
+    days: u32,
+    keep_unsynced: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    if days == 0 {
+        return;
+    }
+    loop {
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+        match store
+            .apply_retention(cutoff.timestamp_micros(), keep_unsynced)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, days, "retention applied"),
+            Err(e) => tracing::warn!(error = %e, "retention failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

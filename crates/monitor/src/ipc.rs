@@ -241,11 +241,14 @@ fn ack(request_id: Uuid, status: AckStatus, stored: u32) -> Payload {
 }
 
 fn unavailable(e: coditect_store::StoreError) -> Payload {
-    tracing::error!(error = %e, "store write failed");
-    error(
-        ErrorCode::Unavailable,
-        "the local store cannot take writes right now; nothing was stored".into(),
-    )
+    tracing::error!(error = %e, "store operation failed");
+    let message = match e {
+        coditect_store::StoreError::Full(_) => {
+            "the local store is full and holds no synced entries to make room; nothing was stored"
+        }
+        _ => "the local store cannot take writes right now; nothing was stored",
+    };
+    error(ErrorCode::Unavailable, message.into())
 }
 
 /// The reply to one frame, and whether the connection must close after it.

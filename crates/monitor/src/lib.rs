@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: settings and the default paths `codi2` shares;
 //! - [`store`]: the local SQLite store (durable before any acknowledgement);
+//! - [`salvage`]: a corrupt store moved aside and its readable rows kept;
 //! - [`ipc`]: the Unix socket / TCP server speaking `coditect_proto::ipc`;
 //! - [`daemon`]: start-up, the accept loops and graceful shutdown;
 //! - [`watch`]: file watching, attributed to sessions; [`export`]: archiving matched files;
@@ -15,6 +16,7 @@ pub mod daemon;
 pub mod export;
 pub mod http;
 pub mod ipc;
+pub mod salvage;
 pub mod store;
 pub mod sync;
 pub mod watch;

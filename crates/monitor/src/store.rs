@@ -24,6 +24,9 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// Entries deleted per rotation step when the store is full.
+const ROTATE_STEP: u32 = 5_000;
+
 /// Longest accepted message (bytes); longer entries are refused, not truncated.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Longest accepted metadata (bytes of JSON).
@@ -152,7 +155,32 @@ impl MonitorStore {
     }
 
     /// Stores entries in one transaction; returns once they are durable.
+    ///
+    /// When the disk (or `storage.max_size_mb`) is full, the oldest entries already on
+    /// the hub are deleted to make room, and the write is tried again; unsynced entries
+    /// are never deleted for room: with nothing left to rotate, the write fails (and the
+    /// caller is told nothing was stored).
     pub async fn append(&self, entries: Vec<NewEntry>) -> Result<u32, StoreError> {
+        let entries = std::sync::Arc::new(entries);
+        let mut rotations = 0;
+        loop {
+            match self.insert(entries.clone()).await {
+                Err(StoreError::Full(e)) if rotations < 8 => {
+                    rotations += 1;
+                    let freed = self.rotate_synced(ROTATE_STEP).await?;
+                    if freed == 0 {
+                        tracing::error!(error = %e, "storage full and no synced entries left to rotate");
+                        return Err(StoreError::Full(e));
+                    }
+                    metrics::counter!("codi_rotated_entries_total").increment(freed);
+                    tracing::warn!(freed, "storage full: deleted the oldest synced entries");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn insert(&self, entries: std::sync::Arc<Vec<NewEntry>>) -> Result<u32, StoreError> {
         let n = entries.len() as u32;
         self.db
             .write(move |c| {
@@ -162,7 +190,7 @@ impl MonitorStore {
                                        metadata, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?;
-                for e in &entries {
+                for e in entries.iter() {
                     stmt.execute(params![
                         e.id.as_bytes(),
                         e.ts,
@@ -175,6 +203,123 @@ impl MonitorStore {
                     ])?;
                 }
                 Ok(n)
+            })
+            .await
+    }
+
+    /// Deletes up to `n` of the oldest entries the hub already has (or refused).
+    pub async fn rotate_synced(&self, n: u32) -> Result<u64, StoreError> {
+        self.db
+            .write(move |c| {
+                let deleted = c
+                    .prepare_cached(
+                        "DELETE FROM logs WHERE seq IN
+                           (SELECT seq FROM logs WHERE synced != 0 ORDER BY seq LIMIT ?1)",
+                    )?
+                    .execute(params![n])?;
+                c.prepare_cached(
+                    "DELETE FROM sync_rejected WHERE seq NOT IN (SELECT seq FROM logs)",
+                )?
+                .execute([])?;
+                Ok(deleted as u64)
+            })
+            .await
+    }
+
+    /// Deletes entries older than `cutoff` (µs): only those settled with the hub when
+    /// `keep_unsynced`, else all (no hub is configured: nothing would ever sync them).
+    pub async fn apply_retention(
+        &self,
+        cutoff: i64,
+        keep_unsynced: bool,
+    ) -> Result<u64, StoreError> {
+        self.db
+            .write(move |c| {
+                let deleted = c
+                    .prepare_cached(
+                        "DELETE FROM logs WHERE timestamp < ?1 AND (synced != 0 OR ?2 = 0)",
+                    )?
+                    .execute(params![cutoff, keep_unsynced])?;
+                c.prepare_cached(
+                    "DELETE FROM sync_rejected WHERE seq NOT IN (SELECT seq FROM logs)",
+                )?
+                .execute([])?;
+                c.prepare_cached(
+                    "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?1",
+                )?
+                .execute(params![cutoff])?;
+                Ok(deleted as u64)
+            })
+            .await
+    }
+
+    /// Writes rows salvaged from a corrupt file into this (fresh) store, keeping their ids
+    /// and sync state.
+    pub async fn restore(&self, rows: crate::salvage::Salvaged) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "INSERT OR IGNORE INTO logs (id, timestamp, level, component, session_id,
+                        message, metadata, synced, sync_timestamp, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                for r in &rows.logs {
+                    stmt.execute(params![
+                        r.id,
+                        r.timestamp,
+                        r.level,
+                        r.component,
+                        r.session_id,
+                        r.message,
+                        r.metadata,
+                        r.synced,
+                        r.sync_timestamp,
+                        r.created_at
+                    ])?;
+                }
+                let mut stmt = c.prepare_cached(
+                    "INSERT OR IGNORE INTO sessions (id, identity, agent_type, started_at, ended_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for r in &rows.sessions {
+                    stmt.execute(params![
+                        r.id,
+                        r.identity,
+                        r.agent_type,
+                        r.started_at,
+                        r.ended_at
+                    ])?;
+                }
+                let mut stmt = c.prepare_cached(
+                    "INSERT OR IGNORE INTO monitored_paths (path, recursive, patterns, active,
+                        created_at, session_id, mode)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for r in &rows.watches {
+                    stmt.execute(params![
+                        r.path,
+                        r.recursive,
+                        r.patterns,
+                        r.active,
+                        r.created_at,
+                        r.session_id,
+                        r.mode
+                    ])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Caps the database file at about `bytes` (SQLite then reports it full, which
+    /// [`append`](Self::append) answers by rotating).
+    pub async fn set_max_size(&self, bytes: u64) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                let pages = (bytes as i64 / page.max(512)).max(16);
+                c.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+                Ok(())
             })
             .await
     }

@@ -1,0 +1,428 @@
+//! `codi2`'s hub commands against the real `coditect-hub` binary (embedded SQLite): login
+//! with an e-mail or an API key, refused credentials, an unreachable hub, search, and the
+//! live tail surviving a hub crash and restart without duplicates or gaps.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+mod common;
+
+use coditect_testkit::hub::{ADMIN_EMAIL, ADMIN_PASSWORD, HubProcess};
+use common::{Sandbox, wait_for};
+use serde_json::{Value, json};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn entries(prefix: &str, n: usize, component: &str) -> Vec<Value> {
+    let now = chrono::Utc::now();
+    (0..n)
+        .map(|i| {
+            json!({
+                "timestamp": (now + chrono::Duration::microseconds(i as i64))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": if i % 10 == 0 { "error" } else { "info" },
+                "component": component,
+                "message": format!("{prefix}{i}"),
+            })
+        })
+        .collect()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_a_password_or_an_api_key_and_logout() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(hub_dir.path());
+    let admin = hub.admin_token().await;
+    let ws = hub.workspace(&admin, "cli").await;
+    hub.post_logs(&admin, &ws, entries("hello ", 3, "api"))
+        .await;
+    let sb = Sandbox::new();
+    let url = hub.url("");
+
+    // E-mail and password (from stdin).
+    let r = sb
+        .run_stdin(
+            &["login", "--hub", &format!("{url}/"), "--email", ADMIN_EMAIL],
+            format!("{ADMIN_PASSWORD}\n").as_bytes(),
+        )
+        .await;
+    r.ok();
+    assert_eq!(
+        r.stdout.trim(),
+        format!("logged in to {url} as {ADMIN_EMAIL} (admin)")
+    );
+    let creds = sb.credentials();
+    assert_eq!(mode(&creds), 0o600);
+    assert_eq!(mode(creds.parent().unwrap()), 0o700);
+    let stored = std::fs::read_to_string(&creds).unwrap();
+    assert!(stored.contains("kind = \"session\""), "{stored}");
+    assert!(!r.stdout.contains(ADMIN_PASSWORD) && !r.stderr.contains(ADMIN_PASSWORD));
+    assert!(
+        !stored.contains(ADMIN_PASSWORD),
+        "the password is never stored"
+    );
+    let access = stored
+        .lines()
+        .find_map(|l| l.strip_prefix("access_token = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert!(!r.stdout.contains(&access) && !r.stderr.contains(&access));
+
+    // The default hub is the one logged in to.
+    let r = sb.run(&["logs", "--json"]).await;
+    r.ok();
+    assert_eq!(r.json_lines().len(), 3, "{r:?}");
+
+    // An API key (from the environment here), for the same hub: replaces the session.
+    let key = hub.api_key(&admin, Some(&ws)).await;
+    let r = sb
+        .run_with(
+            &["--json", "login", "--hub", &url, "--api-key"],
+            &[("CODI_HUB_API_KEY", &key)],
+            None,
+        )
+        .await;
+    r.ok();
+    let said = &r.json_lines()[0];
+    assert_eq!(said["kind"], "api_key");
+    assert_eq!(said["email"], ADMIN_EMAIL);
+    assert!(!r.stdout.contains(&key) && !r.stderr.contains(&key));
+    assert_eq!(mode(&creds), 0o600);
+    let stored = std::fs::read_to_string(&creds).unwrap();
+    assert!(stored.contains("kind = \"api_key\""), "{stored}");
+    // And from stdin.
+    let r = sb
+        .run_stdin(
+            &["login", "--hub", &url, "--api-key"],
+            format!("{key}\n").as_bytes(),
+        )
+        .await;
+    r.ok();
+    let r = sb.run(&["logs"]).await;
+    r.ok();
+    assert_eq!(r.lines().len(), 3);
+    assert!(r.lines()[2].ends_with("INFO  api hello 2"), "{r:?}");
+
+    // Logout forgets; then the hub commands say how to log in.
+    let r = sb.run(&["logout"]).await;
+    r.ok();
+    assert_eq!(r.stdout.trim(), format!("logged out of {url}"));
+    assert!(!creds.exists());
+    sb.run(&["logs", "--hub", &url]).await.failed(
+        5,
+        &format!("not logged in to {url}: run `codi2 login --hub {url}`"),
+    );
+    sb.run(&["logs"]).await.failed(5, "no hub given");
+    // The environment's key works without logging in.
+    let r = sb
+        .run_with(
+            &["logs", "--hub", &url],
+            &[("CODI_HUB_API_KEY", &key)],
+            None,
+        )
+        .await;
+    r.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_and_an_unreachable_hub() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(hub_dir.path());
+    hub.admin_token().await;
+    let sb = Sandbox::new();
+    let url = hub.url("");
+
+    let r = sb
+        .run_stdin(
+            &["login", "--hub", &url, "--email", ADMIN_EMAIL],
+            b"not the password\n",
+        )
+        .await;
+    r.failed(5, "refused the e-mail or password");
+    assert!(r.stderr.contains("invalid email or password"), "{r:?}");
+    assert!(!r.stderr.contains("not the password"));
+    assert!(!sb.credentials().exists());
+    // The password may come from CODI_PASSWORD too; a wrong one is refused the same way.
+    sb.run_with(
+        &["login", "--hub", &url, "--email", ADMIN_EMAIL],
+        &[("CODI_PASSWORD", "also wrong")],
+        None,
+    )
+    .await
+    .failed(5, "invalid email or password");
+    sb.run_stdin(&["login", "--hub", &url, "--api-key"], b"cdk_not_a_key\n")
+        .await
+        .failed(5, "refused the API key");
+    sb.run(&["login", "--hub", &url])
+        .await
+        .failed(2, "give --email");
+    sb.run_stdin(&["login", "--hub", &url, "--email", ADMIN_EMAIL], b"\n")
+        .await
+        .failed(2, "no password given");
+    sb.run(&["login", "--hub", "ftp://x", "--api-key"])
+        .await
+        .failed(2, "invalid hub URL");
+    assert!(!sb.credentials().exists());
+
+    let nowhere = format!("http://127.0.0.1:{}", closed_port());
+    sb.run_with(
+        &["login", "--hub", &nowhere, "--email", ADMIN_EMAIL],
+        &[("CODI_PASSWORD", ADMIN_PASSWORD)],
+        None,
+    )
+    .await
+    .failed(4, &format!("cannot reach the hub at {nowhere}"));
+    for cmd in ["logs", "tail"] {
+        sb.run_with(
+            &[cmd, "--hub", &nowhere],
+            &[("CODI_HUB_API_KEY", "cdk_whatever")],
+            None,
+        )
+        .await
+        .failed(4, &format!("cannot reach the hub at {nowhere}"));
+    }
+    // A refused key on tail is a credentials error, not a retry loop.
+    sb.run_with(
+        &["tail", "--hub", &url],
+        &[("CODI_HUB_API_KEY", "cdk_not_a_key")],
+        None,
+    )
+    .await
+    .failed(5, "refused the credential");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_searches_pages_and_refreshes_an_expired_token() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(hub_dir.path());
+    let admin = hub.admin_token().await;
+    let ws = hub.workspace(&admin, "search").await;
+    let other = hub.workspace(&admin, "other").await;
+    hub.post_logs(&admin, &ws, entries("first ", 1000, "api"))
+        .await;
+    hub.post_logs(&admin, &ws, entries("second ", 500, "db"))
+        .await;
+    hub.post_logs(&admin, &other, entries("elsewhere ", 5, "api"))
+        .await;
+    let sb = Sandbox::new();
+    let url = hub.url("");
+    sb.run_with(
+        &["login", "--hub", &url, "--email", ADMIN_EMAIL],
+        &[("CODI_PASSWORD", ADMIN_PASSWORD)],
+        None,
+    )
+    .await
+    .ok();
+
+    // Past one page of the hub's: cursors are followed, oldest printed first, no repeats.
+    let r = sb
+        .run(&["logs", "--json", "--workspace", &ws, "--limit", "1200"])
+        .await;
+    r.ok();
+    let rows = r.json_lines();
+    assert_eq!(rows.len(), 1200);
+    let ids: std::collections::HashSet<&str> =
+        rows.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1200);
+    assert_eq!(rows[1199]["message"], "second 499");
+    assert_eq!(rows[0]["message"], "first 300");
+    let r = sb
+        .run(&["logs", "--workspace", &ws, "--limit", "5000"])
+        .await;
+    r.ok();
+    assert_eq!(r.lines().len(), 1500);
+
+    // Filters.
+    let r = sb
+        .run(&[
+            "logs",
+            "--json",
+            "--workspace",
+            &ws,
+            "--component",
+            "db",
+            "--level",
+            "error",
+            "--limit",
+            "1000",
+        ])
+        .await;
+    r.ok();
+    assert_eq!(r.json_lines().len(), 50);
+    let r = sb.run(&["logs", "-q", "elsewhere", "--json"]).await;
+    r.ok();
+    assert_eq!(r.json_lines().len(), 5);
+    assert!(
+        r.json_lines()
+            .iter()
+            .all(|v| v["workspace_id"] == other.as_str())
+    );
+    let r = sb.run(&["logs", "--workspace", &ws, "--until", "1h"]).await;
+    r.ok();
+    assert!(r.stdout.is_empty());
+    sb.run(&["logs", "--workspace", "not-a-uuid"])
+        .await
+        .failed(2, "the hub at");
+
+    // An access token the hub no longer takes is refreshed, and the new pair kept.
+    let creds = sb.credentials();
+    let stored = std::fs::read_to_string(&creds).unwrap();
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+            .unwrap()
+            .to_string()
+    };
+    let access = field(&stored, "access_token");
+    std::fs::write(
+        &creds,
+        stored.replace(&access, "\"eyJhbGciOiJSUzI1NiJ9.e30.expired\""),
+    )
+    .unwrap();
+    let r = sb.run(&["-v", "logs", "--limit", "3"]).await;
+    r.ok();
+    assert!(r.stderr.contains("refreshing the session"), "{r:?}");
+    assert_eq!(r.lines().len(), 3);
+    let refreshed = std::fs::read_to_string(&creds).unwrap();
+    assert!(!refreshed.contains("expired"), "{refreshed}");
+    assert_ne!(
+        field(&refreshed, "refresh_token"),
+        field(&stored, "refresh_token")
+    );
+    assert_eq!(mode(&creds), 0o600);
+    // The refresh token was spent: a stale copy of the file cannot refresh again.
+    std::fs::write(
+        &creds,
+        stored.replace(&access, "\"eyJhbGciOiJSUzI1NiJ9.e30.expired\""),
+    )
+    .unwrap();
+    sb.run(&["logs"]).await.failed(5, "log in again");
+}
+
+/// Lines a child process prints, collected as they come.
+fn collect(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+fn messages(lines: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v["message"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follows_live_entries_across_a_hub_crash_and_restart() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut hub = HubProcess::start(hub_dir.path());
+    let admin = hub.admin_token().await;
+    let ws = hub.workspace(&admin, "tail").await;
+    hub.post_logs(&admin, &ws, entries("before ", 3, "api"))
+        .await;
+    let sb = Sandbox::new();
+    let url = hub.url("");
+    sb.run_with(
+        &["login", "--hub", &url, "--email", ADMIN_EMAIL],
+        &[("CODI_PASSWORD", ADMIN_PASSWORD)],
+        None,
+    )
+    .await
+    .ok();
+
+    let mut child = sb
+        .command(&["-v", "tail", "--json", "--workspace", &ws])
+        .spawn()
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    let said = |what: &'static str| {
+        let err = err.clone();
+        move || err.lock().unwrap().iter().any(|l| l.contains(what))
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), said("tailing")).await,
+        "{:?}",
+        err.lock().unwrap()
+    );
+
+    // Live: what is posted now, not what was there before.
+    hub.post_logs(&admin, &ws, entries("a", 10, "api")).await;
+    assert!(
+        wait_for(Duration::from_secs(30), || out.lock().unwrap().len() >= 10).await,
+        "{:?}",
+        err.lock().unwrap()
+    );
+
+    // A crash: the tail notices, retries, and resumes after the hub is back. Entries
+    // posted before it reconnects come from the store, the later ones live.
+    hub.kill();
+    assert!(
+        wait_for(Duration::from_secs(30), said("lost the connection")).await,
+        "{:?}",
+        err.lock().unwrap()
+    );
+    hub.restart();
+    assert_eq!(hub.url(""), url, "same port");
+    hub.post_logs(&admin, &ws, entries("b", 10, "api")).await;
+    assert!(
+        wait_for(Duration::from_secs(30), said("reconnected")).await,
+        "{:?}",
+        err.lock().unwrap()
+    );
+    hub.post_logs(&admin, &ws, entries("c", 10, "api")).await;
+    // Another workspace's entries are not this tail's.
+    let other = hub.workspace(&admin, "elsewhere").await;
+    hub.post_logs(&admin, &other, entries("x", 3, "api")).await;
+    hub.post_logs(&admin, &ws, entries("d", 1, "api")).await;
+    assert!(
+        wait_for(Duration::from_secs(30), || out.lock().unwrap().len() >= 31).await,
+        "{:?} {:?}",
+        out.lock().unwrap(),
+        err.lock().unwrap()
+    );
+    // A graceful restart too.
+    hub.restart();
+    hub.post_logs(&admin, &ws, entries("e", 5, "api")).await;
+    assert!(
+        wait_for(Duration::from_secs(30), || out.lock().unwrap().len() >= 36).await,
+        "{:?} {:?}",
+        out.lock().unwrap(),
+        err.lock().unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(child.try_wait().unwrap().is_none(), "tail keeps running");
+    child.kill().await.unwrap();
+
+    let expected: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .flat_map(|p| (0..10).map(move |i| format!("{p}{i}")))
+        .chain(["d0".to_string()])
+        .chain((0..5).map(|i| format!("e{i}")))
+        .collect();
+    assert_eq!(messages(&out), expected, "{:?}", err.lock().unwrap());
+}
