@@ -272,6 +272,9 @@ impl Config {
         if let Some(v) = env("CODI_LOG_LEVEL") {
             self.general.log_level = v;
         }
+        if let Some(v) = env("CODI_LOG_JSON") {
+            self.general.log_json = parse("CODI_LOG_JSON", &v)?;
+        }
         if let Some(v) = env("CODI_SYNCHRONOUS") {
             self.storage.synchronous = v;
         }

@@ -8,8 +8,10 @@
 //! - [`watch`]: file watching, attributed to sessions; [`export`]: archiving matched files;
 //! - [`sync`]: sending entries to the hub, no loss, no duplicates;
 //! - [`http`]: `/health` and `/metrics` on loopback;
+//! - [`supervise`]: `codi-monitor supervise`, keeping a daemon alive; [`cli`]: the command line;
 //! - [`client`]: a client of the IPC protocol (`codi2`, benchmarks, tests).
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
@@ -18,5 +20,6 @@ pub mod http;
 pub mod ipc;
 pub mod salvage;
 pub mod store;
+pub mod supervise;
 pub mod sync;
 pub mod watch;
