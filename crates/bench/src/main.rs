@@ -6,6 +6,7 @@ mod auth;
 mod baseline;
 mod hubproc;
 mod ingest;
+mod monitor;
 mod query;
 mod report;
 mod rows;
@@ -34,6 +35,9 @@ enum Suite {
     Ingest(ingest::Args),
     /// Searches over a large tenant through the hub, beside plain SQLite rows.
     Query(query::Args),
+    /// codi-monitor: IPC round trips, sustained writes, 1,000 clients, file events and
+    /// idle memory, beside raw SQLite inserts of the same rows.
+    Monitor(monitor::Args),
     /// Live-tail delivery latency beside a bare WebSocket broadcast, and idle memory.
     Tail(tail::Args),
     /// (internal) the bare WebSocket broadcast server the tail suite compares against.
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             Suite::Ingest(args) => ingest::run(args).await,
             Suite::Query(args) => query::run(args).await,
             Suite::Tail(args) => tail::run(args).await,
+            Suite::Monitor(args) => monitor::run(args).await,
             Suite::BareBroadcast => tail::bare_server().await,
         }
     })

@@ -281,37 +281,55 @@ impl Local {
     }
 
     pub async fn query(&self, args: QueryArgs) -> Result<()> {
-        let filter = log_filter(&args.filters, &args.window)?;
+        let mut filter = log_filter(&args.filters, &args.window)?;
         let mut target = self.target(false).await?;
-        let result = match &mut target {
-            Target::Daemon(c) => {
-                match c
-                    .call(
-                        self,
-                        Payload::QueryLogs {
-                            filter,
-                            limit: args.limit,
-                        },
-                    )
-                    .await?
-                {
-                    Payload::LogResults {
-                        entries,
-                        total_count,
-                    } => Ok((entries, total_count)),
-                    other => Err(unexpected(other)),
-                }
+        // A page holds at most what one reply frame carries: follow `before_seq` until
+        // `--limit` entries are in or there are no more.
+        let mut entries: Vec<StoredLog> = Vec::new();
+        let mut total = 0;
+        let result = loop {
+            let want = args.limit.saturating_sub(entries.len() as u32);
+            if want == 0 {
+                break Ok(());
             }
-            Target::Direct(store) => {
-                let r = store.query(filter, args.limit).await.map_err(|e| {
-                    CliError::failure(format!("cannot read {}: {e}", self.db().display()))
-                });
-                store.close().await;
-                r
+            filter.before_seq = entries.last().map(|e| e.seq);
+            match self.query_page(&mut target, filter.clone(), want).await {
+                Ok((page, count)) => {
+                    total = count;
+                    if page.is_empty() {
+                        break Ok(());
+                    }
+                    entries.extend(page);
+                }
+                Err(e) => break Err(e),
             }
         };
-        let (entries, total) = result?;
+        if let Target::Direct(store) = &target {
+            store.close().await;
+        }
+        result?;
         self.print_entries(&entries, total)
+    }
+
+    /// One page, newest first, and how many entries match in all.
+    async fn query_page(
+        &self,
+        target: &mut Target,
+        filter: LogFilter,
+        limit: u32,
+    ) -> Result<(Vec<StoredLog>, u64)> {
+        match target {
+            Target::Daemon(c) => match c.call(self, Payload::QueryLogs { filter, limit }).await? {
+                Payload::LogResults {
+                    entries,
+                    total_count,
+                } => Ok((entries, total_count)),
+                other => Err(unexpected(other)),
+            },
+            Target::Direct(store) => store.query(filter, limit).await.map_err(|e| {
+                CliError::failure(format!("cannot read {}: {e}", self.db().display()))
+            }),
+        }
     }
 
     fn print_entries(&self, entries: &[StoredLog], total: u64) -> Result<()> {

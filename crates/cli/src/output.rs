@@ -63,7 +63,8 @@ pub fn entry_line(
     let ts = timestamp.to_rfc3339_opts(SecondsFormat::Millis, true);
     let level = level.as_str().to_ascii_uppercase();
     let message = one_line(message);
-    match session {
+    let component = one_line(component);
+    match session.map(one_line) {
         Some(s) => format!("{ts} {level:<5} {component} [{s}] {message}"),
         None => format!("{ts} {level:<5} {component} {message}"),
     }

@@ -39,6 +39,19 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A sandbox logged in to `hub` as the first admin.
+async fn logged_in(hub: &HubProcess) -> Sandbox {
+    let sb = Sandbox::new();
+    sb.run_with(
+        &["login", "--hub", &hub.url(""), "--email", ADMIN_EMAIL],
+        &[("CODI_PASSWORD", ADMIN_PASSWORD)],
+        None,
+    )
+    .await
+    .ok();
+    sb
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_with_a_password_or_an_api_key_and_logout() {
     let hub_dir = tempfile::tempdir().unwrap();
@@ -216,15 +229,7 @@ async fn logs_searches_pages_and_refreshes_an_expired_token() {
         .await;
     hub.post_logs(&admin, &other, entries("elsewhere ", 5, "api"))
         .await;
-    let sb = Sandbox::new();
-    let url = hub.url("");
-    sb.run_with(
-        &["login", "--hub", &url, "--email", ADMIN_EMAIL],
-        &[("CODI_PASSWORD", ADMIN_PASSWORD)],
-        None,
-    )
-    .await
-    .ok();
+    let sb = logged_in(&hub).await;
 
     // Past one page of the hub's: cursors are followed, oldest printed first, no repeats.
     let r = sb
@@ -344,15 +349,8 @@ async fn tail_follows_live_entries_across_a_hub_crash_and_restart() {
     let ws = hub.workspace(&admin, "tail").await;
     hub.post_logs(&admin, &ws, entries("before ", 3, "api"))
         .await;
-    let sb = Sandbox::new();
+    let sb = logged_in(&hub).await;
     let url = hub.url("");
-    sb.run_with(
-        &["login", "--hub", &url, "--email", ADMIN_EMAIL],
-        &[("CODI_PASSWORD", ADMIN_PASSWORD)],
-        None,
-    )
-    .await
-    .ok();
 
     let mut child = sb
         .command(&["-v", "tail", "--json", "--workspace", &ws])

@@ -35,7 +35,23 @@ pub struct IpcClient<S> {
 }
 
 impl IpcClient<UnixStream> {
+    /// Connects to the daemon at `path`, which must belong to this user (a socket of
+    /// someone else's could be theirs to read what is sent).
     pub async fn connect_unix(path: &Path) -> Result<Self, ClientError> {
+        use std::os::unix::fs::MetadataExt;
+        let me = nix::unistd::getuid().as_raw();
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.uid() != me
+            && me != 0
+        {
+            return Err(ClientError::Unreachable {
+                at: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("the socket belongs to another user (uid {})", meta.uid()),
+                ),
+            });
+        }
         let stream =
             UnixStream::connect(path)
                 .await

@@ -34,7 +34,8 @@ pub struct Storage {
     pub sqlite_path: PathBuf,
     /// `full` (survives power loss) or `normal` (survives a crash of the daemon).
     pub synchronous: String,
-    /// Synced entries older than this are deleted; unsynced ones are kept.
+    /// Entries older than this are deleted: only synced ones when a hub is configured
+    /// (unsynced ones are kept), all of them otherwise.
     pub retention_days: u32,
     /// Where exported files are archived (content-addressed).
     pub export_dir: PathBuf,
@@ -156,11 +157,12 @@ pub struct Overrides {
 pub mod paths {
     use std::path::PathBuf;
 
-    /// `$XDG_RUNTIME_DIR/codi-monitor.sock`, else a per-user path in `/tmp`.
+    /// `$XDG_RUNTIME_DIR/codi-monitor.sock`, else `/tmp/codi-<uid>/codi-monitor.sock` (a
+    /// directory of the user's own, mode 0700, so nobody else can take the path first).
     pub fn default_socket() -> PathBuf {
         match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
             Some(dir) => PathBuf::from(dir).join("codi-monitor.sock"),
-            None => PathBuf::from(format!("/tmp/codi-monitor-{}.sock", user_tag())),
+            None => PathBuf::from(format!("/tmp/codi-{}", user_tag())).join("codi-monitor.sock"),
         }
     }
 
@@ -196,13 +198,9 @@ pub mod paths {
             .unwrap_or_else(|| PathBuf::from("/tmp"))
     }
 
-    /// The user's id (so two users of one machine never share a socket), else their name.
+    /// The user's id (so two users of one machine never share a socket).
     fn user_tag() -> String {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/self")
-            .map(|m| m.uid().to_string())
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "user".into())
+        nix::unistd::getuid().to_string()
     }
 }
 
@@ -358,11 +356,28 @@ impl Config {
                     .into(),
             ));
         }
-        if let Some(url) = &hub.url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+        if let Some(url) = &hub.url {
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            let Some(rest) = rest else {
+                return Err(ConfigError(format!(
+                    "server_hub.url={url:?} must start with http:// or https://"
+                )));
+            };
+            let authority = rest.split('/').next().unwrap_or_default();
+            if authority.contains('@') {
+                return Err(ConfigError(
+                    "server_hub.url must not carry credentials (user:password@): use server_hub.api_key"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(ws) = &hub.workspace_id
+            && uuid::Uuid::parse_str(ws).is_err()
         {
             return Err(ConfigError(format!(
-                "server_hub.url={url:?} must start with http:// or https://"
+                "server_hub.workspace_id={ws:?} is not a workspace id (a UUID)"
             )));
         }
         if !(1..=1000).contains(&hub.batch_size) {
@@ -413,7 +428,7 @@ mod tests {
             &file,
             "[storage]\nsqlite_path = \"/from/file.db\"\nretention_days = 7\n\
              [monitor]\nunix_socket_path = \"/from/file.sock\"\n\
-             [server_hub]\nurl = \"http://hub:8080\"\napi_key = \"k\"\nworkspace_id = \"w\"\n",
+             [server_hub]\nurl = \"http://hub:8080\"\napi_key = \"k\"\nworkspace_id = \"0193a0e4-4c8a-7000-8000-000000000001\"\n",
         )
         .unwrap();
         let o = Overrides {

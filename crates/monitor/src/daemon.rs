@@ -179,7 +179,7 @@ impl Daemon {
                             drop(permit);
                         });
                     }
-                    Err(e) => tracing::warn!(error = %e, "unix accept failed"),
+                    Err(e) => accept_failed(e).await,
                 },
                 accepted = accept_tcp(&self.tcp) => match accepted {
                     Ok((stream, _)) => {
@@ -190,7 +190,7 @@ impl Daemon {
                             drop(permit);
                         });
                     }
-                    Err(e) => tracing::warn!(error = %e, "tcp accept failed"),
+                    Err(e) => accept_failed(e).await,
                 },
                 _ = &mut stop => break,
             }
@@ -319,6 +319,13 @@ async fn start_watching(config: &Config, store: &MonitorStore) -> anyhow::Result
         }
     }
     Ok(watcher)
+}
+
+/// Out of file descriptors (or another passing failure): say so, and let a moment pass
+/// rather than spin.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
 async fn accept_tcp(

@@ -23,10 +23,10 @@ pub struct ExportConfig {
 }
 
 /// Takes export candidates from the watcher; archives them on its own thread.
-#[derive(Clone)]
 pub struct Exporter {
     matcher: GlobSet,
     queue: crossbeam_channel::Sender<(PathBuf, Option<String>)>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Exporter {
@@ -45,7 +45,7 @@ impl Exporter {
         }
         let matcher = b.build()?;
         let (queue, rx) = crossbeam_channel::unbounded::<(PathBuf, Option<String>)>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("exporter".into())
             .spawn(move || {
                 for (path, session) in rx {
@@ -62,6 +62,7 @@ impl Exporter {
                                 Ok(()) => {
                                     metrics::counter!("codi_exports_processed_total").increment(1);
                                     if config.move_originals
+                                        && version(&path).ok() == Some(archived.version)
                                         && let Err(e) = std::fs::remove_file(&path)
                                     {
                                         tracing::warn!(path = %path.display(), error = %e, "cannot remove an exported original");
@@ -80,17 +81,28 @@ impl Exporter {
                     }
                 }
             })?;
-        Ok(Some(Exporter { matcher, queue }))
+        Ok(Some(Exporter {
+            matcher,
+            queue,
+            thread,
+        }))
     }
 
-    /// Archives `path` if it matches the export patterns (by its whole path or its name).
-    pub fn offer(&self, path: PathBuf, session: Option<String>) {
+    /// Archives `path` if it matches the export patterns: by its path below the watch
+    /// (`relative`), by its name, or by its absolute path.
+    pub fn offer(&self, path: PathBuf, relative: &Path, session: Option<String>) {
         let by_name = path
             .file_name()
             .is_some_and(|n| self.matcher.is_match(Path::new(n)));
-        if by_name || self.matcher.is_match(&path) {
+        if by_name || self.matcher.is_match(relative) || self.matcher.is_match(&path) {
             let _ = self.queue.send((path, session));
         }
+    }
+
+    /// Archives what is queued, then stops.
+    pub fn finish(self) {
+        drop(self.queue);
+        let _ = self.thread.join();
     }
 }
 
@@ -98,10 +110,26 @@ pub struct Archived {
     pub path: PathBuf,
     pub sha256: String,
     pub size: u64,
+    /// The original's version that was archived.
+    version: (u64, u64, Option<std::time::SystemTime>),
 }
 
-/// Copies `path` into the archive under its content's name; `None` when it vanished.
+/// What identifies one version of a file: inode, size, modification time.
+fn version(path: &Path) -> std::io::Result<(u64, u64, Option<std::time::SystemTime>)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.ino(), m.len(), m.modified().ok()))
+}
+
+/// Copies `path` into the archive under its content's name; `None` when it vanished or
+/// changed while being copied (its next change offers it again), so no archived copy is
+/// ever a half-written file and a moved original is never one that is still growing.
 pub fn archive(config: &ExportConfig, path: &Path) -> std::io::Result<Option<Archived>> {
+    let before = match version(path) {
+        Ok(v) => v,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let mut src = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -122,6 +150,10 @@ pub fn archive(config: &ExportConfig, path: &Path) -> std::io::Result<Option<Arc
         size += n as u64;
     }
     tmp.1.sync_all()?;
+    if size != before.1 || version(path).ok() != Some(before) {
+        let _ = std::fs::remove_file(&tmp.0);
+        return Ok(None);
+    }
     let sha256 = hex::encode(hasher.finalize());
     let ext = path
         .extension()
@@ -142,6 +174,7 @@ pub fn archive(config: &ExportConfig, path: &Path) -> std::io::Result<Option<Arc
         path: dest,
         sha256,
         size,
+        version: before,
     }))
 }
 

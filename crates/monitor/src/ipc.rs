@@ -103,11 +103,17 @@ pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
                 path.display()
             );
         }
-        if UnixStream::connect(path).await.is_ok() {
-            anyhow::bail!(
+        match UnixStream::connect(path).await {
+            Ok(_) => anyhow::bail!(
                 "another codi-monitor is already running on {} (stop it, or use --socket)",
                 path.display()
-            );
+            ),
+            // Nobody listens: a daemon that died left it.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => anyhow::bail!(
+                "cannot tell whether a daemon owns {} ({e}): not replacing it",
+                path.display()
+            ),
         }
         std::fs::remove_file(path)?;
         tracing::info!(path = %path.display(), "replaced a stale socket");
@@ -121,12 +127,40 @@ pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
             .mode(0o700)
             .create(dir)?;
     }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        check_socket_dir(dir)?;
+    }
     let staging = temp_name(path);
     let _ = std::fs::remove_file(&staging);
     let listener = UnixListener::bind(&staging)?;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&staging, path)?;
     Ok(listener)
+}
+
+/// The socket's directory must be ours, or a shared directory with the sticky bit (like
+/// `/tmp`, where nobody can replace a file of ours): anywhere else another user could
+/// swap the socket for their own.
+fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
+    let me = nix::unistd::getuid().as_raw();
+    let shared = meta.mode() & 0o022 != 0;
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.uid() != me && meta.uid() != 0 {
+        anyhow::bail!(
+            "{} belongs to another user (uid {}): refusing to put the socket there",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if shared && !sticky && meta.uid() != me {
+        anyhow::bail!(
+            "{} is writable by others: refusing to put the socket there",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn temp_name(path: &Path) -> PathBuf {
@@ -142,12 +176,32 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut authenticated = !tcp;
+    let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
     let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(8 * 1024);
     loop {
         let mut close = false;
+        // Frames are taken from `start` on and the buffer is compacted once per read, so
+        // many small frames cost linear time.
+        let mut start = 0;
+        let mut answered = 0u32;
         loop {
-            match next_frame(&buf) {
+            let rest = &buf[start..];
+            if !authenticated && declared_len(rest).is_some_and(|n| n > MAX_HELLO) {
+                push(
+                    &mut out,
+                    Message::reply(
+                        Uuid::nil(),
+                        error(
+                            ErrorCode::AuthRequired,
+                            "the first frame over TCP must be a small Hello with the token".into(),
+                        ),
+                    ),
+                );
+                close = true;
+                break;
+            }
+            match next_frame(rest) {
                 Ok(None) => break,
                 Err(too_large) => {
                     push(
@@ -161,7 +215,7 @@ where
                     break;
                 }
                 Ok(Some((frame, used))) => {
-                    buf.drain(..used);
+                    start += used;
                     let kind = match &frame {
                         Frame::Message(m) => m.payload.kind(),
                         Frame::Undecodable { .. } => "undecodable",
@@ -175,9 +229,15 @@ where
                         close = true;
                         break;
                     }
+                    answered += 1;
+                    if answered.is_multiple_of(64) {
+                        // A client with a buffer full of tiny frames shares the runtime.
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
         }
+        buf.drain(..start);
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
                 return;
@@ -189,14 +249,37 @@ where
             return;
         }
         buf.reserve(8 * 1024);
+        let auth_wait = async {
+            if authenticated {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep_until(auth_deadline).await
+            }
+        };
         tokio::select! {
             read = stream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
             _ = stop.changed() => {}
+            _ = auth_wait => {
+                // A TCP client that never authenticates holds no slot for long.
+                let _ = stream.shutdown().await;
+                return;
+            }
         }
     }
+}
+
+/// How long a TCP client has to present its token.
+const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The largest first frame an unauthenticated TCP client may send.
+const MAX_HELLO: usize = 4096;
+
+/// The length a frame's prefix announces, once the prefix is there.
+fn declared_len(buf: &[u8]) -> Option<usize> {
+    buf.first_chunk::<4>()
+        .map(|p| u32::from_le_bytes(*p) as usize)
 }
 
 /// Frames `reply`; one too large for a frame (a big query) is cut down until it fits.

@@ -19,31 +19,35 @@ pub struct SalvageReport {
     pub watches: u64,
 }
 
-/// Why the file at `path` cannot be used as it is; `None` when it is sound (or absent).
-pub fn check(path: &Path) -> Option<String> {
+/// Why the file at `path` is corrupt; `Ok(None)` when it is sound (or absent), `Err` when
+/// it cannot be judged (no permission, an I/O error): that is no reason to move it aside.
+pub fn check(path: &Path) -> Result<Option<String>, StoreError> {
     if !path.exists() {
-        return None;
+        return Ok(None);
     }
-    let conn = match Connection::open_with_flags(
+    let verdict = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    ) {
-        Ok(c) => c,
-        Err(e) => return Some(e.to_string()),
-    };
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
-    match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
-        Ok(s) if s == "ok" => None,
-        Ok(s) => Some(s),
-        Err(e) if is_busy(&e) => None, // another process holds it: not ours to judge now
-        Err(e) => Some(e.to_string()),
+    )
+    .and_then(|conn| {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+    });
+    match verdict {
+        Ok(s) if s == "ok" => Ok(None),
+        Ok(s) => Ok(Some(s)),
+        Err(e) if is_corruption(&e) => Ok(Some(e.to_string())),
+        Err(e) => Err(StoreError::Internal(format!(
+            "cannot check {}: {e}",
+            path.display()
+        ))),
     }
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
+fn is_corruption(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
     )
 }
 
@@ -55,26 +59,43 @@ pub async fn open(
     let owned = path.to_path_buf();
     let problem = tokio::task::spawn_blocking(move || check(&owned))
         .await
-        .map_err(|e| StoreError::Internal(e.to_string()))?;
+        .map_err(|e| StoreError::Internal(e.to_string()))??;
     let Some(reason) = problem else {
         return Ok((MonitorStore::open(path, synchronous).await?, None));
     };
-    tracing::error!(path = %path.display(), reason = %reason, "the store is corrupt: moving it aside");
-    let moved_to = move_aside(path)
-        .map_err(|e| StoreError::Internal(format!("cannot move the corrupt store aside: {e}")))?;
-    let store = MonitorStore::open(path, synchronous).await?;
-    let from = moved_to.clone();
+    tracing::error!(path = %path.display(), reason = %reason, "the store is corrupt: salvaging it");
+    // The fresh store is built beside the old one and only then swapped in: a crash on the
+    // way leaves the corrupt file where it was, and the next start salvages it again.
+    let fresh = sibling(path, ".salvage");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(sibling(&fresh, suffix));
+    }
+    let from = path.to_path_buf();
     let rows = tokio::task::spawn_blocking(move || read_what_can_be_read(&from))
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?;
+    let (entries, sessions, watches) = (
+        rows.logs.len() as u64,
+        rows.sessions.len() as u64,
+        rows.watches.len() as u64,
+    );
+    let building = MonitorStore::open(&fresh, synchronous).await?;
+    let restored = building.restore(rows).await;
+    building.close().await;
+    restored?;
+    let moved_to = move_aside(path)
+        .map_err(|e| StoreError::Internal(format!("cannot move the corrupt store aside: {e}")))?;
+    std::fs::rename(&fresh, path).map_err(|e| {
+        StoreError::Internal(format!("cannot put the salvaged store in place: {e}"))
+    })?;
+    let store = MonitorStore::open(path, synchronous).await?;
     let report = SalvageReport {
         moved_to,
         reason,
-        entries: rows.logs.len() as u64,
-        sessions: rows.sessions.len() as u64,
-        watches: rows.watches.len() as u64,
+        entries,
+        sessions,
+        watches,
     };
-    store.restore(rows).await?;
     tracing::warn!(
         moved_to = %report.moved_to.display(),
         entries = report.entries,
@@ -83,6 +104,13 @@ pub async fn open(
         "salvaged the readable rows of the corrupt store"
     );
     Ok((store, Some(report)))
+}
+
+/// `path` with `suffix` appended to its name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
@@ -145,14 +173,26 @@ pub struct WatchRow {
     pub mode: String,
 }
 
+/// How far a damaged file's `seq` is believed (a garbage maximum must not mean years of
+/// probing).
+const MAX_SEQ: i64 = 100_000_000;
+
 const LOG_COLUMNS: &str = "id, timestamp, level, component, session_id, message, metadata, \
                            synced, sync_timestamp, created_at";
 
+/// One entry as read, made valid where a damaged value would break the fresh store (an id
+/// that is not 16 bytes gets a new one, a level out of range becomes `info`).
 fn log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRow> {
+    let id: Vec<u8> = r.get(0)?;
+    let level: i64 = r.get(2)?;
     Ok(LogRow {
-        id: r.get(0)?,
+        id: if id.len() == 16 {
+            id
+        } else {
+            uuid::Uuid::now_v7().as_bytes().to_vec()
+        },
         timestamp: r.get(1)?,
-        level: r.get(2)?,
+        level: if (0..=5).contains(&level) { level } else { 2 },
         component: r.get(3)?,
         session_id: r.get(4)?,
         message: r.get(5)?,
@@ -184,11 +224,12 @@ fn read_what_can_be_read(path: &Path) -> Salvaged {
             )
             .ok()
         })
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .clamp(0, MAX_SEQ);
     const RANGE: i64 = 1000;
     let mut start = 1;
     while start <= max_seq {
-        let end = start + RANGE;
+        let end = start.saturating_add(RANGE);
         let range: rusqlite::Result<Vec<LogRow>> = conn
             .prepare(&format!(
                 "SELECT {LOG_COLUMNS} FROM logs WHERE seq >= ?1 AND seq < ?2 ORDER BY seq"

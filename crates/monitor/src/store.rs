@@ -22,7 +22,25 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_watch_attribution",
         sql: include_str!("../migrations/0002_watch_attribution.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_watch_files",
+        sql: include_str!("../migrations/0003_watch_files.sql"),
+    },
 ];
+
+/// A file's recorded state: (path, size, modification time in ns since the epoch).
+pub type FileState = (String, u64, Option<i64>);
+
+/// What the file watcher knows changed, written with its entries.
+#[derive(Debug, Default)]
+pub struct FileChanges {
+    pub upserts: Vec<FileState>,
+    pub deletes: Vec<String>,
+}
+
+/// About the most text one query page loads (a reply frame holds at most 1 MiB).
+const MAX_PAGE_BYTES: usize = 900 * 1024;
 
 /// Entries deleted per rotation step when the store is full.
 const ROTATE_STEP: u32 = 5_000;
@@ -48,16 +66,11 @@ pub struct SyncBatch {
     pub entries: Vec<SyncRow>,
 }
 
+/// A stored entry on its way to the hub: its place in the store and its content.
 #[derive(Debug, Clone)]
 pub struct SyncRow {
     pub seq: i64,
-    pub id: Uuid,
-    pub ts: i64,
-    pub level: Level,
-    pub component: String,
-    pub message: String,
-    pub metadata: Option<String>,
-    pub session_id: Option<String>,
+    pub entry: NewEntry,
 }
 
 /// A file archived by the exporter.
@@ -122,6 +135,25 @@ impl NewEntry {
     }
 }
 
+fn write_file_changes(c: &rusqlite::Connection, files: &FileChanges) -> Result<(), StoreError> {
+    if !files.upserts.is_empty() {
+        let mut up = c.prepare_cached(
+            "INSERT INTO watch_files (path, len, mtime_ns) VALUES (?1, ?2, ?3)
+             ON CONFLICT (path) DO UPDATE SET len = ?2, mtime_ns = ?3",
+        )?;
+        for (path, len, mtime) in &files.upserts {
+            up.execute(params![path, *len as i64, mtime])?;
+        }
+    }
+    if !files.deletes.is_empty() {
+        let mut del = c.prepare_cached("DELETE FROM watch_files WHERE path = ?1")?;
+        for path in &files.deletes {
+            del.execute(params![path])?;
+        }
+    }
+    Ok(())
+}
+
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -161,10 +193,21 @@ impl MonitorStore {
     /// are never deleted for room: with nothing left to rotate, the write fails (and the
     /// caller is told nothing was stored).
     pub async fn append(&self, entries: Vec<NewEntry>) -> Result<u32, StoreError> {
+        self.append_with(entries, FileChanges::default()).await
+    }
+
+    /// [`append`](Self::append), and the file watcher's new knowledge in the same
+    /// transaction.
+    pub async fn append_with(
+        &self,
+        entries: Vec<NewEntry>,
+        files: FileChanges,
+    ) -> Result<u32, StoreError> {
         let entries = std::sync::Arc::new(entries);
+        let files = std::sync::Arc::new(files);
         let mut rotations = 0;
         loop {
-            match self.insert(entries.clone()).await {
+            match self.insert(entries.clone(), files.clone()).await {
                 Err(StoreError::Full(e)) if rotations < 8 => {
                     rotations += 1;
                     let freed = self.rotate_synced(ROTATE_STEP).await?;
@@ -180,7 +223,11 @@ impl MonitorStore {
         }
     }
 
-    async fn insert(&self, entries: std::sync::Arc<Vec<NewEntry>>) -> Result<u32, StoreError> {
+    async fn insert(
+        &self,
+        entries: std::sync::Arc<Vec<NewEntry>>,
+        files: std::sync::Arc<FileChanges>,
+    ) -> Result<u32, StoreError> {
         let n = entries.len() as u32;
         self.db
             .write(move |c| {
@@ -202,8 +249,34 @@ impl MonitorStore {
                         created,
                     ])?;
                 }
+                write_file_changes(c, &files)?;
                 Ok(n)
             })
+            .await
+    }
+
+    /// What the watcher recorded of the files below `root`.
+    pub async fn watch_files(&self, root: PathBuf) -> Result<Vec<FileState>, StoreError> {
+        self.db
+            .read(move |c| {
+                let prefix = format!("{}/", root.to_string_lossy().trim_end_matches('/'));
+                let mut stmt = c.prepare_cached(
+                    "SELECT path, len, mtime_ns FROM watch_files
+                     WHERE substr(path, 1, length(?1)) = ?1",
+                )?;
+                let rows = stmt.query_map(params![prefix], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get(2)?))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+
+    /// Records the watcher's baseline of a new watch (what is there needs no entry).
+    pub async fn set_watch_files(&self, changes: FileChanges) -> Result<(), StoreError> {
+        let changes = std::sync::Arc::new(changes);
+        self.db
+            .write(move |c| write_file_changes(c, &changes))
             .await
     }
 
@@ -324,7 +397,8 @@ impl MonitorStore {
             .await
     }
 
-    /// Newest first, at most `limit`, and how many match in all.
+    /// Newest first, at most `limit` (and about [`MAX_PAGE_BYTES`] of text), and how many
+    /// match in all.
     pub async fn query(
         &self,
         filter: LogFilter,
@@ -377,9 +451,16 @@ impl MonitorStore {
                     },
                 )?;
                 let mut out = Vec::new();
+                let mut bytes = 0usize;
                 for row in rows {
                     let (seq, id, ts, level, component, message, metadata, session_id, synced) =
                         row?;
+                    // A page never holds more than one reply frame can carry: the rest is
+                    // the next page (`before_seq`), not memory spent now.
+                    bytes += message.len() + metadata.as_ref().map_or(0, String::len) + 128;
+                    if bytes > MAX_PAGE_BYTES && !out.is_empty() {
+                        break;
+                    }
                     out.push(StoredLog {
                         seq,
                         id: Uuid::from_slice(&id)
@@ -619,13 +700,15 @@ impl MonitorStore {
                     .query_map(params![first, last], |r| {
                         Ok(SyncRow {
                             seq: r.get(0)?,
-                            id: Uuid::from_slice(&r.get::<_, Vec<u8>>(1)?).unwrap_or_default(),
-                            ts: r.get(2)?,
-                            level: Level::from_u8(r.get(3)?).unwrap_or_default(),
-                            component: r.get(4)?,
-                            message: r.get(5)?,
-                            metadata: r.get(6)?,
-                            session_id: r.get(7)?,
+                            entry: NewEntry {
+                                id: Uuid::from_slice(&r.get::<_, Vec<u8>>(1)?).unwrap_or_default(),
+                                ts: r.get(2)?,
+                                level: Level::from_u8(r.get(3)?).unwrap_or_default(),
+                                component: r.get(4)?,
+                                message: r.get(5)?,
+                                metadata: r.get(6)?,
+                                session_id: r.get(7)?,
+                            },
                         })
                     })?
                     .collect::<Result<Vec<_>, _>>()?;

@@ -17,6 +17,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
+/// The longest start-up a daemon gets before failed health checks count against it.
+const STARTUP_GRACE: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone)]
 pub struct SuperviseOptions {
     pub pid_file: PathBuf,
@@ -71,6 +74,9 @@ async fn run(opts: &SuperviseOptions) -> ExitCode {
         let started = Instant::now();
         tracing::info!(pid = child.id(), "daemon started");
         let mut unhealthy = 0u32;
+        // Start-up (checking the store, resuming watches) may take a while: failures count
+        // once the daemon has answered, or after the grace period.
+        let mut answered = false;
         let mut tick = tokio::time::interval(opts.health_interval);
         tick.tick().await;
         let why = loop {
@@ -87,7 +93,8 @@ async fn run(opts: &SuperviseOptions) -> ExitCode {
                     let within = opts.health_interval.clamp(Duration::from_millis(500), Duration::from_secs(2));
                     if healthy_within(&opts.socket, within).await {
                         unhealthy = 0;
-                    } else if started.elapsed() > opts.health_interval * 2 {
+                        answered = true;
+                    } else if answered || started.elapsed() > STARTUP_GRACE {
                         unhealthy += 1;
                         tracing::warn!(unhealthy, "daemon health check failed");
                         if unhealthy >= opts.unhealthy_after {

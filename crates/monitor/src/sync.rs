@@ -6,8 +6,9 @@
 //!   `batch_id` and the hub stores it once.
 //! - Entries are marked synced only after a 202, in the same transaction that moves the
 //!   entries the hub rejected into `sync_rejected` with its reason (never retried).
-//! - A 400 for the whole batch moves every entry aside the same way; a 413 gives the claim
-//!   up and halves the batch size; 401/403/404 are configuration problems, retried slowly;
+//! - A 400 saying every entry was refused moves them all aside the same way (any other 400
+//!   is a configuration problem, retried slowly); a 413 gives the claim up and halves the
+//!   batch size; 401/403/404 are configuration problems, retried slowly;
 //!   429/503 honour `Retry-After`; other failures back off exponentially with jitter.
 
 use crate::config::ServerHub;
@@ -149,7 +150,7 @@ impl Syncer {
                 }
                 let n = batch.entries.len();
                 metrics::counter!("codi_sync_entries_total", "outcome" => "synced")
-                    .increment((n - rejected) as u64);
+                    .increment(n.saturating_sub(rejected) as u64);
                 metrics::counter!("codi_sync_entries_total", "outcome" => "rejected")
                     .increment(rejected as u64);
                 metrics::counter!("codi_sync_batches_total", "outcome" => "accepted").increment(1);
@@ -218,7 +219,8 @@ impl Syncer {
         metrics::gauge!("codi_sync_pending_entries").set(pending as f64);
     }
 
-    /// Exponential with full jitter in [d/2, d], at least `floor` (a `Retry-After`).
+    /// Exponential with jitter in [d/2, d] ("equal jitter"), at least `floor` (a
+    /// `Retry-After`).
     fn backoff(&mut self, floor: Option<Duration>) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let exp = BASE_BACKOFF.saturating_mul(1u32 << self.failures.min(16));
@@ -303,7 +305,15 @@ impl Syncer {
                 // Accepted, answer unreadable: the same batch_id again gets a readable replay.
                 Err(_) => Outcome::Retry(Duration::ZERO, "unreadable answer from the hub".into()),
             },
-            400 | 422 => Outcome::RejectAll(hub_error()),
+            // Only a batch whose every entry was refused one by one is set aside; any
+            // other 400 is about the request (a configuration problem): retried slowly.
+            400 | 422 if text.contains("every entry was rejected") => {
+                Outcome::RejectAll(hub_error())
+            }
+            400 | 422 => Outcome::Retry(
+                self.settings.max_backoff,
+                format!("the hub refused the batch ({})", hub_error()),
+            ),
             413 if batch.entries.len() > 1 => Outcome::TooLarge,
             413 => Outcome::RejectAll(hub_error()),
             401 | 403 | 404 => Outcome::Retry(
@@ -321,7 +331,8 @@ impl Syncer {
 
 /// One entry as the hub's native batch takes it. The hub's `session_id` is a UUID; a
 /// local session id that is not one travels in the metadata as `session`.
-fn wire_entry(e: &SyncRow) -> serde_json::Value {
+fn wire_entry(row: &SyncRow) -> serde_json::Value {
+    let e = &row.entry;
     let ts = chrono::DateTime::from_timestamp_micros(e.ts)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -378,13 +389,15 @@ mod tests {
     fn row(session: Option<&str>, metadata: Option<&str>) -> SyncRow {
         SyncRow {
             seq: 1,
-            id: uuid::Uuid::now_v7(),
-            ts: 1_700_000_000_123_456,
-            level: coditect_proto::Level::Warn,
-            component: "cli".into(),
-            message: "m".into(),
-            metadata: metadata.map(str::to_string),
-            session_id: session.map(str::to_string),
+            entry: crate::store::NewEntry {
+                id: uuid::Uuid::now_v7(),
+                ts: 1_700_000_000_123_456,
+                level: coditect_proto::Level::Warn,
+                component: "cli".into(),
+                message: "m".into(),
+                metadata: metadata.map(str::to_string),
+                session_id: session.map(str::to_string),
+            },
         }
     }
 

@@ -241,6 +241,15 @@ async fn tcp_needs_the_token_first() {
         ),
         ErrorCode::AuthRequired
     );
+    // A large first frame is not read before the token: refused and closed.
+    let mut c = Client::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    c.stream
+        .write_all(&(512 * 1024u32).to_le_bytes())
+        .await
+        .unwrap();
+    let reply = c.reply().await.unwrap();
+    assert_eq!(error_code(&reply.payload), ErrorCode::AuthRequired);
+    assert!(c.reply().await.is_none());
     // The token: served.
     let mut c = Client::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     accepted(
@@ -326,6 +335,91 @@ async fn sessions_and_watches_persist() {
     accepted(&c.call(Payload::StopMonitoring { path: watched }).await);
     match c.call(Payload::ListMonitoring).await {
         Payload::Monitoring { paths } => assert!(paths.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_at_once_are_all_served() {
+    let d = spawn_daemon(false).await;
+    let mut clients = Vec::new();
+    for _ in 0..1000 {
+        clients.push(d.client().await);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (k, mut c) in clients.into_iter().enumerate() {
+        tasks.spawn(async move {
+            for i in 0..2 {
+                let m = format!("client {k} entry {i}");
+                assert_eq!(
+                    accepted(&c.call(Payload::LogEntry(entry(Level::Info, &m))).await),
+                    1
+                );
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let mut c = d.client().await;
+    match c
+        .call(Payload::QueryLogs {
+            filter: LogFilter::default(),
+            limit: 1,
+        })
+        .await
+    {
+        Payload::LogResults { total_count, .. } => assert_eq!(total_count, 2000),
+        other => panic!("{other:?}"),
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_query_page_never_outgrows_one_frame() {
+    let d = spawn_daemon(false).await;
+    let mut c = d.client().await;
+    let big = "x".repeat(60 * 1024);
+    for _ in 0..30 {
+        accepted(&c.call(Payload::LogEntry(entry(Level::Info, &big))).await);
+    }
+    match c
+        .call(Payload::QueryLogs {
+            filter: LogFilter::default(),
+            limit: 30,
+        })
+        .await
+    {
+        Payload::LogResults {
+            entries,
+            total_count,
+        } => {
+            assert_eq!(total_count, 30);
+            assert!(
+                !entries.is_empty() && entries.len() < 30,
+                "{}",
+                entries.len()
+            );
+            // The next page starts where this one ended.
+            let before = entries.last().unwrap().seq;
+            match c
+                .call(Payload::QueryLogs {
+                    filter: LogFilter {
+                        before_seq: Some(before),
+                        ..LogFilter::default()
+                    },
+                    limit: 30,
+                })
+                .await
+            {
+                Payload::LogResults { entries: next, .. } => {
+                    assert!(next.iter().all(|e| e.seq < before));
+                    assert!(!next.is_empty());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         other => panic!("{other:?}"),
     }
     d.stop().await;

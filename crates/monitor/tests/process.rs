@@ -246,7 +246,9 @@ async fn supervise_restarts_a_dead_daemon_and_stops_it_on_sigterm() {
     assert!(wait_healthy(&d.socket).await);
     assert_eq!(messages(&d.socket).await, vec!["survives"]);
 
-    // A daemon that stops answering (frozen) is replaced too.
+    // A daemon that stops answering (frozen) is replaced too, once the supervisor has
+    // seen it answer (until then it is given time to start).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     signal(second, "STOP");
     let third = tokio::task::block_in_place(|| {
         wait_for(Duration::from_secs(30), || {

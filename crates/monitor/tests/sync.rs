@@ -8,7 +8,7 @@ mod common;
 
 use coditect_monitor::store::MonitorStore;
 use coditect_proto::Level;
-use coditect_proto::ipc::{LogEntry, Payload};
+use coditect_proto::ipc::{ComponentStatus, LogEntry, Payload};
 use coditect_store::Synchronous;
 use coditect_testkit::hub::HubProcess;
 use common::*;
@@ -85,13 +85,29 @@ async fn drained(db: &std::path::Path) -> bool {
     false
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_entry_arrives_exactly_once_across_a_hub_crash() {
-    let hub_dir = tempfile::tempdir().unwrap();
-    let mut hub = tokio::task::block_in_place(|| HubProcess::start(hub_dir.path()));
+/// A hub process with an admin token, a workspace and an API key bound to it.
+async fn hub_with_key(dir: &std::path::Path) -> (HubProcess, String, String, String) {
+    let hub = tokio::task::block_in_place(|| HubProcess::start(dir));
     let token = hub.admin_token().await;
     let workspace = hub.workspace(&token, "laptop").await;
     let key = hub.api_key(&token, Some(&workspace)).await;
+    (hub, token, workspace, key)
+}
+
+/// The daemon's `sync` component.
+async fn sync_status(c: &mut Client<tokio::net::UnixStream>) -> ComponentStatus {
+    match c.call(Payload::GetStatus).await {
+        Payload::Status { components, .. } => {
+            components.into_iter().find(|s| s.name == "sync").unwrap()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_entry_arrives_exactly_once_across_a_hub_crash() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let (mut hub, _, workspace, key) = hub_with_key(hub_dir.path()).await;
     let d = spawn_with(tempfile::tempdir().unwrap(), false, |c| {
         hub_settings(c, &hub, &key, &workspace)
     })
@@ -117,17 +133,12 @@ async fn every_entry_arrives_exactly_once_across_a_hub_crash() {
     tokio::task::block_in_place(|| hub.kill());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut c = d.client().await;
-    match c.call(Payload::GetStatus).await {
-        Payload::Status { components, .. } => {
-            let sync = components.iter().find(|s| s.name == "sync").unwrap();
-            assert_eq!(sync.status, "degraded", "{sync:?}");
-            assert!(
-                sync.detail.as_deref().unwrap().contains("unreachable"),
-                "{sync:?}"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let sync = sync_status(&mut c).await;
+    assert_eq!(sync.status, "degraded", "{sync:?}");
+    assert!(
+        sync.detail.as_deref().unwrap().contains("unreachable"),
+        "{sync:?}"
+    );
     tokio::task::block_in_place(|| hub.restart());
     let written = writer.await.unwrap();
     assert!(written > 200, "only {written} entries written");
@@ -142,13 +153,8 @@ async fn every_entry_arrives_exactly_once_across_a_hub_crash() {
     let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "stored twice: {doubled:?}");
     assert_eq!(seen.len(), written);
-    match c.call(Payload::GetStatus).await {
-        Payload::Status { components, .. } => {
-            let sync = components.iter().find(|s| s.name == "sync").unwrap();
-            assert_eq!(sync.status, "healthy", "{sync:?}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let sync = sync_status(&mut c).await;
+    assert_eq!(sync.status, "healthy", "{sync:?}");
     d.stop().await;
     hub.stop();
 }
@@ -156,10 +162,7 @@ async fn every_entry_arrives_exactly_once_across_a_hub_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_entries_are_set_aside_and_bad_keys_keep_everything() {
     let hub_dir = tempfile::tempdir().unwrap();
-    let mut hub = tokio::task::block_in_place(|| HubProcess::start(hub_dir.path()));
-    let token = hub.admin_token().await;
-    let workspace = hub.workspace(&token, "laptop").await;
-    let key = hub.api_key(&token, Some(&workspace)).await;
+    let (mut hub, token, workspace, key) = hub_with_key(hub_dir.path()).await;
 
     // A key the hub does not know: nothing leaves, the status says why.
     let d = spawn_with(tempfile::tempdir().unwrap(), false, |c| {
@@ -173,14 +176,7 @@ async fn rejected_entries_are_set_aside_and_bad_keys_keep_everything() {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let detail = loop {
-        let detail = match c.call(Payload::GetStatus).await {
-            Payload::Status { components, .. } => components
-                .into_iter()
-                .find(|s| s.name == "sync")
-                .and_then(|s| s.detail)
-                .unwrap(),
-            other => panic!("{other:?}"),
-        };
+        let detail = sync_status(&mut c).await.detail.unwrap();
         if detail.contains("last error") || Instant::now() > deadline {
             break detail;
         }

@@ -214,14 +214,91 @@ async fn watches_resume_after_a_restart() {
     assert_eq!(wait_events(&mut c, 1).await.len(), 1);
     let dir = d.stop().await;
 
+    // While the daemon is down: a change, a new file, a removal.
+    std::fs::write(root.join("before.txt"), "changed while down").unwrap();
+    std::fs::write(root.join("offline.txt"), "3").unwrap();
+    std::fs::write(root.join("doomed.txt"), "4").unwrap();
     let d = spawn_with(dir, false, fast).await;
     let mut c = d.client().await;
-    std::fs::write(root.join("after.txt"), "2").unwrap();
-    let events = wait_events(&mut c, 2).await;
-    assert_eq!(events.len(), 2, "{events:?}");
+    let events = wait_events(&mut c, 3).await;
+    let mut offline: Vec<(String, String)> = events[1..]
+        .iter()
+        .map(|e| {
+            assert_eq!(meta(e, "offline"), true, "{e:?}");
+            (
+                meta(e, "kind").as_str().unwrap().into(),
+                meta(e, "path").as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    offline.sort();
+    let p = |n: &str| root.join(n).display().to_string();
     assert_eq!(
-        meta(&events[1], "path"),
-        &serde_json::json!(root.join("after.txt"))
+        offline,
+        vec![
+            ("create".to_string(), p("doomed.txt")),
+            ("create".to_string(), p("offline.txt")),
+            ("modify".to_string(), p("before.txt")),
+        ]
+    );
+    std::fs::remove_file(root.join("doomed.txt")).unwrap();
+    std::fs::write(root.join("after.txt"), "2").unwrap();
+    let events = wait_events(&mut c, 6).await;
+    assert_eq!(events.len(), 6, "{events:?}");
+    let mut last: Vec<(String, String)> = events[4..]
+        .iter()
+        .map(|e| {
+            (
+                meta(e, "kind").as_str().unwrap().into(),
+                meta(e, "path").as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    last.sort();
+    assert_eq!(
+        last,
+        vec![
+            ("create".to_string(), p("after.txt")),
+            ("remove".to_string(), p("doomed.txt")),
+        ]
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn directories_moved_in_and_out_are_followed() {
+    let d = spawn_with(tempfile::tempdir().unwrap(), false, fast).await;
+    let root = d.dir.path().join("w");
+    let outside = d.dir.path().join("outside");
+    std::fs::create_dir_all(root.join("stays")).unwrap();
+    std::fs::write(root.join("stays/old.txt"), "1").unwrap();
+    std::fs::create_dir_all(outside.join("pkg/src")).unwrap();
+    for n in ["a", "b", "c"] {
+        std::fs::write(outside.join(format!("pkg/src/{n}.txt")), n).unwrap();
+    }
+    let mut c = d.client().await;
+    accepted(&watch(&mut c, &root, &[], None, WatchMode::Native).await);
+    std::fs::rename(outside.join("pkg"), root.join("pkg")).unwrap();
+    let events = wait_events(&mut c, 3).await;
+    let mut created: Vec<String> = events
+        .iter()
+        .filter(|e| meta(e, "kind") == "create")
+        .map(|e| meta(e, "path").as_str().unwrap().to_string())
+        .collect();
+    created.sort();
+    let p = |n: &str| root.join(n).display().to_string();
+    assert_eq!(
+        created,
+        vec![p("pkg/src/a.txt"), p("pkg/src/b.txt"), p("pkg/src/c.txt")]
+    );
+    settle().await;
+    std::fs::rename(root.join("stays"), outside.join("gone")).unwrap();
+    let events = wait_events(&mut c, 4).await;
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(meta(&events[3], "kind"), "remove");
+    assert_eq!(
+        meta(&events[3], "path"),
+        &serde_json::json!(p("stays/old.txt"))
     );
     d.stop().await;
 }

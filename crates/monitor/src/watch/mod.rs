@@ -17,7 +17,7 @@
 pub mod filter;
 
 use crate::export::Exporter;
-use crate::store::{MonitorStore, NewEntry};
+use crate::store::{FileChanges, FileState, MonitorStore, NewEntry};
 use coditect_proto::Level;
 use coditect_proto::ipc::{WatchMode, WatchedPath};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -92,6 +92,8 @@ impl Watcher {
             pending: HashMap::new(),
             oldest: None,
             unsaved: Vec::new(),
+            unsaved_exports: Vec::new(),
+            files: FileChanges::default(),
             retry_at: None,
             stats: stats.clone(),
         };
@@ -158,6 +160,24 @@ impl Stamp {
             mtime: meta.modified().ok(),
         }
     }
+
+    fn state(self, path: &Path) -> FileState {
+        let ns = self.mtime.and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        });
+        (path.to_string_lossy().into_owned(), self.len, ns)
+    }
+
+    fn from_state(len: u64, ns: Option<i64>) -> Stamp {
+        Stamp {
+            len,
+            mtime: ns
+                .and_then(|n| u64::try_from(n).ok())
+                .map(|n| std::time::UNIX_EPOCH + Duration::from_nanos(n)),
+        }
+    }
 }
 
 struct Watch {
@@ -183,7 +203,9 @@ struct Pending {
     /// A rename's old path.
     from: Option<PathBuf>,
     seen: chrono::DateTime<chrono::Utc>,
-    rescan: bool,
+    /// How the change was found when not by an event: `rescan` (after lost events) or
+    /// `offline` (made while the daemon was not running); a metadata flag.
+    found_by: Option<&'static str>,
 }
 
 struct Worker {
@@ -203,6 +225,10 @@ struct Worker {
     oldest: Option<Instant>,
     /// Entries whose write failed, retried before anything newer.
     unsaved: Vec<NewEntry>,
+    /// What those entries say about the files (written with them).
+    files: FileChanges,
+    /// Export candidates of those entries: (path, path below its watch, session).
+    unsaved_exports: Vec<(PathBuf, PathBuf, Option<String>)>,
     retry_at: Option<Instant>,
     stats: Arc<WatchStats>,
 }
@@ -227,6 +253,9 @@ impl Worker {
                     Ok(Command::Stop) | Err(_) => {
                         self.drain_events();
                         self.flush();
+                        if let Some(x) = self.exporter.take() {
+                            x.finish();
+                        }
                         return;
                     }
                 },
@@ -317,13 +346,43 @@ impl Worker {
         }
         tracing::info!(path = %spec.path.display(), mode = spec.mode.as_str(), "watching");
         let watch = Watch { spec, filter };
-        // What is there now is the baseline: only changes from here on are recorded.
-        for (path, stamp) in self.scan(&watch) {
-            self.known.insert(path, stamp);
-        }
+        let root = watch.spec.path.clone();
+        let current = self.scan(&watch);
         self.watches.push(watch);
         self.watches
             .sort_by_key(|w| std::cmp::Reverse(w.spec.path.components().count()));
+        let recorded = self
+            .rt
+            .block_on(self.store.watch_files(root))
+            .map_err(|e| format!("cannot read what was recorded under the watch: {e}"))?;
+        if recorded.is_empty() {
+            // A new watch: what is there now is the baseline; changes from here on count.
+            let upserts = current.iter().map(|(p, s)| s.state(p)).collect();
+            self.rt
+                .block_on(self.store.set_watch_files(FileChanges {
+                    upserts,
+                    deletes: Vec::new(),
+                }))
+                .map_err(|e| format!("cannot record the watch's baseline: {e}"))?;
+            self.known.extend(current);
+        } else {
+            // A resumed watch: what changed while the daemon was not running is recorded.
+            let before: HashMap<PathBuf, Stamp> = recorded
+                .into_iter()
+                .map(|(p, len, ns)| (PathBuf::from(p), Stamp::from_state(len, ns)))
+                .collect();
+            let mut changed: Vec<PathBuf> = current
+                .iter()
+                .filter(|(p, s)| before.get(p) != Some(s))
+                .map(|(p, _)| p.clone())
+                .collect();
+            let now: std::collections::HashSet<&PathBuf> = current.iter().map(|(p, _)| p).collect();
+            changed.extend(before.keys().filter(|p| !now.contains(p)).cloned());
+            self.known.extend(before);
+            for p in changed {
+                self.nominate(p, None, Some("offline"));
+            }
+        }
         Ok(())
     }
 
@@ -337,8 +396,21 @@ impl Worker {
             WatchMode::Polling => self.polling.as_mut().map(|n| n.unwatch(root)),
         };
         let watches = &self.watches;
-        self.known
-            .retain(|p, _| !p.starts_with(root) || watches.iter().any(|w| w.covers(p).is_some()));
+        let mut forgotten = Vec::new();
+        self.known.retain(|p, _| {
+            let keep = !p.starts_with(root) || watches.iter().any(|w| w.covers(p).is_some());
+            if !keep {
+                forgotten.push(p.to_string_lossy().into_owned());
+            }
+            keep
+        });
+        let forget = FileChanges {
+            upserts: Vec::new(),
+            deletes: forgotten,
+        };
+        if let Err(e) = self.rt.block_on(self.store.set_watch_files(forget)) {
+            tracing::warn!(error = %e, "cannot forget the files of a removed watch");
+        }
         tracing::info!(path = %root.display(), "stopped watching");
     }
 
@@ -375,30 +447,44 @@ impl Worker {
         use notify::event::{ModifyKind, RenameMode};
         match event.kind {
             EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => {}
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if event.paths.len() == 2 => {
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+                if event.paths.len() == 2 && !event.paths[1].is_dir() =>
+            {
                 let (from, to) = (&event.paths[0], &event.paths[1]);
                 if self.watch_of(to).is_some() {
-                    self.nominate(to.clone(), Some(from.clone()), false);
+                    self.nominate(to.clone(), Some(from.clone()), None);
                 }
-                self.nominate(from.clone(), None, false);
-            }
-            EventKind::Create(_) => {
-                for p in &event.paths {
-                    // Files made in a new directory before its watch was in place have no
-                    // events of their own.
-                    if p.is_dir() {
-                        self.nominate_tree(p);
-                    } else {
-                        self.nominate(p.clone(), None, false);
-                    }
-                }
+                self.nominate(from.clone(), None, None);
             }
             _ => {
-                for p in event.paths {
-                    self.nominate(p, None, false);
+                for p in &event.paths {
+                    self.nominate_any(p);
                 }
             }
         }
+    }
+
+    /// A path of any kind: a directory stands for every file in it (files made in a new
+    /// directory before its watch was in place, or moved in with it, have no events of
+    /// their own); a path that is gone stands for every file recorded below it (a
+    /// directory removed or moved away).
+    fn nominate_any(&mut self, p: &Path) {
+        if p.is_dir() {
+            self.nominate_tree(p);
+            return;
+        }
+        if !p.exists() && !self.known.contains_key(p) {
+            let below: Vec<PathBuf> = self
+                .known
+                .keys()
+                .filter(|k| k.starts_with(p))
+                .cloned()
+                .collect();
+            for k in below {
+                self.nominate(k, None, None);
+            }
+        }
+        self.nominate(p.to_path_buf(), None, None);
     }
 
     fn nominate_tree(&mut self, dir: &Path) {
@@ -409,7 +495,7 @@ impl Worker {
             .map(|e| e.path().to_path_buf())
             .collect();
         for p in found {
-            self.nominate(p, None, false);
+            self.nominate(p, None, None);
         }
     }
 
@@ -420,14 +506,14 @@ impl Worker {
         self.watches.iter().find(|w| w.covers(path).is_some())
     }
 
-    fn nominate(&mut self, path: PathBuf, from: Option<PathBuf>, rescan: bool) {
+    fn nominate(&mut self, path: PathBuf, from: Option<PathBuf>, found_by: Option<&'static str>) {
         if self.watch_of(&path).is_none() {
             return;
         }
         let p = self.pending.entry(path).or_insert_with(|| Pending {
             from: None,
             seen: chrono::Utc::now(),
-            rescan,
+            found_by,
         });
         if from.is_some() {
             p.from = from;
@@ -458,7 +544,7 @@ impl Worker {
         );
         let n = changed.len();
         for p in changed {
-            self.nominate(p, None, true);
+            self.nominate(p, None, Some("rescan"));
         }
         let roots: Vec<String> = self
             .watches
@@ -495,12 +581,15 @@ impl Worker {
         // Renames first: their old path is then already accounted for.
         nominated.sort_by_key(|(_, p)| p.from.is_none());
         let mut sessions: HashMap<String, Option<(String, Option<String>)>> = HashMap::new();
-        let mut exports = Vec::new();
         for (path, p) in nominated {
             let Some(watch) = self.watch_of(&path) else {
                 continue;
             };
             let root = watch.spec.path.display().to_string();
+            let relative = path
+                .strip_prefix(&watch.spec.path)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             let stamp = match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => continue,
                 Ok(m) => Some(Stamp::of(&m)),
@@ -508,17 +597,25 @@ impl Worker {
             };
             let kind = match stamp {
                 None => match self.known.remove(&path) {
-                    Some(_) => "remove",
+                    Some(_) => {
+                        self.files.deletes.push(path.to_string_lossy().into_owned());
+                        "remove"
+                    }
                     None => continue, // never recorded: made and gone within the window
                 },
                 Some(stamp) => {
                     let renamed = p.from.as_ref().and_then(|f| self.known.remove(f));
-                    match (self.known.insert(path.clone(), stamp), renamed) {
+                    let kind = match (self.known.insert(path.clone(), stamp), renamed) {
                         (_, Some(_)) => "rename",
                         (None, None) => "create",
                         (Some(old), None) if old == stamp => continue,
                         (Some(_), None) => "modify",
+                    };
+                    if let (Some(f), "rename") = (&p.from, kind) {
+                        self.files.deletes.push(f.to_string_lossy().into_owned());
                     }
+                    self.files.upserts.push(stamp.state(&path));
+                    kind
                 }
             };
             let (session_id, attribution) = self.attribute(&path, &mut sessions);
@@ -535,8 +632,8 @@ impl Worker {
             {
                 meta["from"] = f.display().to_string().into();
             }
-            if p.rescan {
-                meta["rescan"] = true.into();
+            if let Some(how) = p.found_by {
+                meta[how] = true.into();
             }
             if let Some((identity, agent_type)) = attribution {
                 meta["identity"] = identity.into();
@@ -545,7 +642,8 @@ impl Worker {
                 }
             }
             if kind != "remove" {
-                exports.push((path.clone(), session_id.clone()));
+                self.unsaved_exports
+                    .push((path.clone(), relative, session_id.clone()));
             }
             self.unsaved.push(entry(
                 Level::Info,
@@ -560,23 +658,30 @@ impl Worker {
             return;
         }
         let batch = std::mem::take(&mut self.unsaved);
+        let files = std::mem::take(&mut self.files);
         let n = batch.len() as u64;
-        match self.rt.block_on(self.store.append(batch.clone())) {
+        let kept = (batch.clone(), files.upserts.clone(), files.deletes.clone());
+        match self.rt.block_on(self.store.append_with(batch, files)) {
             Ok(_) => {
                 self.retry_at = None;
                 self.stats.recorded.fetch_add(n, Ordering::Relaxed);
                 metrics::counter!("codi_logs_total", "source" => "file").increment(n);
                 metrics::counter!("codi_file_events_total").increment(n);
+                let exports = std::mem::take(&mut self.unsaved_exports);
                 if let Some(x) = &self.exporter {
-                    for (path, session) in exports {
-                        x.offer(path, session);
+                    for (path, relative, session) in exports {
+                        x.offer(path, &relative, session);
                     }
                 }
             }
             Err(e) => {
                 // Kept and retried: file events are never dropped for a failed write.
                 tracing::error!(error = %e, entries = n, "cannot record file events; will retry");
-                self.unsaved = batch;
+                self.unsaved = kept.0;
+                self.files = FileChanges {
+                    upserts: kept.1,
+                    deletes: kept.2,
+                };
                 self.retry_at = Some(Instant::now() + Duration::from_secs(1));
             }
         }
