@@ -43,6 +43,9 @@ enum Suite {
     /// (internal) the bare WebSocket broadcast server the tail suite compares against.
     #[command(hide = true)]
     BareBroadcast,
+    /// (internal) the bare Unix-socket echo server the monitor suite compares against.
+    #[command(hide = true)]
+    BareEcho { socket: std::path::PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             Suite::Tail(args) => tail::run(args).await,
             Suite::Monitor(args) => monitor::run(args).await,
             Suite::BareBroadcast => tail::bare_server().await,
+            Suite::BareEcho { socket } => monitor::bare_echo(socket).await,
         }
     })
 }

@@ -195,6 +195,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         micros(raw_mean),
         "1.00".into(),
     ]);
+    // The floor: a bare length-prefixed echo over a Unix socket, in its own process on a
+    // runtime like the daemon's, with frames the size of a Hello.
+    let bare = bare_round_trips(args.round_trips).await?;
+    let (b50, b99, bmean) = stats(bare);
+    latency.row(vec![
+        "raw Unix socket echo, same frame size (separate process)".into(),
+        thousands(args.round_trips as u64),
+        micros(b50),
+        micros(b99),
+        micros(bmean),
+        "–".into(),
+    ]);
+    // The daemon's share: Hello frames written and the replies read back undecoded, so the
+    // next request leaves at once (as in the echo row).
+    let lat = undecoded_hellos(&d.socket, args.round_trips).await?;
+    let (p50, p99, mean) = stats(lat);
+    latency.row(vec![
+        "IPC round trip, no store (Hello), reply not decoded".into(),
+        thousands(args.round_trips as u64),
+        micros(p50),
+        micros(p99),
+        micros(mean),
+        format!("{:.2} × echo", p50.as_secs_f64() / b50.as_secs_f64()),
+    ]);
     // IPC alone: Hello is answered without touching the store.
     let mut c = client(&d.socket).await?;
     let mut lat = Vec::with_capacity(args.round_trips);
@@ -208,12 +232,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let (p50, p99, mean) = stats(lat);
     latency.row(vec![
-        "IPC round trip, no store (Hello)".into(),
+        "IPC round trip, no store (Hello), IpcClient (decodes)".into(),
         thousands(args.round_trips as u64),
         micros(p50),
         micros(p99),
         micros(mean),
-        "–".into(),
+        format!("{:.2} × echo", p50.as_secs_f64() / b50.as_secs_f64()),
     ]);
     let mut lat = Vec::with_capacity(args.round_trips);
     for i in 0..args.round_trips {
@@ -431,4 +455,98 @@ async fn file_event_count(c: &mut IpcClient<UnixStream>) -> anyhow::Result<u64> 
         Payload::LogResults { total_count, .. } => Ok(total_count),
         other => anyhow::bail!("{other:?}"),
     }
+}
+
+/// A length-prefixed echo server on `socket` (the floor for IPC round trips).
+pub async fn bare_echo(socket: PathBuf) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    loop {
+        let (mut s, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            loop {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                buf.resize(u32::from_le_bytes(len) as usize, 0);
+                if s.read_exact(&mut buf).await.is_err() {
+                    return;
+                }
+                let mut out = len.to_vec();
+                out.extend_from_slice(&buf);
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Round trips against [`bare_echo`] in a child process.
+async fn bare_round_trips(n: usize) -> anyhow::Result<Vec<Duration>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("echo.sock");
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("bare-echo")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match UnixStream::connect(&socket).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => {
+                let _ = child.kill();
+                return Err(e.into());
+            }
+        }
+    };
+    let mut frame = Vec::new();
+    coditect_proto::ipc::encode_frame(
+        &Message::request(Payload::Hello {
+            token: String::new(),
+        }),
+        &mut frame,
+    )?;
+    let mut back = vec![0u8; frame.len()];
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(&frame).await?;
+        s.read_exact(&mut back).await?;
+        lat.push(t.elapsed());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(lat)
+}
+
+/// Hello round trips with raw frames: the reply's bytes are read, not decoded.
+async fn undecoded_hellos(socket: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = UnixStream::connect(socket).await?;
+    let mut frame = Vec::new();
+    coditect_proto::ipc::encode_frame(
+        &Message::request(Payload::Hello {
+            token: String::new(),
+        }),
+        &mut frame,
+    )?;
+    let (mut len, mut body) = ([0u8; 4], vec![0u8; 64 * 1024]);
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(&frame).await?;
+        s.read_exact(&mut len).await?;
+        let size = (u32::from_le_bytes(len) as usize).min(body.len());
+        s.read_exact(&mut body[..size]).await?;
+        lat.push(t.elapsed());
+    }
+    Ok(lat)
 }

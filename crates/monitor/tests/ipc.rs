@@ -424,3 +424,55 @@ async fn a_query_page_never_outgrows_one_frame() {
     }
     d.stop().await;
 }
+
+#[tokio::test]
+async fn pipelined_entries_are_answered_in_order_each_on_its_own_merits() {
+    let d = spawn_daemon(false).await;
+    let mut c = d.client().await;
+    let mut sent = Vec::new();
+    let mut frames = Vec::new();
+    for i in 0..300 {
+        let mut e = entry(Level::Info, &format!("p-{i}"));
+        if i == 150 {
+            e.component = String::new();
+        }
+        let m = Message::request(Payload::LogEntry(e));
+        sent.push(m.id);
+        encode_frame(&m, &mut frames).unwrap();
+    }
+    // All at once, so the daemon finds many in one read.
+    c.stream.write_all(&frames).await.unwrap();
+    for (i, id) in sent.iter().enumerate() {
+        let reply = c.reply().await.unwrap();
+        assert_eq!(reply.id, *id, "replies come in request order");
+        match (i, reply.payload) {
+            (
+                150,
+                Payload::Acknowledgment {
+                    status: AckStatus::Rejected(reason),
+                    ..
+                },
+            ) => assert!(reason.contains("component"), "{reason}"),
+            (
+                _,
+                Payload::Acknowledgment {
+                    status: AckStatus::Accepted,
+                    stored: 1,
+                    ..
+                },
+            ) if i != 150 => {}
+            (i, other) => panic!("reply {i}: {other:?}"),
+        }
+    }
+    match c
+        .call(Payload::QueryLogs {
+            filter: LogFilter::default(),
+            limit: 1,
+        })
+        .await
+    {
+        Payload::LogResults { total_count, .. } => assert_eq!(total_count, 299),
+        other => panic!("{other:?}"),
+    }
+    d.stop().await;
+}
