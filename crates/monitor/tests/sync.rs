@@ -219,3 +219,55 @@ async fn rejected_entries_are_set_aside_and_bad_keys_keep_everything() {
     d.stop().await;
     hub.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_hub_is_waited_for_as_it_asks() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    // 100 entries per second for the tenant: the backlog below takes ~5 s to let in.
+    let hub = tokio::task::block_in_place(|| {
+        HubProcess::start_with(hub_dir.path(), &["--ingest-rate-per-tenant", "100"], &[])
+    });
+    let token = hub.admin_token().await;
+    let workspace = hub.workspace(&token, "laptop").await;
+    let key = hub.api_key(&token, Some(&workspace)).await;
+    let d = spawn_with(tempfile::tempdir().unwrap(), false, |c| {
+        hub_settings(c, &hub, &key, &workspace);
+        c.server_hub.batch_size = 100;
+        // Without Retry-After the syncer would retry every few milliseconds.
+        c.server_hub.max_backoff = Duration::from_millis(20);
+    })
+    .await;
+    let mut c = d.client().await;
+    let entries: Vec<LogEntry> = (0..500)
+        .map(|i| line("limited", format!("r-{i}")))
+        .collect();
+    accepted(&c.call(Payload::LogBatch { entries }).await);
+    let mut saw_limit = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sync = sync_status(&mut c).await;
+        let detail = sync.detail.unwrap_or_default();
+        saw_limit |= detail.contains("RATE_LIMITED");
+        if detail.starts_with("0 entries pending") || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_limit, "the hub never said it was rate limiting");
+    let seen = on_hub(&hub, &token, &workspace, "limited").await;
+    assert_eq!(seen.len(), 500);
+    assert!(seen.values().all(|n| *n == 1));
+    let refused = hub
+        .logs()
+        .iter()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .is_ok_and(|v| v["message"] == "request handled" && v["status"] == 429)
+        })
+        .count();
+    assert!(
+        (1..=20).contains(&refused),
+        "{refused} requests refused: Retry-After was not honoured"
+    );
+    d.stop().await;
+}
