@@ -146,10 +146,16 @@ impl Hub {
             )
         } else if let Some(c) = file.hubs.get(&base) {
             (c.clone(), Some(store))
-        } else if let Some(key) = config.server_hub.api_key.clone().filter(|_| {
-            let issued_for = config.server_hub.url.as_deref().map(normalize_url);
-            matches!(issued_for, Some(Ok(u)) if u == base)
-        }) {
+        } else if let Some(key) = config
+            .server_hub
+            .api_key
+            .as_ref()
+            .map(|k| k.expose().to_string())
+            .filter(|_| {
+                let issued_for = config.server_hub.url.as_deref().map(normalize_url);
+                matches!(issued_for, Some(Ok(u)) if u == base)
+            })
+        {
             // Only to the hub it was issued for.
             out.note("using codi-monitor's server_hub.api_key");
             (

@@ -65,7 +65,7 @@ impl Local {
             Err(e) => crate::exit::root_cause(&e),
         };
         let m = &self.config.monitor;
-        if let (true, Some(token)) = (m.tcp_enabled, m.tcp_token.as_deref()) {
+        if let (true, Some(token)) = (m.tcp_enabled, m.tcp_token.as_ref().map(|t| t.expose())) {
             let mut addr = m.tcp_listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

@@ -308,7 +308,7 @@ async fn a_container_reaches_the_daemon_over_tcp_with_its_token() {
         .daemon_with(|c| {
             c.monitor.tcp_enabled = true;
             c.monitor.tcp_listen = "127.0.0.1:0".parse().unwrap();
-            c.monitor.tcp_token = Some(token.into());
+            c.monitor.tcp_token = Some(coditect_monitor::config::Secret::new(token));
         })
         .await;
     let addr = daemon.tcp.unwrap().to_string();

@@ -52,7 +52,7 @@ pub struct Monitor {
     /// a `Hello` with `tcp_token`.
     pub tcp_enabled: bool,
     pub tcp_listen: SocketAddr,
-    pub tcp_token: Option<String>,
+    pub tcp_token: Option<Secret>,
     /// Most concurrent IPC connections.
     pub max_connections: usize,
     /// File events for one path within this window become one entry.
@@ -78,7 +78,7 @@ pub struct Monitor {
 pub struct ServerHub {
     /// The hub's base URL; no sync when absent.
     pub url: Option<String>,
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub workspace_id: Option<String>,
     /// Most entries per batch (the hub takes at most 1000).
     pub batch_size: u32,
@@ -142,6 +142,27 @@ impl Default for Monitor {
             export_move: false,
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9848))),
         }
+    }
+}
+
+/// A token or key: shown as `***` by `Debug`, so a logged configuration leaks nothing.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
     }
 }
 
@@ -286,7 +307,7 @@ impl Config {
             self.monitor.tcp_listen = parse("CODI_TCP_LISTEN", &v)?;
         }
         if let Some(v) = env("CODI_TCP_TOKEN") {
-            self.monitor.tcp_token = Some(v);
+            self.monitor.tcp_token = Some(Secret(v));
         }
         if let Some(v) = env("CODI_HTTP_LISTEN") {
             self.monitor.http_listen = match v.trim() {
@@ -304,7 +325,7 @@ impl Config {
             self.server_hub.url = Some(v);
         }
         if let Some(v) = env("CODI_HUB_API_KEY") {
-            self.server_hub.api_key = Some(v);
+            self.server_hub.api_key = Some(Secret(v));
         }
         if let Some(v) = env("CODI_HUB_WORKSPACE_ID") {
             self.server_hub.workspace_id = Some(v);
@@ -317,7 +338,8 @@ impl Config {
             && self
                 .monitor
                 .tcp_token
-                .as_deref()
+                .as_ref()
+                .map(Secret::expose)
                 .is_none_or(|t| t.len() < 16)
         {
             return Err(ConfigError(
@@ -481,6 +503,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("tcp_token"), "{e}");
+        let mut c = Config::default();
+        c.monitor.tcp_token = Some(Secret::new("s3cret-s3cret-s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 
     #[test]

@@ -108,7 +108,11 @@ impl Daemon {
                 watcher,
                 sync: sync_state,
                 started: Instant::now(),
-                tcp_token: config.monitor.tcp_token.clone(),
+                tcp_token: config
+                    .monitor
+                    .tcp_token
+                    .as_ref()
+                    .map(|t| t.expose().to_string()),
             }),
             config,
             unix,

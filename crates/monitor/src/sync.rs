@@ -39,7 +39,7 @@ impl SyncSettings {
     pub fn from_config(hub: &ServerHub) -> Option<SyncSettings> {
         Some(SyncSettings {
             url: hub.url.clone()?.trim_end_matches('/').to_string(),
-            api_key: hub.api_key.clone()?,
+            api_key: hub.api_key.as_ref()?.expose().to_string(),
             workspace_id: hub.workspace_id.clone()?,
             batch_size: hub.batch_size,
             interval: hub.sync_interval,
@@ -412,6 +412,28 @@ mod tests {
         let v = wire_entry(&row(Some(&uuid), None));
         assert_eq!(v["session_id"], uuid.as_str());
         assert!(v.get("metadata").is_none());
+    }
+
+    #[tokio::test]
+    async fn https_hubs_are_spoken_to_over_tls() {
+        // A listener that is no TLS server: the attempt must fail in the handshake (TLS is
+        // compiled in), not as an unsupported scheme.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let err = reqwest::Client::new()
+            .get(format!("https://{addr}/"))
+            .send()
+            .await
+            .unwrap_err();
+        let chain = format!("{err:?}");
+        assert!(!chain.contains("scheme is not http"), "{chain}");
+        assert!(chain.contains("InvalidContentType"), "{chain}");
     }
 
     #[test]

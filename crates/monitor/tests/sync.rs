@@ -23,7 +23,7 @@ fn hub_settings(
     workspace: &str,
 ) {
     c.server_hub.url = Some(hub.url(""));
-    c.server_hub.api_key = Some(key.into());
+    c.server_hub.api_key = Some(coditect_monitor::config::Secret::new(key));
     c.server_hub.workspace_id = Some(workspace.into());
     c.server_hub.batch_size = 50;
     c.server_hub.sync_interval = Duration::from_millis(100);

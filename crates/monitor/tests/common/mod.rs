@@ -47,7 +47,7 @@ pub async fn spawn_with(
     if tcp {
         config.monitor.tcp_enabled = true;
         config.monitor.tcp_listen = "127.0.0.1:0".parse().unwrap();
-        config.monitor.tcp_token = Some(TOKEN.into());
+        config.monitor.tcp_token = Some(coditect_monitor::config::Secret::new(TOKEN));
     }
     adjust(&mut config);
     let (socket, db) = (
