@@ -141,7 +141,7 @@ pub struct QueryArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum WatchCommand {
-    /// Watch a file or directory
+    /// Watch a directory (and, unless --no-recursive, everything below it)
     Add {
         path: PathBuf,
         /// Only files matching this glob (relative to PATH; a leading `!` excludes); repeatable

@@ -37,6 +37,9 @@ enum Client {
     Tcp(IpcClient<TcpStream>),
 }
 
+/// How long a request to the daemon may take (a durable batch takes milliseconds).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where entries go and queries come from.
 enum Target {
     Daemon(Client),
@@ -56,7 +59,13 @@ impl Local {
     /// (a container whose socket is not mounted); says which way with `--verbose`. `Err`
     /// carries why nothing answered.
     async fn connect(&self) -> Result<std::result::Result<Client, String>> {
-        let unix_error = match IpcClient::connect_unix(self.socket()).await {
+        let connect = tokio::time::timeout(ANSWER_TIMEOUT, IpcClient::connect_unix(self.socket()));
+        let unix_error = match connect.await.unwrap_or_else(|_| {
+            Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the daemon accepts no connection",
+            )))
+        }) {
             Ok(c) => {
                 self.out
                     .note(&format!("via codi-monitor at {}", self.socket().display()));
@@ -586,10 +595,24 @@ impl Local {
 }
 
 impl Client {
+    /// One request; a daemon that does not answer within [`ANSWER_TIMEOUT`] is reported
+    /// as unreachable (a hung daemon must not hang scripts).
     async fn call(&mut self, local: &Local, payload: Payload) -> Result<Payload> {
-        let reply = match self {
-            Client::Unix(c) => c.call(payload).await,
-            Client::Tcp(c) => c.call(payload).await,
+        let call = async {
+            match self {
+                Client::Unix(c) => c.call(payload).await,
+                Client::Tcp(c) => c.call(payload).await,
+            }
+        };
+        let Ok(reply) = tokio::time::timeout(ANSWER_TIMEOUT, call).await else {
+            return Err(CliError::new(
+                Exit::MonitorUnreachable,
+                format!(
+                    "codi-monitor at {} did not answer within {}s",
+                    local.socket().display(),
+                    ANSWER_TIMEOUT.as_secs()
+                ),
+            ));
         };
         reply.map_err(|e| {
             CliError::new(
