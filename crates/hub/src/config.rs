@@ -348,25 +348,8 @@ pub enum ConfigError {
     Usage(String),
 }
 
-/// A value that must never be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+/// A value that must never be printed (shared with the monitor's configuration).
+pub use coditect_proto::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -746,7 +729,7 @@ impl Raw {
                 }
             })?,
             database_url: self.parse("database_url", |s| {
-                PgConfig::validate_url(s).map(|()| Secret(s.to_string()))
+                PgConfig::validate_url(s).map(|()| Secret::new(s))
             })?,
             log_format: self.required("log_format", |s| match s.to_ascii_lowercase().as_str() {
                 "text" => Ok(LogFormat::Text),
@@ -893,7 +876,7 @@ impl Raw {
             if s.chars().count() < 12 {
                 Err("a password of at least 12 characters".to_string())
             } else {
-                Ok(Secret(s.to_string()))
+                Ok(Secret::new(s))
             }
         })?;
         match (email, password) {

@@ -146,25 +146,7 @@ impl Default for Monitor {
 }
 
 /// A token or key: shown as `***` by `Debug`, so a logged configuration leaks nothing.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use coditect_proto::Secret;
 
 /// Values given on the command line (they win over everything).
 #[derive(Debug, Clone, Default)]
@@ -307,7 +289,7 @@ impl Config {
             self.monitor.tcp_listen = parse("CODI_TCP_LISTEN", &v)?;
         }
         if let Some(v) = env("CODI_TCP_TOKEN") {
-            self.monitor.tcp_token = Some(Secret(v));
+            self.monitor.tcp_token = Some(Secret::new(v));
         }
         if let Some(v) = env("CODI_HTTP_LISTEN") {
             self.monitor.http_listen = match v.trim() {
@@ -325,7 +307,7 @@ impl Config {
             self.server_hub.url = Some(v);
         }
         if let Some(v) = env("CODI_HUB_API_KEY") {
-            self.server_hub.api_key = Some(Secret(v));
+            self.server_hub.api_key = Some(Secret::new(v));
         }
         if let Some(v) = env("CODI_HUB_WORKSPACE_ID") {
             self.server_hub.workspace_id = Some(v);

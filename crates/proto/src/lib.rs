@@ -10,9 +10,11 @@ pub mod identity;
 pub mod ids;
 pub mod ipc;
 pub mod logs;
+pub mod secret;
 
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};
 pub use health::{ComponentHealth, HealthReport, HealthStatus, duration_ms};
 pub use identity::{Email, Role, SessionStatus};
 pub use ids::{ApiKeyId, AuditId, IdParseError, SessionId, TenantId, UserId, WorkspaceId};
 pub use logs::Level;
+pub use secret::Secret;
