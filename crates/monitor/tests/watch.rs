@@ -112,11 +112,12 @@ async fn events_are_recorded_filtered_and_attributed() {
     std::fs::write(root.join("src/a.rs"), "fn a() {}").unwrap();
     std::fs::write(root.join("README.md"), "not recorded").unwrap();
     std::fs::write(root.join("target/x.rs"), "not recorded").unwrap();
-    settle().await;
+    // Each step once the previous one is recorded (a loaded machine may be slow to).
+    assert_eq!(wait_events(&mut c, 1).await.len(), 1);
     std::fs::write(root.join("src/a.rs"), "fn a() { /* longer */ }").unwrap();
-    settle().await;
+    assert_eq!(wait_events(&mut c, 2).await.len(), 2);
     std::fs::rename(root.join("src/a.rs"), root.join("src/b.rs")).unwrap();
-    settle().await;
+    assert_eq!(wait_events(&mut c, 3).await.len(), 3);
     std::fs::remove_file(root.join("src/old.rs")).unwrap();
     // A file made in a new directory right away (before its watch can exist).
     std::fs::create_dir_all(root.join("src/deep/er")).unwrap();
