@@ -183,42 +183,51 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "mean µs",
         "vs raw p50",
     ]);
-    let (raw50, raw99, raw_mean) = stats(raw_lat.clone());
-    latency.row(vec![
+    // One row per path: its name, p50/p99/mean, and p50 as a ratio of `base` (µs) when given.
+    let row = |t: &mut Table, name: String, lat: Vec<Duration>, base: Option<(Duration, &str)>| {
+        let n = lat.len() as u64;
+        let (p50, p99, mean) = stats(lat);
+        let ratio = base.map_or("–".to_string(), |(b, unit)| {
+            format!("{:.2}{unit}", p50.as_secs_f64() / b.as_secs_f64())
+        });
+        t.row(vec![
+            name,
+            thousands(n),
+            micros(p50),
+            micros(p99),
+            micros(mean),
+            ratio,
+        ]);
+        p50
+    };
+    let raw50 = stats(raw_lat.clone()).0;
+    row(
+        &mut latency,
         format!(
             "raw SQLite INSERT, own commit (synchronous={})",
             args.synchronous
         ),
-        thousands(raw_lat.len() as u64),
-        micros(raw50),
-        micros(raw99),
-        micros(raw_mean),
-        "1.00".into(),
-    ]);
+        raw_lat,
+        Some((raw50, "")),
+    );
     // The floor: a bare length-prefixed echo over a Unix socket, in its own process on a
     // runtime like the daemon's, with frames the size of a Hello.
     let bare = bare_round_trips(args.round_trips).await?;
-    let (b50, b99, bmean) = stats(bare);
-    latency.row(vec![
+    let b50 = row(
+        &mut latency,
         "raw Unix socket echo, same frame size (separate process)".into(),
-        thousands(args.round_trips as u64),
-        micros(b50),
-        micros(b99),
-        micros(bmean),
-        "–".into(),
-    ]);
+        bare,
+        None,
+    );
     // The daemon's share: Hello frames written and the replies read back undecoded, so the
     // next request leaves at once (as in the echo row).
     let lat = undecoded_hellos(&d.socket, args.round_trips).await?;
-    let (p50, p99, mean) = stats(lat);
-    latency.row(vec![
+    row(
+        &mut latency,
         "IPC round trip, no store (Hello), reply not decoded".into(),
-        thousands(args.round_trips as u64),
-        micros(p50),
-        micros(p99),
-        micros(mean),
-        format!("{:.2} × echo", p50.as_secs_f64() / b50.as_secs_f64()),
-    ]);
+        lat,
+        Some((b50, " × echo")),
+    );
     // IPC alone: Hello is answered without touching the store.
     let mut c = client(&d.socket).await?;
     let mut lat = Vec::with_capacity(args.round_trips);
@@ -230,30 +239,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
         lat.push(t.elapsed());
     }
-    let (p50, p99, mean) = stats(lat);
-    latency.row(vec![
+    row(
+        &mut latency,
         "IPC round trip, no store (Hello), IpcClient (decodes)".into(),
-        thousands(args.round_trips as u64),
-        micros(p50),
-        micros(p99),
-        micros(mean),
-        format!("{:.2} × echo", p50.as_secs_f64() / b50.as_secs_f64()),
-    ]);
+        lat,
+        Some((b50, " × echo")),
+    );
     let mut lat = Vec::with_capacity(args.round_trips);
     for i in 0..args.round_trips {
         let t = Instant::now();
         acked(&c.call(Payload::LogEntry(entry(i))).await?)?;
         lat.push(t.elapsed());
     }
-    let (p50, p99, mean) = stats(lat);
-    latency.row(vec![
+    row(
+        &mut latency,
         "LogEntry → durable Acknowledgment".into(),
-        thousands(args.round_trips as u64),
-        micros(p50),
-        micros(p99),
-        micros(mean),
-        format!("{:.2}", p50.as_secs_f64() / raw50.as_secs_f64()),
-    ]);
+        lat,
+        Some((raw50, "")),
+    );
 
     let mut throughput = Table::new(&[
         "path",
