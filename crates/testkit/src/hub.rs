@@ -86,6 +86,31 @@ pub fn hub_binary() -> PathBuf {
         .clone()
 }
 
+/// Collects a hub's JSON log lines from `stderr` into `lines` (on a thread of its own);
+/// the receiver gets the address of every "hub listening" line.
+pub fn follow_logs(
+    stderr: std::process::ChildStderr,
+    lines: Arc<Mutex<Vec<String>>>,
+) -> std::sync::mpsc::Receiver<SocketAddr> {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let addr = serde_json::from_str::<Value>(&line)
+                .ok()
+                .filter(|v| v["message"] == "hub listening")
+                .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()));
+            if let Some(addr) = addr {
+                let _ = addr_tx.send(addr);
+            }
+            if let Ok(mut l) = lines.lock() {
+                l.push(line);
+            }
+        }
+    });
+    addr_rx
+}
+
 impl HubProcess {
     /// Starts a hub with its data in `dir` on a free loopback port.
     pub fn start(dir: &Path) -> HubProcess {
@@ -160,23 +185,7 @@ impl HubProcess {
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", hub_binary().display()))?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let lines = self.lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let addr = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .filter(|v| v["message"] == "hub listening")
-                    .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()));
-                if let Some(addr) = addr {
-                    let _ = addr_tx.send(addr);
-                }
-                if let Ok(mut l) = lines.lock() {
-                    l.push(line);
-                }
-            }
-        });
+        let addr_rx = follow_logs(stderr, self.lines.clone());
         loop {
             if let Ok(addr) = addr_rx.recv_timeout(Duration::from_millis(50)) {
                 self.addr = addr;

@@ -13,7 +13,6 @@ use coditect_hub::clock::Clock;
 use coditect_hub::{AppState, Config, Hub, StartError};
 use coditect_proto::{Email, Role, TenantId, UserId};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -402,23 +401,7 @@ impl HubProcess {
         let mut child = cmd.spawn().expect("spawn coditect-hub");
         let stderr = child.stderr.take().expect("stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let addr = serde_json::from_str::<Value>(&line)
-                        .ok()
-                        .filter(|v| v["message"] == "hub listening")
-                        .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()));
-                    if let Some(addr) = addr {
-                        let _ = addr_tx.send(addr);
-                    }
-                    lines.lock().expect("lines").push(line);
-                }
-            });
-        }
+        let addr_rx = coditect_testkit::hub::follow_logs(stderr, lines.clone());
         let mut process = HubProcess {
             child,
             lines,
