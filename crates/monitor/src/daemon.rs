@@ -317,7 +317,7 @@ async fn start_watching(config: &Config, store: &MonitorStore) -> anyhow::Result
     )?);
     for w in store.watches().await? {
         let path = w.path.clone();
-        if let Err(reason) = watcher.add(w).await {
+        if let Err(reason) = watcher.add(w, true).await {
             watcher.stats.failed_watches.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(path = %path.display(), reason, "cannot resume a watch");
         }

@@ -207,6 +207,10 @@ where
             match next_frame(rest) {
                 Ok(None) => break,
                 Err(too_large) => {
+                    // Earlier requests are answered first: replies stay in request order.
+                    if !run.is_empty() {
+                        store_run(&ipc, std::mem::take(&mut run), &mut out).await;
+                    }
                     push(
                         &mut out,
                         Message::reply(
@@ -567,7 +571,7 @@ async fn start_monitoring(ipc: &Ipc, id: Uuid, w: coditect_proto::ipc::WatchedPa
             Err(e) => return unavailable(e),
         }
     }
-    if let Err(reason) = ipc.watcher.add(w.clone()).await {
+    if let Err(reason) = ipc.watcher.add(w.clone(), false).await {
         return error(ErrorCode::BadRequest, reason);
     }
     let path = w.path.clone();

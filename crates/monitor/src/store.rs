@@ -32,11 +32,31 @@ pub const MIGRATIONS: &[Migration] = &[
 /// A file's recorded state: (path, size, modification time in ns since the epoch).
 pub type FileState = (String, u64, Option<i64>);
 
-/// What the file watcher knows changed, written with its entries.
-#[derive(Debug, Default)]
+/// What the file watcher knows changed, written with its entries: per path its new
+/// (size, mtime) or `None` when it is gone. The last change of a path wins (a file
+/// renamed away and made again within one window is there).
+#[derive(Debug, Default, Clone)]
 pub struct FileChanges {
-    pub upserts: Vec<FileState>,
-    pub deletes: Vec<String>,
+    changes: std::collections::BTreeMap<String, Option<(u64, Option<i64>)>>,
+}
+
+impl FileChanges {
+    pub fn upsert(&mut self, (path, len, mtime): FileState) {
+        self.changes.insert(path, Some((len, mtime)));
+    }
+
+    pub fn delete(&mut self, path: String) {
+        self.changes.insert(path, None);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Per path: its state, or `None` when gone.
+    pub fn into_changes(self) -> impl Iterator<Item = (String, Option<(u64, Option<i64>)>)> {
+        self.changes.into_iter()
+    }
 }
 
 /// About the most text one query page loads (a reply frame holds at most 1 MiB).
@@ -136,20 +156,22 @@ impl NewEntry {
 }
 
 fn write_file_changes(c: &rusqlite::Connection, files: &FileChanges) -> Result<(), StoreError> {
-    if !files.upserts.is_empty() {
-        let mut up = c.prepare_cached(
-            "INSERT INTO watch_files (path, len, mtime_ns) VALUES (?1, ?2, ?3)
-             ON CONFLICT (path) DO UPDATE SET len = ?2, mtime_ns = ?3",
-        )?;
-        for (path, len, mtime) in &files.upserts {
-            up.execute(params![path, *len as i64, mtime])?;
-        }
-    }
-    if !files.deletes.is_empty() {
-        let mut del = c.prepare_cached("DELETE FROM watch_files WHERE path = ?1")?;
-        for path in &files.deletes {
-            del.execute(params![path])?;
-        }
+    for (path, change) in &files.changes {
+        match change {
+            Some((len, mtime)) => c
+                .prepare_cached(
+                    "INSERT INTO watch_files (path, len, mtime_ns) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (path) DO UPDATE SET len = ?2, mtime_ns = ?3",
+                )?
+                .execute(params![
+                    path,
+                    i64::try_from(*len).unwrap_or(i64::MAX),
+                    mtime
+                ])?,
+            None => c
+                .prepare_cached("DELETE FROM watch_files WHERE path = ?1")?
+                .execute(params![path])?,
+        };
     }
     Ok(())
 }

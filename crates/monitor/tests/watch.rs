@@ -324,6 +324,15 @@ async fn polling_mode_sees_changes_without_kernel_events() {
         meta(&events[0], "path"),
         &serde_json::json!(root.join("new.txt"))
     );
+    // A change of an existing file (the poller sees a new mtime and size).
+    std::fs::write(root.join("existing.txt"), "changed by someone").unwrap();
+    let events = wait_events(&mut c, 2).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(meta(&events[1], "kind"), "modify");
+    assert_eq!(
+        meta(&events[1], "path"),
+        &serde_json::json!(root.join("existing.txt"))
+    );
     d.stop().await;
 }
 
@@ -514,5 +523,51 @@ async fn exports_can_move_the_originals() {
         .join(&sha[..2])
         .join(format!("{sha}.log"));
     assert_eq!(std::fs::read(archived).unwrap(), b"moved");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn removing_a_nested_watch_keeps_the_enclosing_one_working() {
+    let d = spawn_with(tempfile::tempdir().unwrap(), false, fast).await;
+    let root = d.dir.path().join("w");
+    let sub = root.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let mut c = d.client().await;
+    accepted(&watch(&mut c, &root, &[], None, WatchMode::Native).await);
+    accepted(&watch(&mut c, &sub, &[], None, WatchMode::Native).await);
+    accepted(&c.call(Payload::StopMonitoring { path: sub.clone() }).await);
+    std::fs::write(sub.join("still-seen.txt"), "1").unwrap();
+    std::fs::write(root.join("top.txt"), "2").unwrap();
+    let events = wait_events(&mut c, 2).await;
+    let mut paths: Vec<String> = events
+        .iter()
+        .map(|e| meta(e, "path").as_str().unwrap().to_string())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        vec![
+            sub.join("still-seen.txt").display().to_string(),
+            root.join("top.txt").display().to_string()
+        ]
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_on_an_empty_directory_resumes_with_what_came_while_down() {
+    let d = spawn_with(tempfile::tempdir().unwrap(), false, fast).await;
+    let root = d.dir.path().join("empty");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut c = d.client().await;
+    accepted(&watch(&mut c, &root, &[], None, WatchMode::Native).await);
+    let dir = d.stop().await;
+    std::fs::write(root.join("arrived.txt"), "while down").unwrap();
+    let d = spawn_with(dir, false, fast).await;
+    let mut c = d.client().await;
+    let events = wait_events(&mut c, 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(meta(&events[0], "kind"), "create");
+    assert_eq!(meta(&events[0], "offline"), true);
     d.stop().await;
 }

@@ -23,7 +23,7 @@ use coditect_proto::ipc::{WatchMode, WatchedPath};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use filter::PathFilter;
 use notify::{EventKind, RecursiveMode, Watcher as _};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,7 +53,8 @@ pub struct WatchStats {
 }
 
 enum Command {
-    Add(WatchedPath, oneshot::Sender<Result<(), String>>),
+    /// A watch, whether it is resumed (persisted before this start), and where to answer.
+    Add(WatchedPath, bool, oneshot::Sender<Result<(), String>>),
     Remove(PathBuf),
     Stop,
 }
@@ -86,9 +87,9 @@ impl Watcher {
             event_tx,
             overflowed,
             native: None,
-            polling: None,
+            next_poll: None,
             watches: Vec::new(),
-            known: HashMap::new(),
+            known: BTreeMap::new(),
             pending: HashMap::new(),
             oldest: None,
             unsaved: Vec::new(),
@@ -107,11 +108,13 @@ impl Watcher {
         })
     }
 
-    /// Starts watching; the reason when the path cannot be watched.
-    pub async fn add(&self, w: WatchedPath) -> Result<(), String> {
+    /// Starts watching (`resumed`: a watch persisted before this start, whose changes
+    /// while the daemon was down are to be recorded); the reason when the path cannot be
+    /// watched.
+    pub async fn add(&self, w: WatchedPath, resumed: bool) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Add(w, tx))
+            .send(Command::Add(w, resumed, tx))
             .map_err(|_| "the file watcher has stopped".to_string())?;
         rx.await
             .map_err(|_| "the file watcher has stopped".to_string())?
@@ -217,10 +220,12 @@ struct Worker {
     event_tx: Sender<notify::Result<notify::Event>>,
     overflowed: Arc<AtomicBool>,
     native: Option<notify::RecommendedWatcher>,
-    polling: Option<notify::PollWatcher>,
+    /// When the polling watches are scanned next (none: there are none).
+    next_poll: Option<Instant>,
     /// Deepest root first.
     watches: Vec<Watch>,
-    known: HashMap<PathBuf, Stamp>,
+    /// Ordered, so the files below a directory are one range.
+    known: BTreeMap<PathBuf, Stamp>,
     pending: HashMap<PathBuf, Pending>,
     oldest: Option<Instant>,
     /// Entries whose write failed, retried before anything newer.
@@ -233,21 +238,28 @@ struct Worker {
     stats: Arc<WatchStats>,
 }
 
+/// Most entries kept for a retry while the store refuses writes; past it they are dropped
+/// and found again by a rescan once writes succeed.
+const MAX_UNSAVED: usize = 100_000;
+
 /// Most nominated paths held before recording, whatever the debounce window.
 const MAX_PENDING: usize = 4096;
 
 impl Worker {
     fn run(mut self, commands: Receiver<Command>) {
         loop {
-            let wait = match self.oldest {
+            let mut wait = match self.oldest {
                 Some(t) => (t + self.config.debounce).saturating_duration_since(Instant::now()),
                 None if !self.unsaved.is_empty() => Duration::from_millis(500),
                 None => Duration::from_secs(3600),
             };
+            if let Some(at) = self.next_poll {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
             crossbeam_channel::select! {
                 recv(commands) -> c => match c {
-                    Ok(Command::Add(w, reply)) => {
-                        let _ = reply.send(self.add(w));
+                    Ok(Command::Add(w, resumed, reply)) => {
+                        let _ = reply.send(self.add(w, resumed));
                     }
                     Ok(Command::Remove(path)) => self.remove(&path),
                     Ok(Command::Stop) | Err(_) => {
@@ -275,6 +287,9 @@ impl Worker {
             }
             if self.overflowed.swap(false, Ordering::AcqRel) {
                 self.overflow();
+            }
+            if self.next_poll.is_some_and(|t| t <= Instant::now()) {
+                self.poll();
             }
             let due = self
                 .oldest
@@ -305,7 +320,10 @@ impl Worker {
         }
     }
 
-    fn add(&mut self, spec: WatchedPath) -> Result<(), String> {
+    /// Starts watching `spec`. `resumed`: the watch was persisted before this start, so
+    /// what changed under it while the daemon was not running is recorded (a new watch
+    /// takes what is there now as its baseline).
+    fn add(&mut self, spec: WatchedPath, resumed: bool) -> Result<(), String> {
         let filter = PathFilter::new(&spec.patterns)?;
         let meta = std::fs::metadata(&spec.path)
             .map_err(|e| format!("cannot watch {}: {e}", spec.path.display()))?;
@@ -314,6 +332,67 @@ impl Worker {
         }
         // A changed watch on the same path replaces the old one.
         self.remove(&spec.path);
+        self.register(&spec)?;
+        let watch = Watch { spec, filter };
+        let root = watch.spec.path.clone();
+        let current = self.scan(&watch);
+        let baseline = match self.baseline(&root, current, resumed) {
+            Ok(b) => b,
+            Err(e) => {
+                self.unregister(&watch.spec);
+                return Err(e);
+            }
+        };
+        tracing::info!(path = %root.display(), mode = watch.spec.mode.as_str(), resumed, "watching");
+        self.watches.push(watch);
+        self.watches
+            .sort_by_key(|w| std::cmp::Reverse(w.spec.path.components().count()));
+        let (known, changed) = baseline;
+        self.known.extend(known);
+        for p in changed {
+            self.nominate(p, None, Some("offline"));
+        }
+        Ok(())
+    }
+
+    /// What is known under a new watch, and what changed since a resumed one was last seen.
+    #[allow(clippy::type_complexity)]
+    fn baseline(
+        &self,
+        root: &Path,
+        current: Vec<(PathBuf, Stamp)>,
+        resumed: bool,
+    ) -> Result<(Vec<(PathBuf, Stamp)>, Vec<PathBuf>), String> {
+        if !resumed {
+            let mut files = FileChanges::default();
+            for (p, stamp) in &current {
+                files.upsert(stamp.state(p));
+            }
+            self.rt
+                .block_on(self.store.set_watch_files(files))
+                .map_err(|e| format!("cannot record the watch's baseline: {e}"))?;
+            return Ok((current, Vec::new()));
+        }
+        let recorded = self
+            .rt
+            .block_on(self.store.watch_files(root.to_path_buf()))
+            .map_err(|e| format!("cannot read what was recorded under the watch: {e}"))?;
+        let before: BTreeMap<PathBuf, Stamp> = recorded
+            .into_iter()
+            .map(|(p, len, ns)| (PathBuf::from(p), Stamp::from_state(len, ns)))
+            .collect();
+        let now: BTreeMap<&PathBuf, &Stamp> = current.iter().map(|(p, s)| (p, s)).collect();
+        let mut changed: Vec<PathBuf> = now
+            .iter()
+            .filter(|(p, s)| before.get(**p) != Some(**s))
+            .map(|(p, _)| (*p).clone())
+            .collect();
+        changed.extend(before.keys().filter(|p| !now.contains_key(p)).cloned());
+        Ok((before.into_iter().collect(), changed))
+    }
+
+    /// Asks the kernel (or the poller) for events under `spec.path`.
+    fn register(&mut self, spec: &WatchedPath) -> Result<(), String> {
         let mode = if spec.recursive {
             RecursiveMode::Recursive
         } else {
@@ -329,61 +408,26 @@ impl Worker {
                 }
                 self.native.as_mut().map(|w| w.watch(&spec.path, mode))
             }
+            // Polling watches are scanned by the worker itself every `scan_interval`,
+            // compared with `known` at full mtime precision (notify's poller compares whole
+            // seconds and would miss a change within the second of the last one).
             WatchMode::Polling => {
-                if self.polling.is_none() {
-                    let config =
-                        notify::Config::default().with_poll_interval(self.config.scan_interval);
-                    self.polling = Some(
-                        notify::PollWatcher::new(self.handler(), config)
-                            .map_err(|e| format!("cannot start the polling watcher: {e}"))?,
-                    );
-                }
-                self.polling.as_mut().map(|w| w.watch(&spec.path, mode))
+                self.next_poll.get_or_insert_with(Instant::now);
+                None
             }
         };
-        if let Some(Err(e)) = result {
-            return Err(format!("cannot watch {}: {e}", spec.path.display()));
+        match result {
+            Some(Err(e)) => Err(format!("cannot watch {}: {e}", spec.path.display())),
+            _ => Ok(()),
         }
-        tracing::info!(path = %spec.path.display(), mode = spec.mode.as_str(), "watching");
-        let watch = Watch { spec, filter };
-        let root = watch.spec.path.clone();
-        let current = self.scan(&watch);
-        self.watches.push(watch);
-        self.watches
-            .sort_by_key(|w| std::cmp::Reverse(w.spec.path.components().count()));
-        let recorded = self
-            .rt
-            .block_on(self.store.watch_files(root))
-            .map_err(|e| format!("cannot read what was recorded under the watch: {e}"))?;
-        if recorded.is_empty() {
-            // A new watch: what is there now is the baseline; changes from here on count.
-            let upserts = current.iter().map(|(p, s)| s.state(p)).collect();
-            self.rt
-                .block_on(self.store.set_watch_files(FileChanges {
-                    upserts,
-                    deletes: Vec::new(),
-                }))
-                .map_err(|e| format!("cannot record the watch's baseline: {e}"))?;
-            self.known.extend(current);
-        } else {
-            // A resumed watch: what changed while the daemon was not running is recorded.
-            let before: HashMap<PathBuf, Stamp> = recorded
-                .into_iter()
-                .map(|(p, len, ns)| (PathBuf::from(p), Stamp::from_state(len, ns)))
-                .collect();
-            let mut changed: Vec<PathBuf> = current
-                .iter()
-                .filter(|(p, s)| before.get(p) != Some(s))
-                .map(|(p, _)| p.clone())
-                .collect();
-            let now: std::collections::HashSet<&PathBuf> = current.iter().map(|(p, _)| p).collect();
-            changed.extend(before.keys().filter(|p| !now.contains(p)).cloned());
-            self.known.extend(before);
-            for p in changed {
-                self.nominate(p, None, Some("offline"));
-            }
+    }
+
+    fn unregister(&mut self, spec: &WatchedPath) {
+        if spec.mode == WatchMode::Native
+            && let Some(n) = self.native.as_mut()
+        {
+            let _ = n.unwatch(&spec.path);
         }
-        Ok(())
     }
 
     fn remove(&mut self, root: &Path) {
@@ -391,10 +435,25 @@ impl Worker {
             return;
         };
         let w = self.watches.remove(i);
-        let _ = match w.spec.mode {
-            WatchMode::Native => self.native.as_mut().map(|n| n.unwatch(root)),
-            WatchMode::Polling => self.polling.as_mut().map(|n| n.unwatch(root)),
-        };
+        self.unregister(&w.spec);
+        // The kernel's watches are per directory: unwatching `root` also dropped those an
+        // enclosing or nested watch relied on. Ask again, and rescan for what happened in
+        // between.
+        let overlapping: Vec<WatchedPath> = self
+            .watches
+            .iter()
+            .filter(|o| o.spec.mode == WatchMode::Native && w.spec.mode == WatchMode::Native)
+            .filter(|o| o.spec.path.starts_with(root) || root.starts_with(&o.spec.path))
+            .map(|o| o.spec.clone())
+            .collect();
+        for o in &overlapping {
+            if let Err(e) = self.register(o) {
+                tracing::warn!(path = %o.path.display(), error = %e, "cannot watch again");
+            }
+        }
+        if !overlapping.is_empty() {
+            self.rescan();
+        }
         let watches = &self.watches;
         let mut forgotten = Vec::new();
         self.known.retain(|p, _| {
@@ -404,10 +463,10 @@ impl Worker {
             }
             keep
         });
-        let forget = FileChanges {
-            upserts: Vec::new(),
-            deletes: forgotten,
-        };
+        let mut forget = FileChanges::default();
+        for p in forgotten {
+            forget.delete(p);
+        }
         if let Err(e) = self.rt.block_on(self.store.set_watch_files(forget)) {
             tracing::warn!(error = %e, "cannot forget the files of a removed watch");
         }
@@ -446,7 +505,9 @@ impl Worker {
         }
         use notify::event::{ModifyKind, RenameMode};
         match event.kind {
-            EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => {}
+            // Metadata events are nominated too: the poller reports a changed mtime that
+            // way; a change of permissions alone is dropped at flush (same size and mtime).
+            EventKind::Access(_) => {}
             EventKind::Modify(ModifyKind::Name(RenameMode::Both))
                 if event.paths.len() == 2 && !event.paths[1].is_dir() =>
             {
@@ -476,8 +537,9 @@ impl Worker {
         if !p.exists() && !self.known.contains_key(p) {
             let below: Vec<PathBuf> = self
                 .known
-                .keys()
-                .filter(|k| k.starts_with(p))
+                .range(p.to_path_buf()..)
+                .map(|(k, _)| k)
+                .take_while(|k| k.starts_with(p))
                 .cloned()
                 .collect();
             for k in below {
@@ -527,25 +589,7 @@ impl Worker {
         metrics::counter!("codi_file_events_overflow_total").increment(1);
         tracing::warn!("file event queue overflowed: rescanning the watched trees");
         self.drain_events_without_overflow();
-        let mut current: HashMap<PathBuf, Stamp> = HashMap::new();
-        for w in &self.watches {
-            current.extend(self.scan(w));
-        }
-        let mut changed: Vec<PathBuf> = current
-            .iter()
-            .filter(|(p, s)| self.known.get(*p) != Some(s))
-            .map(|(p, _)| p.clone())
-            .collect();
-        changed.extend(
-            self.known
-                .keys()
-                .filter(|p| !current.contains_key(*p))
-                .cloned(),
-        );
-        let n = changed.len();
-        for p in changed {
-            self.nominate(p, None, Some("rescan"));
-        }
+        let n = self.rescan();
         let roots: Vec<String> = self
             .watches
             .iter()
@@ -561,6 +605,57 @@ impl Worker {
             None,
             chrono::Utc::now(),
         ));
+    }
+
+    /// Scans the polling watches (and schedules the next scan while there are any).
+    fn poll(&mut self) {
+        let polling = |w: &Watch| w.spec.mode == WatchMode::Polling;
+        if !self.watches.iter().any(polling) {
+            self.next_poll = None;
+            return;
+        }
+        self.rescan_where(polling, None);
+        self.next_poll = Some(Instant::now() + self.config.scan_interval);
+    }
+
+    /// Compares every watched tree with what was recorded and nominates the differences;
+    /// how many.
+    fn rescan(&mut self) -> usize {
+        self.rescan_where(|_| true, Some("rescan"))
+    }
+
+    /// [`rescan`](Self::rescan) for the watches `which` selects.
+    fn rescan_where(
+        &mut self,
+        which: impl Fn(&Watch) -> bool,
+        found_by: Option<&'static str>,
+    ) -> usize {
+        let mut current: HashMap<PathBuf, Stamp> = HashMap::new();
+        for w in self.watches.iter().filter(|w| which(w)) {
+            current.extend(self.scan(w));
+        }
+        let mut changed: Vec<PathBuf> = current
+            .iter()
+            .filter(|(p, s)| self.known.get(*p) != Some(s))
+            .map(|(p, _)| p.clone())
+            .collect();
+        changed.extend(
+            self.known
+                .keys()
+                .filter(|p| !current.contains_key(*p))
+                .filter(|p| {
+                    self.watches
+                        .iter()
+                        .find(|w| w.covers(p).is_some())
+                        .is_some_and(&which)
+                })
+                .cloned(),
+        );
+        let n = changed.len();
+        for p in changed {
+            self.nominate(p, None, found_by);
+        }
+        n
     }
 
     /// Takes what is queued (it is covered by the rescan that follows).
@@ -598,7 +693,7 @@ impl Worker {
             let kind = match stamp {
                 None => match self.known.remove(&path) {
                     Some(_) => {
-                        self.files.deletes.push(path.to_string_lossy().into_owned());
+                        self.files.delete(path.to_string_lossy().into_owned());
                         "remove"
                     }
                     None => continue, // never recorded: made and gone within the window
@@ -612,9 +707,9 @@ impl Worker {
                         (Some(_), None) => "modify",
                     };
                     if let (Some(f), "rename") = (&p.from, kind) {
-                        self.files.deletes.push(f.to_string_lossy().into_owned());
+                        self.files.delete(f.to_string_lossy().into_owned());
                     }
-                    self.files.upserts.push(stamp.state(&path));
+                    self.files.upsert(stamp.state(&path));
                     kind
                 }
             };
@@ -660,7 +755,7 @@ impl Worker {
         let batch = std::mem::take(&mut self.unsaved);
         let files = std::mem::take(&mut self.files);
         let n = batch.len() as u64;
-        let kept = (batch.clone(), files.upserts.clone(), files.deletes.clone());
+        let kept = (batch.clone(), files.clone());
         match self.rt.block_on(self.store.append_with(batch, files)) {
             Ok(_) => {
                 self.retry_at = None;
@@ -678,13 +773,45 @@ impl Worker {
                 // Kept and retried: file events are never dropped for a failed write.
                 tracing::error!(error = %e, entries = n, "cannot record file events; will retry");
                 self.unsaved = kept.0;
-                self.files = FileChanges {
-                    upserts: kept.1,
-                    deletes: kept.2,
-                };
+                self.files = kept.1;
+                if self.unsaved.len() > MAX_UNSAVED {
+                    self.give_up_unsaved();
+                }
                 self.retry_at = Some(Instant::now() + Duration::from_secs(1));
             }
         }
+    }
+
+    /// Drops the entries the store would not take, and forgets what they said about the
+    /// files, so the rescan that follows finds those changes again: memory stays bounded
+    /// however long the store refuses writes.
+    fn give_up_unsaved(&mut self) {
+        tracing::error!(
+            entries = self.unsaved.len(),
+            "the store has refused file events for too long: dropping them, to be found again by a rescan"
+        );
+        for (path, change) in std::mem::take(&mut self.files).into_changes() {
+            match change {
+                // Recorded as present: forget it, the rescan sees it (again) as new.
+                Some(_) => {
+                    self.known.remove(Path::new(&path));
+                }
+                // Recorded as gone: known again as something no file matches, so the
+                // rescan reports it gone.
+                None => {
+                    self.known.insert(
+                        PathBuf::from(path),
+                        Stamp {
+                            len: u64::MAX,
+                            mtime: None,
+                        },
+                    );
+                }
+            }
+        }
+        self.unsaved.clear();
+        self.unsaved_exports.clear();
+        self.overflowed.store(true, Ordering::Release);
     }
 
     /// The deepest enclosing watch whose session is open: its id and (identity, agent).
