@@ -100,6 +100,7 @@ fn entry(i: usize) -> LogEntry {
         metadata: Some(serde_json::json!({"file": "src/handler.rs", "line": i % 500})),
         session_id: Some("bench-session".into()),
         timestamp: None,
+        id: None,
     }
 }
 

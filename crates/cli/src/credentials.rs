@@ -119,7 +119,7 @@ impl Credentials {
         if let Ok(meta) = std::fs::metadata(&path)
             && meta.permissions().mode() & 0o077 != 0
         {
-            eprintln!(
+            crate::output::say!(
                 "codi2: {} is readable by other users (mode {:o}); run `chmod 600` on it",
                 path.display(),
                 meta.permissions().mode() & 0o777

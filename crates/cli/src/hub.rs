@@ -588,7 +588,7 @@ pub async fn logs(args: LogsArgs, config: &Config, out: Out) -> Result<()> {
         }
     }
     if cursor.is_some() && !out.json {
-        eprintln!(
+        crate::output::say!(
             "codi2: the newest {} matching entries; more match (raise --limit)",
             items.len()
         );

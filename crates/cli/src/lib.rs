@@ -31,7 +31,7 @@ pub fn main() -> ExitCode {
         Ok(()) => Exit::Ok,
         Err(e) => {
             if !e.message.is_empty() {
-                eprintln!("codi2: {}", e.message);
+                crate::output::say!("codi2: {}", e.message);
             }
             e.exit
         }

@@ -79,7 +79,13 @@ impl Local {
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            match IpcClient::connect_tcp(addr, token).await {
+            let connect = tokio::time::timeout(ANSWER_TIMEOUT, IpcClient::connect_tcp(addr, token));
+            match connect.await.unwrap_or_else(|_| {
+                Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer to the token",
+                )))
+            }) {
                 Ok(c) => {
                     self.out.note(&format!(
                         "via codi-monitor at {addr} (TCP; nothing answers at {})",
@@ -122,6 +128,19 @@ impl Local {
             Ok(c) => Ok(Target::Daemon(c)),
             Err(why) => {
                 let db = self.db();
+                if self.config.monitor.tcp_enabled {
+                    // The daemon is reached over TCP (another container, another host):
+                    // this machine's file is not the one it reads and syncs.
+                    return Err(CliError::new(
+                        Exit::MonitorUnreachable,
+                        format!(
+                            "codi-monitor is not reachable (nothing answers at {} nor over TCP at {}: {why}); not writing to {}, which that daemon does not read",
+                            self.socket().display(),
+                            self.config.monitor.tcp_listen,
+                            db.display()
+                        ),
+                    ));
+                }
                 if !create && !db.exists() {
                     return Err(CliError::new(
                         Exit::MonitorUnreachable,
@@ -157,6 +176,7 @@ impl Local {
             metadata: args.metadata.clone(),
             session_id: args.session.clone(),
             timestamp: None,
+            id: None,
         };
         let from_stdin = args.stdin || args.message.as_deref() == Some("-");
         // Refuse bad input before touching the daemon or the file.
@@ -177,6 +197,7 @@ impl Local {
                 let entry = LogEntry {
                     message,
                     timestamp: Some(chrono::Utc::now()),
+                    id: Some(uuid::Uuid::now_v7()),
                     ..template
                 };
                 store(&mut target, vec![entry], self).await.map(|n| (n, 0))
@@ -259,6 +280,7 @@ impl Local {
             batch.push(LogEntry {
                 message: line,
                 timestamp: Some(chrono::Utc::now()),
+                id: Some(uuid::Uuid::now_v7()),
                 ..template.clone()
             });
             if batch.len() >= BATCH_ENTRIES || bytes >= BATCH_BYTES {
@@ -281,7 +303,27 @@ impl Local {
             return Ok(0);
         }
         let entries = std::mem::take(batch);
-        store(target, entries, self).await.map_err(|mut e| {
+        let first = store(target, entries.clone(), self).await;
+        // The daemon went away (or hung) with this batch in flight: it may or may not be
+        // stored. Every entry carries its id, so sending it again (to a daemon that came
+        // back, or to the file) stores each entry once whatever happened.
+        let result = match first {
+            Err(e) if e.exit == Exit::MonitorUnreachable => {
+                self.out
+                    .note(&format!("{}; sending the batch again", e.message));
+                match self.target(true).await {
+                    Ok(again) => {
+                        if let Target::Direct(old) = std::mem::replace(target, again) {
+                            old.close().await;
+                        }
+                        store(target, entries, self).await
+                    }
+                    Err(_) => Err(e),
+                }
+            }
+            other => other,
+        };
+        result.map_err(|mut e| {
             if stored_before > 0 {
                 e.message = format!("{} ({stored_before} entries were stored)", e.message);
             }
@@ -359,7 +401,7 @@ impl Local {
             }
         }
         if !self.out.json && total > entries.len() as u64 {
-            eprintln!(
+            crate::output::say!(
                 "codi2: the newest {} of {total} matching entries (raise --limit for more)",
                 entries.len()
             );
@@ -472,7 +514,7 @@ impl Local {
                     }
                 }
                 if paths.is_empty() && !self.out.json {
-                    eprintln!("codi2: no paths are watched");
+                    crate::output::say!("codi2: no paths are watched");
                 }
                 Ok(())
             }
@@ -703,13 +745,35 @@ fn log_filter(filters: &Filters, window: &Window) -> Result<LogFilter> {
 }
 
 /// Reads lines (any bytes: invalid UTF-8 is replaced, `\r\n` ends a line too) until EOF.
+/// Sends each line of `input` (without its line ending); a line longer than
+/// [`MAX_MESSAGE`] is cut there (and so refused by the caller) while the rest of it is
+/// skipped, so no line holds more memory than that.
 fn read_lines(mut input: impl std::io::BufRead, tx: mpsc::Sender<std::io::Result<String>>) {
+    use std::io::{BufRead, Read};
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match input.read_until(b'\n', &mut buf) {
+        let limit = (MAX_MESSAGE + 2) as u64;
+        match input.by_ref().take(limit).read_until(b'\n', &mut buf) {
             Ok(0) => return,
             Ok(_) => {
+                if buf.last() != Some(&b'\n') && buf.len() as u64 == limit {
+                    // Over-long: skip to the end of this line.
+                    let mut rest = Vec::new();
+                    loop {
+                        rest.clear();
+                        match input.by_ref().take(64 * 1024).read_until(b'\n', &mut rest) {
+                            Ok(0) => break,
+                            Ok(_) if rest.last() == Some(&b'\n') => break,
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(e));
+                                return;
+                            }
+                        }
+                    }
+                }
                 while matches!(buf.last(), Some(b'\n' | b'\r')) {
                     buf.pop();
                 }
@@ -740,5 +804,20 @@ mod tests {
             got.push(l);
         }
         assert_eq!(got, ["one", "two", "\u{fffd} three", "last"]);
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_and_the_next_one_kept() {
+        let mut input = vec![b'x'; MAX_MESSAGE * 3];
+        input.extend_from_slice(b"\nnext\n");
+        let (tx, mut rx) = mpsc::channel(16);
+        read_lines(&input[..], tx);
+        let mut got = Vec::new();
+        while let Ok(Ok(l)) = rx.try_recv() {
+            got.push(l);
+        }
+        assert_eq!(got.len(), 2);
+        assert!(got[0].len() > MAX_MESSAGE && got[0].len() <= MAX_MESSAGE + 2);
+        assert_eq!(got[1], "next");
     }
 }

@@ -1,5 +1,14 @@
 //! What goes to stdout (results: human lines, or JSON) and stderr (notes and errors).
 
+/// A line on stderr; a closed stderr (`codi2 … 2>&1 | head`) is no reason to panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 use crate::exit::{CliError, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use coditect_proto::Level;
@@ -42,13 +51,13 @@ impl Out {
     /// A note on stderr with `--verbose`.
     pub fn note(&self, text: &str) {
         if self.verbose {
-            eprintln!("codi2: {text}");
+            say!("codi2: {text}");
         }
     }
 
     /// A warning on stderr, always.
     pub fn warn(&self, text: &str) {
-        eprintln!("codi2: {text}");
+        say!("codi2: {text}");
     }
 }
 

@@ -76,10 +76,12 @@ pub async fn tail(args: TailArgs, config: &Config, out: Out) -> Result<()> {
                 outage = None;
                 match follow(ws, &mut resume, out).await? {
                     Ended::Dropped(n) => {
+                        // Back after a short pause (the backlog comes from the hub's
+                        // store): a reader slower than the stream must not make a storm of
+                        // reconnects.
                         out.warn(&format!(
                             "the hub skipped {n} entries for this client (it fell behind); fetching them again"
                         ));
-                        continue;
                     }
                     Ended::Lost(why) => {
                         out.warn(&format!(
@@ -91,9 +93,24 @@ pub async fn tail(args: TailArgs, config: &Config, out: Out) -> Result<()> {
             }
             Err(ConnectError::Refused(StatusCode::UNAUTHORIZED, message)) => {
                 if hub.can_refresh() && !refreshed {
-                    hub.refresh().await?;
-                    refreshed = true;
-                    continue;
+                    match hub.refresh().await {
+                        Ok(()) => {
+                            refreshed = true;
+                            continue;
+                        }
+                        // The hub went away between the refusal and the refresh: an
+                        // outage like any other once the tail has run.
+                        Err(e) if e.exit == Exit::HubUnreachable && connected_once => {
+                            if outage.as_deref() != Some(e.message.as_str()) {
+                                out.warn(&format!("{}; retrying", e.message));
+                                outage = Some(e.message);
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 return Err(CliError::credentials(format!(
                     "the hub at {} refused the credential ({message}); log in again with `codi2 login --hub {}`",

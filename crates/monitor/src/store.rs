@@ -143,8 +143,11 @@ impl NewEntry {
             .timestamp
             .unwrap_or_else(chrono::Utc::now)
             .timestamp_micros();
+        if e.id.is_some_and(|id| id.is_nil()) {
+            return Err("id must not be the nil UUID".into());
+        }
         Ok(NewEntry {
-            id: Uuid::now_v7(),
+            id: e.id.unwrap_or_else(Uuid::now_v7),
             ts,
             level: e.level,
             component: e.component,
@@ -254,10 +257,13 @@ impl MonitorStore {
         self.db
             .write(move |c| {
                 let created = now_micros();
+                // One entry per id: a resent entry (its client lost our answer) is already
+                // here, and stays as it was.
                 let mut stmt = c.prepare_cached(
                     "INSERT INTO logs (id, timestamp, level, component, session_id, message,
                                        metadata, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (id) DO NOTHING",
                 )?;
                 for e in entries.iter() {
                     stmt.execute(params![

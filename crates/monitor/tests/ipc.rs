@@ -476,3 +476,49 @@ async fn pipelined_entries_are_answered_in_order_each_on_its_own_merits() {
     }
     d.stop().await;
 }
+
+#[tokio::test]
+async fn an_entry_resent_with_its_id_is_stored_once() {
+    let d = spawn_daemon(false).await;
+    let mut c = d.client().await;
+    let mut e = entry(Level::Info, "sent twice");
+    e.id = Some(uuid::Uuid::now_v7());
+    accepted(&c.call(Payload::LogEntry(e.clone())).await);
+    // A client that lost the answer sends the same entries again, alone and in a batch.
+    accepted(&c.call(Payload::LogEntry(e.clone())).await);
+    let mut other = entry(Level::Info, "new");
+    other.id = Some(uuid::Uuid::now_v7());
+    accepted(
+        &c.call(Payload::LogBatch {
+            entries: vec![e.clone(), other],
+        })
+        .await,
+    );
+    match c
+        .call(Payload::QueryLogs {
+            filter: LogFilter::default(),
+            limit: 10,
+        })
+        .await
+    {
+        Payload::LogResults {
+            entries,
+            total_count,
+        } => {
+            assert_eq!(total_count, 2, "{entries:?}");
+            assert!(entries.iter().any(|s| s.id == e.id.unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The nil id is no id.
+    let mut nil = entry(Level::Info, "nil");
+    nil.id = Some(uuid::Uuid::nil());
+    match c.call(Payload::LogEntry(nil)).await {
+        Payload::Acknowledgment {
+            status: AckStatus::Rejected(reason),
+            ..
+        } => assert!(reason.contains("nil"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    d.stop().await;
+}

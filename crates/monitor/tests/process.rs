@@ -82,6 +82,7 @@ async fn log_one(socket: &Path, message: &str) {
             metadata: None,
             session_id: None,
             timestamp: None,
+            id: None,
         }))
         .await
         .unwrap();

@@ -39,6 +39,7 @@ fn line(component: &str, message: String) -> LogEntry {
         metadata: None,
         session_id: Some("local-session".into()),
         timestamp: None,
+        id: None,
     }
 }
 

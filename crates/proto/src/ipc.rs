@@ -62,6 +62,11 @@ pub struct LogEntry {
     /// When it happened; the monitor's clock when absent.
     #[serde(default)]
     pub timestamp: Option<DateTime<Utc>>,
+    /// The entry's id (a UUIDv7), when the client chooses it: the monitor stores one entry
+    /// per id, so a client that resends after a lost answer stores nothing twice. The
+    /// monitor makes one when absent.
+    #[serde(default)]
+    pub id: Option<Uuid>,
 }
 
 /// A stored entry, as `QueryLogs` returns it.
@@ -353,6 +358,7 @@ mod tests {
             metadata: Some(serde_json::json!({"file": "a.rs", "line": 3})),
             session_id: Some("s-1".into()),
             timestamp: None,
+            id: None,
         }
     }
 

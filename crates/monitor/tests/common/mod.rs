@@ -141,6 +141,7 @@ pub fn entry(level: Level, message: &str) -> LogEntry {
         metadata: Some(serde_json::json!({"file": "main.rs"})),
         session_id: Some("s-1".into()),
         timestamp: None,
+        id: None,
     }
 }
 
