@@ -16,7 +16,7 @@ Exit codes:
   6  not found
 
 Environment: CODI_CONFIG, CODI_SOCKET, CODI_DB (as codi-monitor reads them), CODI_HUB_URL,
-CODI_HUB_API_KEY, CODI_PASSWORD. Credentials from `codi2 login` are kept in
+CODI_HUB_API_KEY, CODI_PASSWORD, CODI_TIMEOUT. Credentials from `codi2 login` are kept in
 $XDG_CONFIG_HOME/codi/credentials.toml (mode 0600).";
 
 /// The CODITECT command line: logs, file watches and sessions through codi-monitor (or its
@@ -47,6 +47,9 @@ pub struct Global {
     /// Say on stderr which way a command went (daemon, SQLite file, hub connection)
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// How long codi-monitor may take to accept or answer before it counts as unreachable
+    #[arg(long, global = true, value_name = "DURATION", env = "CODI_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

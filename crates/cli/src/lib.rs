@@ -70,6 +70,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         let local = local::Local {
             config: config.clone(),
             out,
+            timeout: cli.global.timeout,
         };
         match cli.command {
             Command::Log(a) => local.log(a).await,

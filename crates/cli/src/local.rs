@@ -29,6 +29,8 @@ const LINGER: Duration = Duration::from_millis(200);
 pub struct Local {
     pub config: Config,
     pub out: Out,
+    /// How long the daemon may take to accept or answer (`--timeout`).
+    pub timeout: Duration,
 }
 
 /// A connection to the daemon, over its Unix socket or (containers) TCP.
@@ -36,9 +38,6 @@ enum Client {
     Unix(IpcClient<UnixStream>),
     Tcp(IpcClient<TcpStream>),
 }
-
-/// How long a request to the daemon may take (a durable batch takes milliseconds).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where entries go and queries come from.
 enum Target {
@@ -59,7 +58,7 @@ impl Local {
     /// (a container whose socket is not mounted); says which way with `--verbose`. `Err`
     /// carries why nothing answered.
     async fn connect(&self) -> Result<std::result::Result<Client, String>> {
-        let connect = tokio::time::timeout(ANSWER_TIMEOUT, IpcClient::connect_unix(self.socket()));
+        let connect = tokio::time::timeout(self.timeout, IpcClient::connect_unix(self.socket()));
         let unix_error = match connect.await.unwrap_or_else(|_| {
             Err(ClientError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -79,7 +78,7 @@ impl Local {
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            let connect = tokio::time::timeout(ANSWER_TIMEOUT, IpcClient::connect_tcp(addr, token));
+            let connect = tokio::time::timeout(self.timeout, IpcClient::connect_tcp(addr, token));
             match connect.await.unwrap_or_else(|_| {
                 Err(ClientError::Io(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -637,7 +636,7 @@ impl Local {
 }
 
 impl Client {
-    /// One request; a daemon that does not answer within [`ANSWER_TIMEOUT`] is reported
+    /// One request; a daemon that does not answer within `--timeout` is reported
     /// as unreachable (a hung daemon must not hang scripts).
     async fn call(&mut self, local: &Local, payload: Payload) -> Result<Payload> {
         let call = async {
@@ -646,13 +645,13 @@ impl Client {
                 Client::Tcp(c) => c.call(payload).await,
             }
         };
-        let Ok(reply) = tokio::time::timeout(ANSWER_TIMEOUT, call).await else {
+        let Ok(reply) = tokio::time::timeout(local.timeout, call).await else {
             return Err(CliError::new(
                 Exit::MonitorUnreachable,
                 format!(
-                    "codi-monitor at {} did not answer within {}s",
+                    "codi-monitor at {} did not answer within {}",
                     local.socket().display(),
-                    ANSWER_TIMEOUT.as_secs()
+                    humantime::format_duration(local.timeout)
                 ),
             ));
         };

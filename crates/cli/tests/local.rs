@@ -419,3 +419,84 @@ async fn usage_errors_help_and_completions() {
     // Nothing was stored by the refused commands.
     assert!(!sb.db.exists());
 }
+
+#[tokio::test]
+async fn a_daemon_that_never_answers_is_reported_unreachable_in_time() {
+    let sb = Sandbox::new();
+    // A peer that accepts and then says nothing: a hung daemon.
+    let listener = tokio::net::UnixListener::bind(&sb.socket).unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            conns.push(s);
+        }
+    });
+    let started = std::time::Instant::now();
+    let r = sb.run(&["--timeout", "300ms", "status"]).await;
+    r.failed(3, "did not answer within 300ms");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let r = sb
+        .run_with(&["log", "hello"], &[("CODI_TIMEOUT", "300ms")], None)
+        .await;
+    // A hung daemon is not bypassed (it may hold the file, and may yet store the entry):
+    // the command says so and fails.
+    r.failed(3, "did not answer within 300ms");
+    held.abort();
+}
+
+async fn stored_messages(db: &std::path::Path, component: &str) -> Vec<String> {
+    let s = MonitorStore::open(db, Synchronous::Normal).await.unwrap();
+    let filter = LogFilter {
+        component: Some(component.into()),
+        ..LogFilter::default()
+    };
+    let (entries, _) = s.query(filter, 10_000).await.unwrap();
+    s.close().await;
+    entries.into_iter().map(|e| e.message).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_stdin_goes_on_in_the_file_when_the_daemon_stops_mid_stream() {
+    use tokio::io::AsyncWriteExt;
+    let sb = Sandbox::new();
+    let d = sb.daemon().await;
+    let mut child = sb
+        .command(&["-v", "log", "--stdin", "--component", "mid"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..100 {
+        stdin
+            .write_all(format!("line {i}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    stdin.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stored_messages(&sb.db, "mid").await.len() < 100 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    d.stop().await;
+    for i in 100..200 {
+        stdin
+            .write_all(format!("line {i}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stored 200 entries"),
+        "{out:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sending the batch again"), "{err}");
+    assert!(err.contains("directly"), "{err}");
+    let mut got = stored_messages(&sb.db, "mid").await;
+    got.sort();
+    let mut want: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "every line once");
+}

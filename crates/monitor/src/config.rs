@@ -53,6 +53,9 @@ pub struct Monitor {
     pub tcp_enabled: bool,
     pub tcp_listen: SocketAddr,
     pub tcp_token: Option<Secret>,
+    /// How long a TCP client has to present the token before it is disconnected.
+    #[serde(with = "humantime_serde_compat")]
+    pub tcp_auth_timeout: Duration,
     /// Most concurrent IPC connections.
     pub max_connections: usize,
     /// File events for one path within this window become one entry.
@@ -134,6 +137,7 @@ impl Default for Monitor {
             tcp_enabled: false,
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 9847)),
             tcp_token: None,
+            tcp_auth_timeout: Duration::from_secs(10),
             max_connections: 4096,
             debounce: Duration::from_millis(100),
             scan_interval: Duration::from_secs(2),

@@ -113,6 +113,7 @@ impl Daemon {
                     .tcp_token
                     .as_ref()
                     .map(|t| t.expose().to_string()),
+                tcp_auth_timeout: config.monitor.tcp_auth_timeout,
             }),
             config,
             unix,

@@ -30,8 +30,10 @@ pub struct Ipc {
     /// `None` when no hub is configured.
     pub sync: Option<SharedSyncState>,
     pub started: Instant,
-    /// The TCP token; connections over TCP must present it first.
+    /// The TCP token; connections over TCP must present it first, within
+    /// `tcp_auth_timeout`.
     pub tcp_token: Option<String>,
+    pub tcp_auth_timeout: std::time::Duration,
 }
 
 impl Ipc {
@@ -176,7 +178,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut authenticated = !tcp;
-    let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
+    let auth_deadline = tokio::time::Instant::now() + ipc.tcp_auth_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(8 * 1024);
     loop {
@@ -338,8 +340,6 @@ async fn store_run(ipc: &Ipc, run: Vec<(Uuid, coditect_proto::ipc::LogEntry)>, o
     }
 }
 
-/// How long a TCP client has to present its token.
-const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The largest first frame an unauthenticated TCP client may send.
 const MAX_HELLO: usize = 4096;
 

@@ -522,3 +522,38 @@ async fn an_entry_resent_with_its_id_is_stored_once() {
     }
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_tcp_client_that_never_authenticates_is_let_go() {
+    let d = spawn_with(tempfile::tempdir().unwrap(), true, |c| {
+        c.monitor.tcp_auth_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let mut c = Client::new(
+        tokio::net::TcpStream::connect(d.tcp.unwrap())
+            .await
+            .unwrap(),
+    );
+    let started = std::time::Instant::now();
+    // Silent: the daemon closes the connection once the time is up.
+    assert!(c.reply().await.is_none());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    // An authenticated client is not bound by it.
+    let mut c = Client::new(
+        tokio::net::TcpStream::connect(d.tcp.unwrap())
+            .await
+            .unwrap(),
+    );
+    accepted(
+        &c.call(Payload::Hello {
+            token: TOKEN.into(),
+        })
+        .await,
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    accepted(
+        &c.call(Payload::LogEntry(entry(Level::Info, "still here")))
+            .await,
+    );
+    d.stop().await;
+}
