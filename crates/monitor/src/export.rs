@@ -58,7 +58,19 @@ impl Exporter {
                                 session_id: session,
                                 file_size: archived.size,
                             };
-                            match rt.block_on(store.record_export(record)) {
+                            // A store that refuses for a moment (full, busy) gets a few
+                            // more tries: the archived copy is there either way.
+                            let mut recorded = rt.block_on(store.record_export(record.clone()));
+                            for wait_ms in [100, 1_000, 5_000] {
+                                match &recorded {
+                                    Err(e) if e.is_transient() => {
+                                        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+                                        recorded = rt.block_on(store.record_export(record.clone()));
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            match recorded {
                                 Ok(()) => {
                                     metrics::counter!("codi_exports_processed_total").increment(1);
                                     if config.move_originals
