@@ -198,19 +198,14 @@ async fn a_corrupt_store_is_moved_aside_and_its_readable_rows_salvaged() {
     let salvaged = report["entries"].as_u64().unwrap();
     assert!(salvaged > 2000 && salvaged < 3000, "{report}");
     assert_eq!(report["sessions"], 1);
-    let kept = match c
-        .call(Payload::QueryLogs {
-            filter: LogFilter {
-                component: Some("t".into()),
-                ..LogFilter::default()
-            },
-            limit: 1,
-        })
-        .await
-    {
-        Payload::LogResults { total_count, .. } => total_count,
-        other => panic!("{other:?}"),
-    };
+    let kept = stored_count(
+        &mut c,
+        LogFilter {
+            component: Some("t".into()),
+            ..LogFilter::default()
+        },
+    )
+    .await;
     assert_eq!(kept, salvaged);
     // The fresh store is sound and takes writes.
     accepted(&c.call(Payload::LogEntry(entry(Level::Info, "after"))).await);

@@ -162,3 +162,14 @@ pub fn error_code(p: &Payload) -> ErrorCode {
         other => panic!("not an error: {other:?}"),
     }
 }
+
+/// How many stored entries match `filter`.
+pub async fn stored_count<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Client<S>,
+    filter: coditect_proto::ipc::LogFilter,
+) -> u64 {
+    match c.call(Payload::QueryLogs { filter, limit: 1 }).await {
+        Payload::LogResults { total_count, .. } => total_count,
+        other => panic!("{other:?}"),
+    }
+}
