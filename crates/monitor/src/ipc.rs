@@ -307,6 +307,16 @@ const MAX_RUN: usize = 1024;
 /// `Accepted` once durable, `Rejected` for an invalid one (the others still go), or the
 /// store's error for all when the write failed.
 async fn store_run(ipc: &Ipc, run: Vec<(Uuid, coditect_proto::ipc::LogEntry)>, out: &mut Vec<u8>) {
+    for (id, payload) in answer_run(ipc, run).await {
+        push(out, Message::reply(id, payload));
+    }
+}
+
+/// The answers to a run of `LogEntry` requests (see [`store_run`]), in order.
+async fn answer_run(
+    ipc: &Ipc,
+    run: Vec<(Uuid, coditect_proto::ipc::LogEntry)>,
+) -> Vec<(Uuid, Payload)> {
     let started = Instant::now();
     let mut verdicts: Vec<(Uuid, Result<(), String>)> = Vec::with_capacity(run.len());
     let mut entries = Vec::with_capacity(run.len());
@@ -329,15 +339,18 @@ async fn store_run(ipc: &Ipc, run: Vec<(Uuid, coditect_proto::ipc::LogEntry)>, o
     // Each request of the run waited for the whole run.
     let waited = started.elapsed().as_secs_f64();
     let failure = stored.err().map(unavailable);
-    for (id, verdict) in verdicts {
-        let payload = match (verdict, &failure) {
-            (Err(reason), _) => ack(id, AckStatus::Rejected(reason), 0),
-            (Ok(()), None) => ack(id, AckStatus::Accepted, 1),
-            (Ok(()), Some(error)) => error.clone(),
-        };
-        metrics::histogram!("codi_ipc_duration_seconds", "type" => "log_entry").record(waited);
-        push(out, Message::reply(id, payload));
-    }
+    verdicts
+        .into_iter()
+        .map(|(id, verdict)| {
+            let payload = match (verdict, &failure) {
+                (Err(reason), _) => ack(id, AckStatus::Rejected(reason), 0),
+                (Ok(()), None) => ack(id, AckStatus::Accepted, 1),
+                (Ok(()), Some(error)) => error.clone(),
+            };
+            metrics::histogram!("codi_ipc_duration_seconds", "type" => "log_entry").record(waited);
+            (id, payload)
+        })
+        .collect()
 }
 
 /// The largest first frame an unauthenticated TCP client may send.
@@ -439,16 +452,11 @@ async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, 
     }
     let payload = match m.payload {
         Payload::Hello { .. } => ack(id, AckStatus::Accepted, 0),
-        Payload::LogEntry(e) => match NewEntry::parse(e) {
-            Err(reason) => ack(id, AckStatus::Rejected(reason), 0),
-            Ok(entry) => match ipc.store.append(vec![entry]).await {
-                Ok(n) => {
-                    metrics::counter!("codi_logs_total", "source" => "ipc").increment(n.into());
-                    ack(id, AckStatus::Accepted, n)
-                }
-                Err(e) => unavailable(e),
-            },
-        },
+        // `serve` stores single entries in runs; one reaching here is a run of one.
+        Payload::LogEntry(e) => answer_run(ipc, vec![(id, e)]).await.pop().map_or_else(
+            || error(ErrorCode::InternalError, "no answer for the entry".into()),
+            |(_, payload)| payload,
+        ),
         Payload::LogBatch { entries } => {
             let parsed: Result<Vec<NewEntry>, String> = entries
                 .into_iter()
