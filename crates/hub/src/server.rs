@@ -147,12 +147,12 @@ impl Hub {
         let app = crate::http::router(state.clone(), extra);
         let background: Vec<JoinHandle<()>> = vec![
             telemetry::metrics::spawn_upkeep(state.metrics().clone()),
-            tokio::spawn(keep_keys_fresh(state.clone())),
-            tokio::spawn(sweep_sessions(state.clone())),
-            tokio::spawn(bootstrap_when_ready(state.clone())),
-            tokio::spawn(replay_outbox(state.clone())),
-            tokio::spawn(enforce_retention(state.clone())),
-            tokio::spawn(crate::live::hub::run(state.clone())),
+            supervise("signing_keys", &state, keep_keys_fresh),
+            supervise("session_sweeper", &state, sweep_sessions),
+            supervise("bootstrap", &state, bootstrap_when_ready),
+            supervise("outbox_replay", &state, replay_outbox),
+            supervise("retention", &state, enforce_retention),
+            supervise("live_tail", &state, crate::live::hub::run),
         ];
 
         let (fired, on_fired) = tokio::sync::oneshot::channel::<()>();
@@ -196,6 +196,59 @@ impl Hub {
         drop(data_dir_lock);
         tracing::info!("hub stopped");
         outcome
+    }
+}
+
+/// Runs a background task and starts it again (after a pause that grows with repeated
+/// failures, up to 30 s) if it panics, counting `hub_background_restarts_total{task}`.
+/// A task that returns is done. Aborting the returned handle stops the task too.
+pub fn supervise<F, Fut>(name: &'static str, state: &AppState, task: F) -> JoinHandle<()>
+where
+    F: Fn(AppState) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    /// A run this long counts as healthy: the next failure starts the pause afresh.
+    const HEALTHY_RUN: Duration = Duration::from_secs(60);
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let started = std::time::Instant::now();
+            let run = AbortOnDrop(tokio::spawn(task(state.clone())));
+            match run.join().await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    metrics::counter!("hub_background_restarts_total", "task" => name).increment(1);
+                    if started.elapsed() > HEALTHY_RUN {
+                        pause = Duration::from_millis(100);
+                    }
+                    tracing::error!(
+                        task = name,
+                        pause_ms = pause.as_millis() as u64,
+                        "background task panicked; restarting it"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+                Err(_) => return, // cancelled: the hub is stopping
+            }
+        }
+    })
+}
+
+/// A task handle that aborts its task when dropped (so aborting a supervisor stops what
+/// it supervises).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -272,6 +325,7 @@ async fn replay_outbox(state: AppState) {
         };
         if let Ok(status) = system.outbox_status().await {
             metrics::gauge!("log_outbox_depth").set(status.depth as f64);
+            metrics::gauge!("log_outbox_set_aside").set(status.set_aside as f64);
             let lag = status.oldest.map_or(0.0, |o| {
                 (chrono::Utc::now() - o).num_milliseconds().max(0) as f64 / 1e3
             });

@@ -125,6 +125,10 @@ impl NewEntry {
         if e.component.len() > 256 {
             return Err("component is over 256 bytes".into());
         }
+        if e.component.chars().any(char::is_control) {
+            // The hub refuses these too (its summaries list components one per line).
+            return Err("component must not contain control characters".into());
+        }
         if e.message.len() > MAX_MESSAGE {
             return Err(format!("message is over {MAX_MESSAGE} bytes"));
         }
@@ -132,9 +136,8 @@ impl NewEntry {
             None | Some(serde_json::Value::Null) => None,
             Some(v @ serde_json::Value::Object(_)) => {
                 let text = v.to_string();
-                if text.len() > MAX_METADATA {
-                    return Err(format!("metadata is over {MAX_METADATA} bytes"));
-                }
+                // The hub's rules, so that what is stored here is what it takes.
+                coditect_proto::check_metadata(&text, MAX_METADATA)?;
                 Some(text)
             }
             Some(_) => return Err("metadata must be a JSON object".into()),

@@ -67,6 +67,11 @@ enum Outcome {
     Retry(Duration, String),
     /// The batch is too large for the hub: give it up and claim smaller ones.
     TooLarge,
+    /// The hub knows this batch id for other content (409: e.g. this monitor was
+    /// upgraded between two attempts and now writes entries differently): give the id up
+    /// and claim again under a new one. Entries carry their own ids, so none is stored
+    /// twice.
+    Rekey(String),
     /// The hub refused the batch as a whole; its entries are moved aside.
     RejectAll(String),
 }
@@ -184,6 +189,15 @@ impl Syncer {
                     batch_size = self.batch_size,
                     "the hub found a batch too large; sending smaller ones"
                 );
+                Duration::ZERO
+            }
+            Outcome::Rekey(reason) => {
+                metrics::counter!("codi_sync_batches_total", "outcome" => "rekeyed").increment(1);
+                tracing::warn!(batch_id = %batch.batch_id, reason = %reason, "the hub knows this batch id for other content; sending the entries under a new one");
+                if let Err(e) = self.store.sync_release(batch.batch_id.clone()).await {
+                    tracing::error!(error = %e, "cannot release a batch id");
+                    return self.backoff(None);
+                }
                 Duration::ZERO
             }
             Outcome::RejectAll(reason) => {
@@ -314,6 +328,7 @@ impl Syncer {
                 self.settings.max_backoff,
                 format!("the hub refused the batch ({})", hub_error()),
             ),
+            409 => Outcome::Rekey(hub_error()),
             413 if batch.entries.len() > 1 => Outcome::TooLarge,
             413 => Outcome::RejectAll(hub_error()),
             401 | 403 | 404 => Outcome::Retry(
@@ -336,11 +351,14 @@ fn wire_entry(row: &SyncRow) -> serde_json::Value {
     let ts = chrono::DateTime::from_timestamp_micros(e.ts)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let mut metadata = e
-        .metadata
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
-        .filter(|m| m.is_object());
+    // Rows stored by older versions may nest deeper than serde_json parses (128 levels):
+    // their metadata travels as text under `metadata_text` rather than being dropped.
+    let mut metadata = e.metadata.as_deref().map(|m| {
+        serde_json::from_str::<serde_json::Value>(m)
+            .ok()
+            .filter(|m| m.is_object())
+            .unwrap_or_else(|| serde_json::json!({ "metadata_text": m }))
+    });
     let mut v = serde_json::json!({
         "id": e.id.to_string(),
         "timestamp": ts,

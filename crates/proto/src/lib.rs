@@ -16,5 +16,5 @@ pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};
 pub use health::{ComponentHealth, HealthReport, HealthStatus, duration_ms};
 pub use identity::{Email, Role, SessionStatus};
 pub use ids::{ApiKeyId, AuditId, IdParseError, SessionId, TenantId, UserId, WorkspaceId};
-pub use logs::Level;
+pub use logs::{Level, MAX_METADATA_DEPTH, check_metadata, json_depth};
 pub use secret::Secret;

@@ -101,3 +101,98 @@ mod tests {
         assert_eq!(Level::from_u8(6), None);
     }
 }
+
+/// Deepest nesting of arrays and objects an entry's metadata may have (the object itself
+/// is level 1). Every reader of stored entries copes with deeper data from older
+/// versions; this keeps new data well inside what JSON libraries parse by default.
+pub const MAX_METADATA_DEPTH: usize = 32;
+
+/// How deeply `json` nests arrays and objects (0 for a scalar), read in one pass without
+/// recursion, so any input is safe to measure. Brackets inside strings do not count;
+/// `json` is expected to be valid JSON (the answer for anything else is meaningless but
+/// harmless).
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Checks an entry's metadata (JSON text): an object, at most `max_bytes` long and
+/// [`MAX_METADATA_DEPTH`] deep. `Err` says which rule it breaks.
+pub fn check_metadata(json: &str, max_bytes: usize) -> Result<(), String> {
+    if json.len() > max_bytes {
+        return Err(format!("metadata is over {max_bytes} bytes"));
+    }
+    if !json.trim_start().starts_with('{') {
+        return Err("metadata must be a JSON object".into());
+    }
+    if json_depth(json) > MAX_METADATA_DEPTH {
+        return Err(format!(
+            "metadata is nested more than {MAX_METADATA_DEPTH} levels deep"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_brackets_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth("{}"), 1);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":2}],"c":{}}"#), 3);
+        assert_eq!(json_depth(r#"{"a":"[[[{{{\"]]]"}"#), 1);
+        assert_eq!(json_depth(r#"{"a\\":{"b":1}}"#), 2);
+        let deep = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+        assert_eq!(
+            json_depth(&deep),
+            100_000,
+            "no recursion, no stack overflow"
+        );
+    }
+
+    #[test]
+    fn metadata_rules_name_themselves() {
+        assert!(check_metadata(r#"{"k":1}"#, 100).is_ok());
+        assert!(check_metadata("[1]", 100).unwrap_err().contains("object"));
+        assert!(
+            check_metadata(r#"{"k":1}"#, 3)
+                .unwrap_err()
+                .contains("over 3 bytes")
+        );
+        let at_limit = format!(
+            "{}1{}",
+            "{\"a\":".repeat(MAX_METADATA_DEPTH),
+            "}".repeat(MAX_METADATA_DEPTH)
+        );
+        assert!(check_metadata(&at_limit, 1 << 20).is_ok());
+        let over = format!("{{\"x\":{at_limit}}}");
+        assert!(
+            check_metadata(&over, 1 << 20)
+                .unwrap_err()
+                .contains("nested")
+        );
+    }
+}

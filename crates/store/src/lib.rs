@@ -171,6 +171,13 @@ impl Store {
         let started = std::time::Instant::now();
         let status = self.outbox_status().await;
         let (healthy, message) = match status {
+            Ok(s) if s.set_aside > 0 => (
+                false,
+                Some(format!(
+                    "{} batches postgres refused are kept in log_outbox_set_aside",
+                    s.set_aside
+                )),
+            ),
             Ok(s) if s.oldest.is_none_or(|o| Utc::now() - o < WAITING) => (true, None),
             Ok(s) => (
                 false,

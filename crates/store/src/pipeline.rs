@@ -18,12 +18,17 @@ use std::time::Duration;
 
 /// Outbox rows younger than this are left to the request that wrote them.
 const REPLAY_AFTER: Duration = Duration::from_secs(2);
+/// Deliveries PostgreSQL refuses (for a reason other than being unreachable) before the
+/// chunk is set aside.
+const SET_ASIDE_AFTER: u32 = 5;
 
 /// The outbox, for health and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OutboxStatus {
     pub depth: u64,
     pub oldest: Option<DateTime<Utc>>,
+    /// Chunks PostgreSQL refused for good, kept in `log_outbox_set_aside`.
+    pub set_aside: u64,
 }
 
 impl Store {
@@ -104,13 +109,35 @@ impl Store {
             }
             let settle = chrono::Duration::from_std(REPLAY_AFTER).unwrap_or_default();
             let mut progressed = false;
-            for (outbox_seq, chunk) in batch {
+            for row in batch {
+                let chunk = match row.chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        self.set_aside(row.seq, format!("undecodable: {e}")).await?;
+                        progressed = true;
+                        continue;
+                    }
+                };
                 if Utc::now() - chunk.received_at < settle {
                     // In flight: its own request is writing it.
                     return Ok(sent);
                 }
-                pg.append_chunk(&chunk).await?;
-                self.local.outbox_remove(outbox_seq).await?;
+                match pg.append_chunk(&chunk).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_transient() || e == StoreError::Closed => return Err(e),
+                    // Refused by PostgreSQL itself (not for being away): try a few more
+                    // times, then keep it aside so the chunks behind it are delivered.
+                    Err(e) => {
+                        let failures = self.local.outbox_failed(row.seq).await?;
+                        if failures < SET_ASIDE_AFTER {
+                            return Err(e);
+                        }
+                        self.set_aside(row.seq, e.to_string()).await?;
+                        progressed = true;
+                        continue;
+                    }
+                }
+                self.local.outbox_remove(row.seq).await?;
                 metrics::counter!("log_outbox_replayed_total").increment(1);
                 sent += 1;
                 progressed = true;
@@ -122,13 +149,24 @@ impl Store {
         Ok(sent)
     }
 
+    async fn set_aside(&self, seq: i64, reason: String) -> Result<(), StoreError> {
+        metrics::counter!("log_outbox_set_aside_total").increment(1);
+        tracing::error!(outbox_seq = seq, %reason, "outbox chunk cannot be delivered to postgres; set aside in log_outbox_set_aside");
+        self.local.outbox_set_aside(seq, reason).await
+    }
+
     /// The outbox (always empty in embedded mode).
     pub async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
         if self.shared.is_none() {
             return Ok(OutboxStatus::default());
         }
         let (depth, oldest) = self.local.outbox_depth().await?;
-        Ok(OutboxStatus { depth, oldest })
+        let set_aside = self.local.outbox_set_aside_count().await?;
+        Ok(OutboxStatus {
+            depth,
+            oldest,
+            set_aside,
+        })
     }
 
     /// News of stored chunks (see [`AppendEvent`]).

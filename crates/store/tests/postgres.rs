@@ -275,3 +275,88 @@ async fn logs_racing_appends_store_each_id_once() {
     common::logs_racing_appends_store_each_id_once(&store).await;
     store.close().await;
 }
+
+/// Migration 0005 on PostgreSQL: receipts written before it (keyed by tenant and batch id
+/// alone) keep working, keyed by the workspace of the chunk they were committed with;
+/// those it cannot place are not carried over.
+#[tokio::test]
+async fn receipts_from_before_workspace_keys_keep_their_workspace() {
+    use coditect_proto::{TenantId, WorkspaceId};
+    use coditect_store::LogStore;
+    use coditect_store::logs::StoredReceipt;
+    let url = fresh_database().await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    // The schema as the version before 0005 left it.
+    client
+        .batch_execute(coditect_store::migrate::BOOKKEEPING)
+        .await
+        .unwrap();
+    for m in &coditect_store::migrate::POSTGRES[..4] {
+        client.batch_execute(m.sql).await.unwrap();
+        client
+            .execute(
+                "INSERT INTO coditect_migrations (version, name, checksum, applied_at)
+                 VALUES ($1, $2, $3, now()::text)",
+                &[&m.version, &m.name, &m.checksum()],
+            )
+            .await
+            .unwrap();
+    }
+    let tenant = TenantId::new();
+    let (ws, ws2) = (WorkspaceId::new(), WorkspaceId::new());
+    let at = coditect_store::now() - chrono::Duration::minutes(5);
+    let twin = at + chrono::Duration::seconds(1);
+    for (seq, workspace, received) in [(1i64, ws, at), (2, ws, twin), (3, ws2, twin)] {
+        client
+            .execute(
+                "INSERT INTO log_chunks (tenant_id, seq, chunk_id, workspace_id, min_ts, max_ts,
+                    count, levels, received_at, data, bloom)
+                 VALUES ($1, $2, $3, $4, 1, 1, 1, 4, $5, '\\x00', '\\x00')",
+                &[
+                    &tenant.as_uuid(),
+                    &seq,
+                    &uuid::Uuid::now_v7(),
+                    &workspace.as_uuid(),
+                    &received,
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let gone = twin + chrono::Duration::seconds(1);
+    for (id, created) in [("old-placed", at), ("old-twin", twin), ("old-gone", gone)] {
+        client
+            .execute(
+                "INSERT INTO log_batches (tenant_id, batch_id, response, created_at)
+                 VALUES ($1, $2, '{\"processed\":1}', $3)",
+                &[&tenant.as_uuid(), &id, &created],
+            )
+            .await
+            .unwrap();
+    }
+    drop(client);
+    let _ = conn.await;
+
+    let store = ready_store(&url).await;
+    let since = at - chrono::Duration::hours(1);
+    assert_eq!(
+        store.find_batch(tenant, "old-placed", since).await.unwrap(),
+        vec![StoredReceipt {
+            workspace_id: ws,
+            actor: None,
+            fingerprint: None,
+            response: r#"{"processed":1}"#.into(),
+        }]
+    );
+    for unplaceable in ["old-twin", "old-gone"] {
+        assert_eq!(
+            store.find_batch(tenant, unplaceable, since).await.unwrap(),
+            vec![],
+            "{unplaceable}"
+        );
+    }
+    store.close().await;
+}

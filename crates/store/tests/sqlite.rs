@@ -394,3 +394,69 @@ async fn logs_racing_appends_store_each_id_once() {
     common::logs_racing_appends_store_each_id_once(&store).await;
     store.close().await;
 }
+
+/// Migration 0005 carries receipts written by earlier versions (keyed by tenant and batch
+/// id alone) over to receipts keyed by workspace: the workspace comes from the chunk the
+/// receipt was committed with; receipts it cannot place are not carried over.
+#[tokio::test]
+async fn receipts_from_before_workspace_keys_keep_their_workspace() {
+    use coditect_proto::{TenantId, WorkspaceId};
+    use coditect_store::LogStore;
+    use coditect_store::logs::StoredReceipt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("test.db"));
+    config.migrations = &coditect_store::migrate::SQLITE[..4];
+    let old = SqliteStore::open(config).await.unwrap();
+    let tenant = TenantId::new();
+    let (ws, ws2) = (WorkspaceId::new(), WorkspaceId::new());
+    let record = || common::record(10, coditect_proto::Level::Info, "api", "m", None);
+    let placed = common::chunk(tenant, ws, &[record()]);
+    old.append_chunk(&placed).await.unwrap();
+    // Two chunks of the tenant received in the same microsecond for two workspaces.
+    let mut twin_a = common::chunk(tenant, ws, &[record()]);
+    let mut twin_b = common::chunk(tenant, ws2, &[record()]);
+    let twin_at = placed.received_at + chrono::Duration::seconds(1);
+    (twin_a.received_at, twin_b.received_at) = (twin_at, twin_at);
+    old.append_chunk(&twin_a).await.unwrap();
+    old.append_chunk(&twin_b).await.unwrap();
+    let micros = |t: chrono::DateTime<chrono::Utc>| t.timestamp_micros();
+    let (at, twin, gone) = (
+        micros(placed.received_at),
+        micros(twin_at),
+        micros(twin_at) + 7,
+    );
+    let tenant_blob = tenant.as_uuid().as_bytes().to_vec();
+    old.write(move |c| {
+        for (id, created) in [("old-placed", at), ("old-twin", twin), ("old-gone", gone)] {
+            c.execute(
+                "INSERT INTO log_batches (tenant_key, batch_id, response, created_at)
+                 VALUES ((SELECT tenant_key FROM log_tenants WHERE tenant_id = ?1), ?2, ?3, ?4)",
+                rusqlite::params![tenant_blob, id, r#"{"processed":1}"#, created],
+            )?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    old.close().await;
+
+    let store = open(&dir).await;
+    let since = placed.received_at - chrono::Duration::hours(1);
+    assert_eq!(
+        store.find_batch(tenant, "old-placed", since).await.unwrap(),
+        vec![StoredReceipt {
+            workspace_id: ws,
+            actor: None,
+            fingerprint: None,
+            response: r#"{"processed":1}"#.into(),
+        }]
+    );
+    for unplaceable in ["old-twin", "old-gone"] {
+        assert_eq!(
+            store.find_batch(tenant, unplaceable, since).await.unwrap(),
+            vec![],
+            "{unplaceable}"
+        );
+    }
+    store.close().await;
+}

@@ -21,7 +21,7 @@ mod system;
 
 pub use audit::{AuditEvent, Auditor, RequestMeta};
 pub use credentials::{Credentials, Resolved};
-pub use scoped::{AuditFilter, NewApiKey, NewUser, Page, Scoped};
+pub use scoped::{AuditFilter, NewApiKey, NewUser, Page, Receipt, Scoped};
 pub use system::System;
 
 use crate::clock::Clock;

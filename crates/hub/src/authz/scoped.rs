@@ -75,6 +75,15 @@ struct Target {
     id: Option<String>,
 }
 
+/// What an idempotency key found (see [`Scoped::batch_receipt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receipt {
+    /// No batch under this key here yet.
+    New,
+    /// A retry: the first answer, as sent.
+    Replay(String),
+}
+
 pub struct NewUser {
     /// Another tenant than the principal's: platform admins only.
     pub tenant: Option<TenantId>,
@@ -209,7 +218,8 @@ impl<'a> Scoped<'a> {
         Err(ApiError::not_found("tenant not found"))
     }
 
-    fn tenant(&self) -> TenantId {
+    /// The principal's tenant: the only one this view reaches.
+    pub fn tenant(&self) -> TenantId {
         self.p.tenant_id
     }
 
@@ -733,17 +743,55 @@ impl<'a> Scoped<'a> {
         Ok(self.gate.store.append_logs(chunk).await?)
     }
 
-    /// The first answer to a retried batch, if any (within 24 hours).
-    pub async fn batch_receipt(&self, batch_id: &str) -> Result<Option<String>, ApiError> {
+    /// What an idempotency key means for a batch of this principal into `workspace` whose
+    /// content digests to `fingerprint` (receipts last 24 hours):
+    /// - a receipt in `workspace` for the same content: a retry, answered as the first time;
+    /// - a receipt in `workspace` for other content, or one this same principal left in
+    ///   another workspace: 409 `CONFLICT` (the key was reused for a different request);
+    /// - nothing else: a new batch. Other principals' receipts in other workspaces never
+    ///   matter, so nobody can replay, block or drop another workspace's batches.
+    pub async fn batch_receipt(
+        &self,
+        workspace: WorkspaceId,
+        batch_id: &str,
+        fingerprint: &str,
+    ) -> Result<Receipt, ApiError> {
         let since = self.now() - chrono::Duration::hours(24);
         let logs = self.gate.store.logs();
-        match logs.find_batch(self.tenant(), batch_id, since).await {
-            Ok(found) => Ok(found),
-            // Store down: proceed; entry ids derived from the batch id keep a retry from
-            // being stored twice when the outbox replays.
-            Err(e) if e.is_transient() => Ok(None),
-            Err(e) => Err(e.into()),
+        let receipts = match logs.find_batch(self.tenant(), batch_id, since).await {
+            Ok(found) => found,
+            // Store down: proceed; entry ids derived from the batch id and its content keep
+            // a retry from being stored twice when the outbox replays.
+            Err(e) if e.is_transient() => return Ok(Receipt::New),
+            Err(e) => return Err(e.into()),
+        };
+        let reused = || {
+            ApiError::new(
+                ErrorCode::Conflict,
+                "idempotency key reused for a different request: send this batch under a new key",
+            )
+        };
+        if let Some(r) = receipts.iter().find(|r| r.workspace_id == workspace) {
+            // Receipts from before fingerprints existed match any content.
+            return match r.fingerprint.as_deref() {
+                Some(f) if f != fingerprint => Err(reused()),
+                _ => Ok(Receipt::Replay(r.response.clone())),
+            };
         }
+        let me = self.actor_key();
+        if receipts
+            .iter()
+            .any(|r| r.actor.as_deref() == Some(me.as_str()))
+        {
+            return Err(reused());
+        }
+        Ok(Receipt::New)
+    }
+
+    /// Who is acting, as batch receipts record it (`user:<id>`, `api_key:<id>`).
+    pub fn actor_key(&self) -> String {
+        let (kind, id) = self.p.actor();
+        format!("{kind}:{id}")
     }
 
     /// Searches the principal's tenant; a key bound to a workspace searches only it.

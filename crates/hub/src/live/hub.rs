@@ -32,6 +32,13 @@ pub struct TailEntry {
     pub heard_at: Instant,
 }
 
+/// The registry's data stays consistent whatever panicked while holding the lock (every
+/// change under it is a single step), so a poisoned lock is taken over, never fatal: one
+/// bad moment must not stop every tail for good.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A subscriber as the hub sees it.
 pub struct Subscriber {
     pub id: u64,
@@ -69,7 +76,8 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Ok(mut r) = self.hub.registry.lock() {
+        {
+            let mut r = lock(&self.hub.registry);
             let r = &mut *r;
             match self.tenant {
                 Some(t) => {
@@ -100,9 +108,7 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        if let Ok(mut c) = self.hub.connections.lock()
-            && let Some(n) = c.get_mut(&self.tenant)
-        {
+        if let Some(n) = lock(&self.hub.connections).get_mut(&self.tenant) {
             *n = n.saturating_sub(1);
         }
         metrics::gauge!("websocket_connections_active").decrement(1.0);
@@ -112,7 +118,7 @@ impl Drop for ConnectionSlot {
 impl TailHub {
     /// A connection slot for `tenant`, unless it already has `max` open.
     pub fn connect(&self, tenant: TenantId, max: usize) -> Option<ConnectionSlot> {
-        let mut c = self.connections.lock().ok()?;
+        let mut c = lock(&self.connections);
         let n = c.entry(tenant).or_default();
         if *n >= max {
             return None;
@@ -133,7 +139,7 @@ impl TailHub {
         queue: mpsc::Sender<Arc<TailEntry>>,
         dropped: Arc<AtomicU64>,
     ) -> Subscription {
-        let mut r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = lock(&self.registry);
         r.next_id += 1;
         let id = r.next_id;
         let sub = Subscriber {
@@ -158,27 +164,21 @@ impl TailHub {
     /// subscribed): dispatch for the tenant continues from there at the latest, even if
     /// append events are lost meanwhile.
     pub fn seen_up_to(&self, tenant: TenantId, seq: i64) {
-        if let Ok(mut r) = self.registry.lock() {
-            r.dispatched.entry(tenant).or_insert(seq);
-        }
+        lock(&self.registry).dispatched.entry(tenant).or_insert(seq);
     }
 
     fn wants(&self, tenant: TenantId) -> bool {
-        self.registry
-            .lock()
-            .map(|r| !r.everywhere.is_empty() || r.by_tenant.contains_key(&tenant))
-            .unwrap_or(false)
+        let r = lock(&self.registry);
+        !r.everywhere.is_empty() || r.by_tenant.contains_key(&tenant)
     }
 
     fn dispatched(&self, tenant: TenantId) -> Option<i64> {
-        self.registry.lock().ok()?.dispatched.get(&tenant).copied()
+        lock(&self.registry).dispatched.get(&tenant).copied()
     }
 
     /// Hands a decoded chunk to matching subscribers (never blocks on any of them).
     fn dispatch(&self, entries: &[Arc<TailEntry>], tenant: TenantId, seq: i64) {
-        let Ok(mut r) = self.registry.lock() else {
-            return;
-        };
+        let mut r = lock(&self.registry);
         r.dispatched.insert(tenant, seq);
         let Registry {
             by_tenant,
@@ -208,7 +208,17 @@ impl TailHub {
     }
 }
 
-/// Serializes the entries of one chunk for the tail.
+/// A `log` frame, serialized straight from the view (stored metadata is copied as text,
+/// whatever its depth).
+#[derive(serde::Serialize)]
+struct LogFrame {
+    r#type: &'static str,
+    cursor: String,
+    data: crate::logs::LogView,
+}
+
+/// Serializes the entries of one chunk for the tail. An entry that cannot be serialized
+/// is logged, counted (`log_tail_skipped_total`) and left out; the others go on.
 pub fn tail_entries(
     chunk: &ChunkRef,
     records: Vec<LogRecord>,
@@ -218,21 +228,27 @@ pub fn tail_entries(
         .into_iter()
         .enumerate()
         .filter(|(pos, _)| !chunk.skip.contains(&(*pos as u32)))
-        .map(|(pos, record)| {
+        .filter_map(|(pos, record)| {
             let pos = pos as u32;
-            let view = crate::logs::LogView::from(coditect_store::logs::search::Found {
-                seq: chunk.seq,
-                pos,
-                workspace_id: chunk.workspace_id,
-                record: record.clone(),
-            });
-            let frame = serde_json::json!({
-                "type": "log",
-                "cursor": super::TailCursor { seq: chunk.seq, pos }.encode(),
-                "data": view,
-            })
-            .to_string();
-            Arc::new(TailEntry {
+            let frame = LogFrame {
+                r#type: "log",
+                cursor: super::TailCursor { seq: chunk.seq, pos }.encode(),
+                data: crate::logs::LogView::from(coditect_store::logs::search::Found {
+                    seq: chunk.seq,
+                    pos,
+                    workspace_id: chunk.workspace_id,
+                    record: record.clone(),
+                }),
+            };
+            let frame = match serde_json::to_string(&frame) {
+                Ok(f) => f,
+                Err(e) => {
+                    metrics::counter!("log_tail_skipped_total", "reason" => "unserializable").increment(1);
+                    tracing::error!(tenant = %chunk.tenant_id, seq = chunk.seq, pos, error = %e, "tail entry cannot be serialized, skipped");
+                    return None;
+                }
+            };
+            Some(Arc::new(TailEntry {
                 tenant: chunk.tenant_id,
                 seq: chunk.seq,
                 pos,
@@ -240,7 +256,7 @@ pub fn tail_entries(
                 record,
                 frame: Arc::from(frame),
                 heard_at,
-            })
+            }))
         })
         .collect()
 }
@@ -250,8 +266,15 @@ pub async fn run(state: AppState) {
     let hub = state.tail().clone();
     let system = state.gate().system();
     let mut events = system.subscribe_appends();
+    // A (re)started task first catches every waiting tenant up: events may have passed
+    // while it was not listening.
+    let mut pending = Some(AppendEvent::Resync);
     loop {
-        let event = match events.recv().await {
+        let next = match pending.take() {
+            Some(e) => Ok(e),
+            None => events.recv().await,
+        };
+        let event = match next {
             Ok(e) => e,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "tail fell behind the append events, resyncing");
@@ -269,11 +292,8 @@ pub async fn run(state: AppState) {
             AppendEvent::Resync => {
                 // Every tenant somebody waits for has a dispatch position (see
                 // `seen_up_to`): continue each from there.
-                let tenants: Vec<TenantId> = hub
-                    .registry
-                    .lock()
-                    .map(|r| r.dispatched.keys().copied().collect())
-                    .unwrap_or_default();
+                let tenants: Vec<TenantId> =
+                    lock(&hub.registry).dispatched.keys().copied().collect();
                 for tenant in tenants {
                     if hub.wants(tenant) {
                         catch_up(&hub, system.logs(), tenant, i64::MAX, heard_at).await;
@@ -327,6 +347,8 @@ async fn catch_up(
                     hub.dispatch(&tail_entries(chunk, records, heard_at), tenant, chunk.seq)
                 }
                 Err(e) => {
+                    metrics::counter!("log_tail_skipped_total", "reason" => "undecodable")
+                        .increment(1);
                     tracing::error!(%tenant, seq = chunk.seq, error = %e, "undecodable chunk skipped by the tail")
                 }
             }

@@ -336,7 +336,15 @@ async fn backlog(
             return Some(last);
         };
         for (chunk, data) in chunks {
-            let Ok(records) = decode(&data) else { continue };
+            let records = match decode(&data) {
+                Ok(r) => r,
+                Err(e) => {
+                    metrics::counter!("log_tail_skipped_total", "reason" => "undecodable")
+                        .increment(1);
+                    tracing::error!(seq = chunk.seq, error = %e, "undecodable chunk skipped by the tail");
+                    continue;
+                }
+            };
             for entry in hub::tail_entries(&chunk, records, Instant::now()) {
                 let at = TailCursor {
                     seq: entry.seq,

@@ -2,7 +2,7 @@
 //! rejected alone (with its reason) and the rest of the batch is stored.
 
 use chrono::{DateTime, Utc};
-use coditect_proto::{Level, SessionId, TenantId};
+use coditect_proto::{Level, SessionId, TenantId, WorkspaceId};
 use coditect_store::LogRecord;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -152,9 +152,14 @@ pub fn hex_id<const N: usize>(s: &str) -> Result<[u8; N], String> {
 pub enum IdSource<'a> {
     /// Fresh UUIDv7s.
     Fresh,
-    /// UUIDv7s derived from the batch id and the entry's position, so a retried batch
-    /// produces the same ids and is stored once.
-    Batch { tenant: TenantId, batch_id: &'a str },
+    /// UUIDv7s derived from the batch (its workspace, key and content) and the entry's
+    /// position, so a retried batch produces the same ids and is stored once, while the
+    /// same key in another workspace or over other content can never produce them.
+    Batch {
+        tenant: TenantId,
+        workspace: WorkspaceId,
+        key: &'a super::BatchKey,
+    },
 }
 
 /// Validates a candidate against the limits; `Err(reason)` rejects it.
@@ -190,18 +195,25 @@ pub fn validate(
             limits.max_component
         ));
     }
+    if c.component.chars().any(char::is_control) {
+        // Components are listed one per line in chunk summaries, and PostgreSQL text
+        // cannot hold NUL.
+        return Err("component must not contain control characters".into());
+    }
     if let Some(m) = &c.metadata {
-        if m.len() > limits.max_metadata {
-            return Err(format!("metadata is over {} bytes", limits.max_metadata));
-        }
-        if !m.trim_start().starts_with('{') {
-            return Err("metadata must be a JSON object".into());
-        }
+        coditect_proto::check_metadata(m, limits.max_metadata)?;
     }
     let id = match (c.id, ids) {
         (Some(id), _) => id,
         (None, IdSource::Fresh) => Uuid::now_v7(),
-        (None, IdSource::Batch { tenant, batch_id }) => derived_id(*tenant, batch_id, index, ts),
+        (
+            None,
+            IdSource::Batch {
+                tenant,
+                workspace,
+                key,
+            },
+        ) => derived_id(*tenant, *workspace, key, index, ts),
     };
     Ok(LogRecord {
         id,
@@ -216,15 +228,24 @@ pub fn validate(
     })
 }
 
-/// A UUIDv7 whose time is the entry's and whose random bits hash (tenant, batch, index).
-fn derived_id(tenant: TenantId, batch_id: &str, index: usize, ts_us: i64) -> Uuid {
-    let mut input = Vec::with_capacity(16 + batch_id.len() + 8);
-    input.extend_from_slice(tenant.as_uuid().as_bytes());
-    input.extend_from_slice(batch_id.as_bytes());
-    input.extend_from_slice(&(index as u64).to_le_bytes());
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+/// A UUIDv7 whose time is the entry's and whose random bits hash (tenant, workspace,
+/// batch key, batch content, index).
+fn derived_id(
+    tenant: TenantId,
+    workspace: WorkspaceId,
+    key: &super::BatchKey,
+    index: usize,
+    ts_us: i64,
+) -> Uuid {
+    let digest = super::digest_bytes([
+        &tenant.as_uuid().as_bytes()[..],
+        workspace.as_uuid().as_bytes(),
+        key.id.as_bytes(),
+        key.fingerprint.as_bytes(),
+        &(index as u64).to_le_bytes(),
+    ]);
     let mut random = [0u8; 10];
-    random.copy_from_slice(&digest.as_ref()[..10]);
+    random.copy_from_slice(&digest[..10]);
     let millis = u64::try_from(ts_us.max(0) / 1000).unwrap_or(0);
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
@@ -289,6 +310,14 @@ mod tests {
                 "component",
             ),
             (
+                r#"{"level":"info","component":"a\u0000b","message":"m"}"#,
+                "control characters",
+            ),
+            (
+                r#"{"level":"info","component":"a\nb","message":"m"}"#,
+                "control characters",
+            ),
+            (
                 r#"{"level":"info","component":"a","message":"m","id":"not-a-uuid"}"#,
                 "UUIDv7",
             ),
@@ -315,14 +344,26 @@ mod tests {
             "x".repeat(16 * 1024)
         );
         assert!(check(&meta).unwrap_err().contains("metadata is over"));
+        let deep = format!(
+            r#"{{"level":"info","component":"a","message":"m","metadata":{}1{}}}"#,
+            "{\"a\":".repeat(129),
+            "}".repeat(129)
+        );
+        assert!(check(&deep).unwrap_err().contains("nested more than 32"));
     }
 
     #[test]
     fn batch_ids_make_retries_produce_the_same_ids() {
         let tenant = TenantId::new();
+        let key = super::super::BatchKey {
+            id: "b-7".into(),
+            fingerprint: "f".into(),
+        };
+        let workspace = WorkspaceId::new();
         let ids = IdSource::Batch {
             tenant,
-            batch_id: "b-7",
+            workspace,
+            key: &key,
         };
         let now = Utc::now();
         let c = || Candidate {
@@ -339,6 +380,26 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, other);
         assert_eq!(a.get_version_num(), 7);
+        // The same key in another workspace, or over other content, never collides.
+        let elsewhere = IdSource::Batch {
+            tenant,
+            workspace: WorkspaceId::new(),
+            key: &key,
+        };
+        assert_ne!(validate(c(), 3, &elsewhere, &limits, now).unwrap().id, a);
+        let other_key = super::super::BatchKey {
+            id: "b-7".into(),
+            fingerprint: "g".into(),
+        };
+        let other_content = IdSource::Batch {
+            tenant,
+            workspace,
+            key: &other_key,
+        };
+        assert_ne!(
+            validate(c(), 3, &other_content, &limits, now).unwrap().id,
+            a
+        );
     }
 
     #[test]

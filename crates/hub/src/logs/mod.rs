@@ -19,7 +19,7 @@ pub mod loki;
 pub mod otlp;
 pub mod push;
 
-use crate::authz::Principal;
+use crate::authz::{Principal, Receipt, Scoped};
 use crate::http::{ApiError, Path, Query, check_instant};
 use crate::state::AppState;
 use axum::Router;
@@ -120,20 +120,66 @@ fn over_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The common path of every protocol (see the module docs).
+/// A batch's idempotency key and a digest of its content (see
+/// [`crate::authz::Scoped::batch_receipt`]).
+#[derive(Debug, Clone)]
+pub struct BatchKey {
+    pub id: String,
+    pub fingerprint: String,
+}
+
+/// One workspace's entries of an ingestion request.
+pub struct Part<'a> {
+    pub workspace: WorkspaceId,
+    pub candidates: Vec<Result<Candidate<'a>, String>>,
+    pub key: Option<BatchKey>,
+}
+
+/// What became of one part.
+#[derive(Debug)]
+pub enum Outcome {
+    Stored(Accepted),
+    /// A retry of a batch stored before: its first answer (JSON), nothing stored again.
+    Replayed(String),
+}
+
+/// The common path of every protocol (see the module docs). The request is judged whole
+/// before anything is stored: every workspace authorized, every idempotency key checked,
+/// the tenant's rate taken for all its entries; an error there stores nothing. Only a
+/// store failure can stop it part-way, and that error is retryable (503): parts already
+/// stored left receipts, so the retry stores just the rest.
 pub async fn ingest(
     state: &AppState,
     principal: &Principal,
-    workspace: WorkspaceId,
-    candidates: Vec<Result<Candidate<'_>, String>>,
-    batch_id: Option<String>,
+    parts: Vec<Part<'_>>,
     protocol: &'static str,
-) -> Result<Accepted, ApiError> {
+) -> Result<Vec<Outcome>, ApiError> {
     let started = Instant::now();
     let scoped = state.gate().scoped(principal);
-    scoped.may_write_logs(workspace).await?;
+    for part in &parts {
+        scoped.may_write_logs(part.workspace).await?;
+    }
+    let mut replays = Vec::with_capacity(parts.len());
+    for part in &parts {
+        replays.push(match &part.key {
+            Some(k) => match scoped
+                .batch_receipt(part.workspace, &k.id, &k.fingerprint)
+                .await?
+            {
+                Receipt::Replay(first) => Some(first),
+                Receipt::New => None,
+            },
+            None => None,
+        });
+    }
     let logs = state.logs();
-    if let Err(wait) = logs.rate.take(principal.tenant_id, candidates.len() as u64) {
+    let entries: usize = parts
+        .iter()
+        .zip(&replays)
+        .filter(|(_, r)| r.is_none())
+        .map(|(p, _)| p.candidates.len())
+        .sum();
+    if let Err(wait) = logs.rate.take(principal.tenant_id, entries as u64) {
         metrics::counter!("log_ingestion_throttled_total", "protocol" => protocol).increment(1);
         return Err(ApiError::new(
             ErrorCode::RateLimited,
@@ -142,17 +188,49 @@ pub async fn ingest(
         .retry_after(wait.as_secs().max(1)));
     }
     let now = state.gate().clock().now();
-    let ids = match &batch_id {
-        Some(b) => IdSource::Batch {
-            tenant: principal.tenant_id,
-            batch_id: b,
+    let actor = scoped.actor_key();
+    let mut outcomes = Vec::with_capacity(parts.len());
+    let mut processed = 0;
+    for (part, replay) in parts.into_iter().zip(replays) {
+        let outcome = match replay {
+            Some(first) => Outcome::Replayed(first),
+            None => Outcome::Stored(store_part(&scoped, state, part, now, &actor, protocol).await?),
+        };
+        if let Outcome::Stored(a) = &outcome {
+            processed += a.processed;
+        }
+        outcomes.push(outcome);
+    }
+    metrics::counter!("log_ingestion_total", "protocol" => protocol).increment(processed as u64);
+    metrics::histogram!("log_ingestion_duration_seconds", "protocol" => protocol)
+        .record(started.elapsed().as_secs_f64());
+    Ok(outcomes)
+}
+
+/// Validates one part's entries and stores those that pass, one chunk per ≤ 1000, the
+/// receipt riding with the last.
+async fn store_part(
+    scoped: &Scoped<'_>,
+    state: &AppState,
+    part: Part<'_>,
+    now: DateTime<Utc>,
+    actor: &str,
+    protocol: &'static str,
+) -> Result<Accepted, ApiError> {
+    let tenant = scoped.tenant();
+    let ids = match &part.key {
+        Some(k) => IdSource::Batch {
+            tenant,
+            workspace: part.workspace,
+            key: k,
         },
         None => IdSource::Fresh,
     };
-    let mut records = Vec::with_capacity(candidates.len());
+    let limits = &state.logs().limits;
+    let mut records = Vec::with_capacity(part.candidates.len());
     let mut rejected = Vec::new();
-    for (index, candidate) in candidates.into_iter().enumerate() {
-        match candidate.and_then(|c| entry::validate(c, index, &ids, &logs.limits, now)) {
+    for (index, candidate) in part.candidates.into_iter().enumerate() {
+        match candidate.and_then(|c| entry::validate(c, index, &ids, limits, now)) {
             Ok(r) => records.push(r),
             Err(reason) => {
                 metrics::counter!("log_entries_rejected_total", "protocol" => protocol)
@@ -161,7 +239,10 @@ pub async fn ingest(
             }
         }
     }
-    let batch_id = batch_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let (batch_id, fingerprint) = match part.key {
+        Some(k) => (k.id, Some(k.fingerprint)),
+        None => (uuid::Uuid::now_v7().to_string(), None),
+    };
     if records.is_empty() {
         return Ok(Accepted {
             processed: 0,
@@ -179,13 +260,15 @@ pub async fn ingest(
     .to_string();
     let mut stored = None;
     let chunks = records.chunks(MAX_BATCH).count();
-    for (i, part) in records.chunks(MAX_BATCH).enumerate() {
+    for (i, records) in records.chunks(MAX_BATCH).enumerate() {
         // The receipt rides with the last chunk: present only once everything is stored.
         let batch = (i + 1 == chunks).then(|| BatchReceipt {
             batch_id: batch_id.clone(),
             response: receipt.clone(),
+            actor: Some(actor.to_string()),
+            fingerprint: fingerprint.clone(),
         });
-        let chunk = EncodedChunk::encode(principal.tenant_id, workspace, now, part, batch)?;
+        let chunk = EncodedChunk::encode(tenant, part.workspace, now, records, batch)?;
         let outcome = scoped.append_logs(&chunk).await.inspect_err(|_| {
             metrics::counter!("log_ingestion_failed_total", "protocol" => protocol).increment(1);
         })?;
@@ -195,15 +278,30 @@ pub async fn ingest(
             _ => outcome,
         });
     }
-    metrics::counter!("log_ingestion_total", "protocol" => protocol).increment(processed as u64);
-    metrics::histogram!("log_ingestion_duration_seconds", "protocol" => protocol)
-        .record(started.elapsed().as_secs_f64());
     Ok(Accepted {
         processed,
         rejected,
         stored,
         batch_id,
     })
+}
+
+/// 128 bits of SHA-256 over a sequence of byte strings, each length-prefixed so that no
+/// two sequences share a digest by shifting bytes between items.
+pub fn digest_bytes<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 16] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for item in items {
+        ctx.update(&(item.len() as u64).to_le_bytes());
+        ctx.update(item);
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    out
+}
+
+/// [`digest_bytes`] as 32 hex digits.
+pub fn digest<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> String {
+    hex(&digest_bytes(items))
 }
 
 fn rank(s: Stored) -> u8 {
@@ -263,29 +361,32 @@ async fn batch(
         .map(|v| v.to_str().map(str::to_string))
         .transpose()
         .map_err(|_| ApiError::bad_request("Idempotency-Key must be printable ASCII"))?;
-    let batch_id = parsed.batch_id.clone().or(header_key);
-    if let Some(id) = &batch_id {
-        check_batch_id(id)?;
-        let scoped = state.gate().scoped(&principal);
-        scoped.may_write_logs(parsed.workspace_id).await?;
-        if let Some(first) = scoped.batch_receipt(id).await? {
-            return Ok(replayed_answer(&state, &first));
-        }
+    let key = parsed.batch_id.clone().or(header_key).map(|id| BatchKey {
+        id,
+        // What makes two requests the same batch: the workspace (a key column of the
+        // receipt) and the entries as sent; not client_version nor where the key came from.
+        fingerprint: digest(parsed.entries.iter().map(|e| e.get().as_bytes())),
+    });
+    if let Some(k) = &key {
+        check_batch_id(&k.id)?;
     }
-    let candidates = parsed
-        .entries
-        .iter()
-        .map(|raw| entry::parse_native(raw))
-        .collect();
-    let accepted = ingest(
-        &state,
-        &principal,
-        parsed.workspace_id,
-        candidates,
-        batch_id,
-        "native",
-    )
-    .await?;
+    let part = Part {
+        workspace: parsed.workspace_id,
+        candidates: parsed
+            .entries
+            .iter()
+            .map(|raw| entry::parse_native(raw))
+            .collect(),
+        key,
+    };
+    let outcome = ingest(&state, &principal, vec![part], "native")
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("ingestion answered for no part"))?;
+    let accepted = match outcome {
+        Outcome::Replayed(first) => return Ok(replayed_answer(&state, &first)),
+        Outcome::Stored(accepted) => accepted,
+    };
     let Some(stored) = accepted.stored else {
         let first = accepted
             .rejected
@@ -325,7 +426,9 @@ fn replayed_answer(state: &AppState, first: &str) -> Response {
         .into_response()
 }
 
-/// An entry as the API shows it.
+/// An entry as the API shows it. `metadata` is the stored JSON text, written out as it
+/// is: serialize views directly (never into a `serde_json::Value`, which refuses
+/// deeply nested data).
 #[derive(Serialize)]
 pub struct LogView {
     pub id: uuid::Uuid,
@@ -398,7 +501,7 @@ async fn search_logs(
     State(state): State<AppState>,
     principal: Principal,
     Query(p): Query<SearchParams>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<Page>, ApiError> {
     let level = level_filter(p.level, p.min_level)?;
     let limit = match p.limit.unwrap_or(100) {
         n @ 1..=1000 => n,
@@ -446,11 +549,18 @@ async fn search_logs(
         cursor,
     };
     let (found, next) = state.gate().scoped(&principal).search_logs(query).await?;
-    let items: Vec<LogView> = found.into_iter().map(LogView::from).collect();
-    Ok(axum::Json(serde_json::json!({
-        "items": items,
-        "next_cursor": next.map(|c| c.encode()),
-    })))
+    Ok(axum::Json(Page {
+        items: found.into_iter().map(LogView::from).collect(),
+        next_cursor: next.map(|c| c.encode()),
+    }))
+}
+
+/// A page of search results. Serialized straight from the views (never through
+/// `serde_json::Value`), so stored metadata is copied as text whatever its depth.
+#[derive(Serialize)]
+struct Page {
+    items: Vec<LogView>,
+    next_cursor: Option<String>,
 }
 
 async fn get_log(

@@ -8,7 +8,7 @@
 //! header, the workspace the API key is bound to.
 
 use super::entry::Candidate;
-use super::{Rejected, rank};
+use super::{BatchKey, Outcome, Part, Rejected, rank};
 use crate::authz::Principal;
 use crate::http::ApiError;
 use crate::state::AppState;
@@ -160,15 +160,13 @@ impl Totals {
 
 /// A hex digest identifying a request by its decoded body.
 pub fn body_hash(body: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body);
-    digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::digest([body])
 }
 
 /// Stores each workspace's entries as one idempotent batch (`<protocol>-<hash>-<ws>`); a
-/// retried request finds the receipts of the parts already stored and skips them.
+/// retried request finds the receipts of the parts already stored and skips them. The
+/// request is authorized whole first (see [`super::ingest`]): a workspace the credential
+/// may not write to refuses the request before anything of it is stored.
 pub async fn ingest_groups(
     state: &AppState,
     principal: &Principal,
@@ -180,37 +178,40 @@ pub async fn ingest_groups(
     for reason in &groups.unplaced {
         totals.reject(reason, 1);
     }
-    let scoped = state.gate().scoped(principal);
-    for (workspace, candidates) in groups.by_workspace {
-        let batch_id = format!("{protocol}-{hash}-{workspace}");
-        scoped.may_write_logs(workspace).await?;
-        if let Some(first) = scoped.batch_receipt(&batch_id).await? {
-            let receipt: serde_json::Value = serde_json::from_str(&first).unwrap_or_default();
-            let rejected: Vec<Rejected> =
-                serde_json::from_value(receipt["rejected"].clone()).unwrap_or_default();
-            totals.processed += receipt["processed"].as_u64().unwrap_or(0) as usize;
-            if let Some(r) = rejected.first() {
-                totals.reject(&r.reason, rejected.len());
-            }
-            continue;
-        }
-        let accepted = super::ingest(
-            state,
-            principal,
+    let parts = groups
+        .by_workspace
+        .into_iter()
+        .map(|(workspace, candidates)| Part {
             workspace,
             candidates,
-            Some(batch_id),
-            protocol,
-        )
-        .await?;
-        totals.processed += accepted.processed;
-        if let Some(r) = accepted.rejected.first() {
-            totals.reject(&r.reason, accepted.rejected.len());
+            key: Some(BatchKey {
+                id: format!("{protocol}-{hash}-{workspace}"),
+                fingerprint: hash.to_string(),
+            }),
+        })
+        .collect();
+    for outcome in super::ingest(state, principal, parts, protocol).await? {
+        match outcome {
+            Outcome::Replayed(first) => {
+                let receipt: serde_json::Value = serde_json::from_str(&first).unwrap_or_default();
+                let rejected: Vec<Rejected> =
+                    serde_json::from_value(receipt["rejected"].clone()).unwrap_or_default();
+                totals.processed += receipt["processed"].as_u64().unwrap_or(0) as usize;
+                if let Some(r) = rejected.first() {
+                    totals.reject(&r.reason, rejected.len());
+                }
+            }
+            Outcome::Stored(accepted) => {
+                totals.processed += accepted.processed;
+                if let Some(r) = accepted.rejected.first() {
+                    totals.reject(&r.reason, accepted.rejected.len());
+                }
+                totals.stored = match (totals.stored, accepted.stored) {
+                    (Some(prev), Some(now)) if rank(prev) < rank(now) => Some(prev),
+                    (prev, now) => now.or(prev),
+                };
+            }
         }
-        totals.stored = match (totals.stored, accepted.stored) {
-            (Some(prev), Some(now)) if rank(prev) < rank(now) => Some(prev),
-            (prev, now) => now.or(prev),
-        };
     }
     Ok(totals)
 }

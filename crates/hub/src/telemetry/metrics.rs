@@ -136,6 +136,27 @@ fn describe() {
         "log_retention_deleted_chunks_total",
         "chunks deleted by retention"
     );
+    // One bad record never stops a reader or a background task: it is counted here.
+    describe_gauge!(
+        "log_outbox_set_aside",
+        "outbox chunks PostgreSQL refused for good, kept in log_outbox_set_aside"
+    );
+    describe_counter!(
+        "log_outbox_set_aside_total",
+        "outbox chunks set aside (undecodable, or refused by PostgreSQL 5 times)"
+    );
+    describe_counter!(
+        "log_chunks_undecodable_total",
+        "stored chunks a search could not decode (skipped, logged)"
+    );
+    describe_counter!(
+        "log_tail_skipped_total",
+        "entries the live tail skipped, by reason (undecodable chunk, unserializable entry)"
+    );
+    describe_counter!(
+        "hub_background_restarts_total",
+        "background tasks restarted after a panic, by task"
+    );
     // Present from the start (at zero), so dashboards and alerts see them before any event.
     for protocol in ["native", "otlp", "loki"] {
         metrics::counter!("log_ingestion_total", "protocol" => protocol).increment(0);
@@ -145,6 +166,8 @@ fn describe() {
     }
     metrics::gauge!("websocket_connections_active").increment(0.0);
     metrics::gauge!("log_outbox_depth").increment(0.0);
+    metrics::gauge!("log_outbox_set_aside").increment(0.0);
+    metrics::counter!("log_chunks_undecodable_total").increment(0);
     metrics::gauge!("log_replay_lag_seconds").increment(0.0);
     metrics::counter!("log_tail_dropped_total").increment(0);
 }

@@ -44,12 +44,21 @@ impl LogRecord {
     }
 }
 
-/// What a retried batch gets back instead of being stored again.
+/// What a retried batch gets back instead of being stored again. Stored with the batch's
+/// last chunk, keyed by (tenant, workspace, `batch_id`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchReceipt {
     pub batch_id: String,
     /// The first answer, as sent (JSON).
     pub response: String,
+    /// Who stored the batch (`user:<id>`, `api_key:<id>`). Absent in chunks queued by
+    /// versions before receipts had it (the outbox may still hold some).
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// A digest of what was sent, so that a key reused for other content is told apart
+    /// from a retry. Absent as `actor` is.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// Everything the store needs to append one chunk; built (and compressed) by the caller,

@@ -14,6 +14,18 @@ use chrono::{DateTime, Utc};
 use coditect_proto::{TenantId, WorkspaceId};
 use uuid::Uuid;
 
+/// A batch receipt as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    pub workspace_id: WorkspaceId,
+    /// `None` for receipts from before receipts recorded it.
+    pub actor: Option<String>,
+    /// `None` for receipts from before receipts recorded it.
+    pub fingerprint: Option<String>,
+    /// The first answer, as sent (JSON).
+    pub response: String,
+}
+
 /// A stored chunk's metadata (no body).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkRef {
@@ -65,13 +77,14 @@ pub trait LogStore: Send + Sync {
     /// `chunk_id`; entries whose id is already stored are recorded as skipped.
     async fn append_chunk(&self, chunk: &EncodedChunk) -> Result<Appended, StoreError>;
 
-    /// The first answer to `batch_id`, if it was stored after `since`.
+    /// The receipts stored under `batch_id` after `since`, in any workspace of the tenant
+    /// (at most one per workspace).
     async fn find_batch(
         &self,
         tenant: TenantId,
         batch_id: &str,
         since: DateTime<Utc>,
-    ) -> Result<Option<String>, StoreError>;
+    ) -> Result<Vec<StoredReceipt>, StoreError>;
 
     async fn scan_chunks(&self, scan: &ChunkScan) -> Result<Vec<ChunkRef>, StoreError>;
 

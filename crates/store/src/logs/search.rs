@@ -226,6 +226,13 @@ pub async fn search(
     Ok((found, next))
 }
 
+/// Reports a chunk that cannot be decoded (logged, counted in
+/// `log_chunks_undecodable_total`); readers skip it and go on.
+pub fn undecodable(tenant: coditect_proto::TenantId, seq: i64, error: &StoreError) {
+    metrics::counter!("log_chunks_undecodable_total").increment(1);
+    tracing::error!(%tenant, seq, %error, "undecodable log chunk skipped");
+}
+
 /// Candidate chunks read so far and the entries they matched: the basis for how many to
 /// fetch next.
 #[derive(Default)]
@@ -288,8 +295,23 @@ async fn read_group(
         let Some(chunk) = group.iter().find(|c| c.seq == seq) else {
             continue;
         };
-        let unpacked = Unpacked::open(&data)?;
-        for (pos, record) in unpacked.records()?.iter().enumerate() {
+        // One damaged chunk must not fail every search that reaches it: it is reported
+        // and passed over.
+        let unpacked = match Unpacked::open(&data) {
+            Ok(u) => u,
+            Err(e) => {
+                undecodable(q.tenant_id, seq, &e);
+                continue;
+            }
+        };
+        let records = match unpacked.records() {
+            Ok(records) => records,
+            Err(e) => {
+                undecodable(q.tenant_id, seq, &e);
+                continue;
+            }
+        };
+        for (pos, record) in records.iter().enumerate() {
             let pos = pos as u32;
             if chunk.skip.contains(&pos)
                 || worst.is_some_and(|w| !q.key_beats((record.ts, record.id), w))

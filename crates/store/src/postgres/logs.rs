@@ -12,7 +12,8 @@ use crate::logs::columns::{
     skip_to_blob,
 };
 use crate::logs::{
-    Appended, ChunkRef, ChunkScan, ChunkSummary, EncodedChunk, LogStore, Order, decode,
+    Appended, ChunkRef, ChunkScan, ChunkSummary, EncodedChunk, LogStore, Order, StoredReceipt,
+    decode,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -160,9 +161,19 @@ impl LogStore for PgStore {
         .await?;
         if let Some(batch) = &chunk.batch {
             tx.execute(
-                "INSERT INTO log_batches (tenant_id, batch_id, response, created_at) VALUES ($1, $2, $3, $4)
+                "INSERT INTO log_receipts (tenant_id, batch_id, workspace_id, actor, fingerprint,
+                    response, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT DO NOTHING",
-                &[&tenant, &batch.batch_id, &batch.response, &chunk.received_at],
+                &[
+                    &tenant,
+                    &batch.batch_id,
+                    &chunk.workspace_id.as_uuid(),
+                    &batch.actor,
+                    &batch.fingerprint,
+                    &batch.response,
+                    &chunk.received_at,
+                ],
             )
             .await?;
         }
@@ -184,14 +195,22 @@ impl LogStore for PgStore {
         tenant: TenantId,
         batch_id: &str,
         since: DateTime<Utc>,
-    ) -> Result<Option<String>, StoreError> {
-        self.query_opt(
-            "SELECT response FROM log_batches WHERE tenant_id = $1 AND batch_id = $2 AND created_at >= $3",
-            &[&tenant.as_uuid(), &batch_id, &since],
-        )
-        .await?
-        .map(|r| r.col(0))
-        .transpose()
+    ) -> Result<Vec<StoredReceipt>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT workspace_id, actor, fingerprint, response FROM log_receipts
+                 WHERE tenant_id = $1 AND batch_id = $2 AND created_at >= $3",
+                &[&tenant.as_uuid(), &batch_id, &since],
+            )
+            .await?;
+        map_rows(&rows, |r| {
+            Ok(StoredReceipt {
+                workspace_id: WorkspaceId::from_uuid(r.col(0)?),
+                actor: r.col(1)?,
+                fingerprint: r.col(2)?,
+                response: r.col(3)?,
+            })
+        })
     }
 
     async fn scan_chunks(&self, s: &ChunkScan) -> Result<Vec<ChunkRef>, StoreError> {
@@ -326,12 +345,22 @@ impl LogStore for PgStore {
     }
 
     async fn forget_batches(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.execute(
-            "DELETE FROM log_batches WHERE ctid IN
-             (SELECT ctid FROM log_batches WHERE created_at < $1 LIMIT 10000)",
-            &[&before],
-        )
-        .await
+        let n = self
+            .execute(
+                "DELETE FROM log_receipts WHERE ctid IN
+                 (SELECT ctid FROM log_receipts WHERE created_at < $1 LIMIT 10000)",
+                &[&before],
+            )
+            .await?;
+        // Receipts of versions before log_receipts (see migration 0005).
+        let old = self
+            .execute(
+                "DELETE FROM log_batches WHERE ctid IN
+                 (SELECT ctid FROM log_batches WHERE created_at < $1 LIMIT 10000)",
+                &[&before],
+            )
+            .await?;
+        Ok(n + old)
     }
 
     async fn log_tenants(&self) -> Result<Vec<TenantId>, StoreError> {

@@ -7,13 +7,23 @@ use crate::logs::columns::{
     skip_to_blob,
 };
 use crate::logs::{
-    Appended, ChunkRef, ChunkScan, ChunkSummary, EncodedChunk, LogStore, Order, decode,
+    Appended, ChunkRef, ChunkScan, ChunkSummary, EncodedChunk, LogStore, Order, StoredReceipt,
+    decode,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use coditect_proto::{TenantId, WorkspaceId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
+
+/// One row of the outbox.
+#[derive(Debug)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub chunk: Result<EncodedChunk, StoreError>,
+    /// Failed deliveries so far.
+    pub failures: u32,
+}
 
 /// The tenant's small key, created on first use.
 fn tenant_key(c: &Connection, tenant: TenantId) -> Result<i64, StoreError> {
@@ -105,10 +115,20 @@ fn append(c: &Connection, chunk: &EncodedChunk) -> Result<Appended, StoreError> 
     ])?;
     if let Some(batch) = &chunk.batch {
         c.prepare_cached(
-            "INSERT INTO log_batches (tenant_key, batch_id, response, created_at) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO log_receipts (tenant_key, batch_id, workspace_id, actor, fingerprint,
+                response, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT DO NOTHING",
         )?
-        .execute(params![tk, batch.batch_id, batch.response, to_micros(chunk.received_at)])?;
+        .execute(params![
+            tk,
+            batch.batch_id,
+            blob(chunk.workspace_id.as_uuid()),
+            batch.actor,
+            batch.fingerprint,
+            batch.response,
+            to_micros(chunk.received_at)
+        ])?;
     }
     Ok(Appended {
         seq,
@@ -129,18 +149,26 @@ impl LogStore for SqliteStore {
         tenant: TenantId,
         batch_id: &str,
         since: DateTime<Utc>,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Vec<StoredReceipt>, StoreError> {
         let batch_id = batch_id.to_string();
         self.read(move |c| {
-            Ok(c.prepare_cached(&format!(
-                "SELECT response FROM log_batches
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT workspace_id, actor, fingerprint, response FROM log_receipts
                  WHERE tenant_key = {TENANT} AND batch_id = ?2 AND created_at >= ?3"
-            ))?
-            .query_row(
-                params![blob(tenant.as_uuid()), batch_id, to_micros(since)],
-                |r| r.get(0),
+            ))?;
+            collect(
+                stmt.query(params![blob(tenant.as_uuid()), batch_id, to_micros(since)])?,
+                |r| {
+                    Ok(StoredReceipt {
+                        workspace_id: WorkspaceId::from_uuid(uuid_from_blob(
+                            &r.get::<_, Vec<u8>>(0)?,
+                        )?),
+                        actor: r.get(1)?,
+                        fingerprint: r.get(2)?,
+                        response: r.get(3)?,
+                    })
+                },
             )
-            .optional()?)
         })
         .await
     }
@@ -284,11 +312,19 @@ impl LogStore for SqliteStore {
         self.write(move |c| {
             let n = c
                 .prepare_cached(
+                    "DELETE FROM log_receipts WHERE (tenant_key, batch_id, workspace_id) IN
+                     (SELECT tenant_key, batch_id, workspace_id FROM log_receipts
+                      WHERE created_at < ?1 LIMIT 10000)",
+                )?
+                .execute(params![to_micros(before)])?;
+            // Receipts of versions before log_receipts (see migration 0005).
+            let old = c
+                .prepare_cached(
                     "DELETE FROM log_batches WHERE (tenant_key, batch_id) IN
                      (SELECT tenant_key, batch_id FROM log_batches WHERE created_at < ?1 LIMIT 10000)",
                 )?
                 .execute(params![to_micros(before)])?;
-            Ok(n as u64)
+            Ok((n + old) as u64)
         })
         .await
     }
@@ -351,17 +387,61 @@ impl SqliteStore {
         .await
     }
 
-    /// The oldest outbox entries, in order.
-    pub async fn outbox_peek(&self, limit: u32) -> Result<Vec<(i64, EncodedChunk)>, StoreError> {
+    /// The oldest outbox entries, in order; a row that does not decode is returned as
+    /// its error (for [`SqliteStore::outbox_set_aside`]), never failing the others.
+    pub async fn outbox_peek(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
         self.read(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT seq, chunk FROM log_outbox ORDER BY seq LIMIT ?1")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, chunk, failures FROM log_outbox ORDER BY seq LIMIT ?1",
+            )?;
             collect(stmt.query(params![limit])?, |r| {
-                Ok((
-                    r.get(0)?,
-                    EncodedChunk::from_bytes(&r.get::<_, Vec<u8>>(1)?)?,
-                ))
+                Ok(OutboxRow {
+                    seq: r.get(0)?,
+                    chunk: EncodedChunk::from_bytes(&r.get::<_, Vec<u8>>(1)?),
+                    failures: r.get(2)?,
+                })
             })
+        })
+        .await
+    }
+
+    /// Counts a failed delivery of an outbox row; the failures so far.
+    pub async fn outbox_failed(&self, seq: i64) -> Result<u32, StoreError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE log_outbox SET failures = failures + 1 WHERE seq = ?1 RETURNING failures",
+            )?
+            .query_row(params![seq], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Moves an outbox row that cannot be delivered to `log_outbox_set_aside`, with the
+    /// reason, so the rows behind it go on.
+    pub async fn outbox_set_aside(&self, seq: i64, reason: String) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO log_outbox_set_aside
+                    (seq, tenant_id, chunk, created_at, reason, set_aside_at)
+                 SELECT seq, tenant_id, chunk, created_at, ?2, ?3 FROM log_outbox WHERE seq = ?1",
+            )?
+            .execute(params![seq, reason, to_micros(crate::now())])?;
+            c.prepare_cached("DELETE FROM log_outbox WHERE seq = ?1")?
+                .execute(params![seq])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Outbox rows set aside so far.
+    pub async fn outbox_set_aside_count(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let n: i64 = c
+                .prepare_cached("SELECT count(*) FROM log_outbox_set_aside")?
+                .query_row([], |r| r.get(0))?;
+            Ok(n as u64)
         })
         .await
     }

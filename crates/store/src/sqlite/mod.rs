@@ -22,6 +22,7 @@ mod writer;
 
 use crate::{StoreError, migrate};
 use coditect_proto::ComponentHealth;
+pub use logs::OutboxRow;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

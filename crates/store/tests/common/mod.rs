@@ -622,7 +622,9 @@ pub async fn signing_keys_conform(store: &dyn Engine) {
 use coditect_proto::{Level, SessionId as Sid, WorkspaceId as Wid};
 use coditect_store::LogStore;
 use coditect_store::logs::search::{Cursor, LevelFilter, LogQuery, search};
-use coditect_store::logs::{BatchReceipt, ChunkScan, EncodedChunk, LogRecord, Order};
+use coditect_store::logs::{
+    BatchReceipt, ChunkScan, EncodedChunk, LogRecord, Order, StoredReceipt,
+};
 
 /// A deterministic pseudo-random sequence (no dependency, reproducible failures).
 pub struct Lcg(u64);
@@ -660,7 +662,7 @@ pub fn record(
     }
 }
 
-fn chunk(tenant: TenantId, ws: Wid, records: &[LogRecord]) -> EncodedChunk {
+pub fn chunk(tenant: TenantId, ws: Wid, records: &[LogRecord]) -> EncodedChunk {
     EncodedChunk::encode(tenant, ws, coditect_store::now(), records, None).unwrap()
 }
 
@@ -808,6 +810,8 @@ pub async fn logs_are_idempotent_locatable_and_expire(store: &dyn Engine) {
     c1.batch = Some(BatchReceipt {
         batch_id: "b-1".into(),
         response: r#"{"processed":2}"#.into(),
+        actor: Some("api_key:k1".into()),
+        fingerprint: Some("f1".into()),
     });
     let a1 = store.append_chunk(&c1).await.unwrap();
     assert!(!a1.replayed && a1.duplicates == 0);
@@ -839,32 +843,61 @@ pub async fn logs_are_idempotent_locatable_and_expire(store: &dyn Engine) {
         "two stored once"
     );
 
-    // Receipts.
+    // Receipts: one per (workspace, batch id), with who stored it and a digest of what.
     let since = coditect_store::now() - Duration::hours(24);
+    let receipt = StoredReceipt {
+        workspace_id: ws,
+        actor: Some("api_key:k1".into()),
+        fingerprint: Some("f1".into()),
+        response: r#"{"processed":2}"#.into(),
+    };
     assert_eq!(
-        store
-            .find_batch(tenant, "b-1", since)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(r#"{"processed":2}"#)
+        store.find_batch(tenant, "b-1", since).await.unwrap(),
+        vec![receipt.clone()]
     );
-    assert_eq!(store.find_batch(tenant, "b-2", since).await.unwrap(), None);
+    // The same key in two workspaces: two receipts, neither replaying the other.
+    let t2 = TenantId::new();
+    let (ws_a, ws_b) = (Wid::new(), Wid::new());
+    for (ws, fingerprint) in [(ws_a, "fa"), (ws_b, "fb")] {
+        let mut c = chunk(t2, ws, &[record(40, Level::Info, "api", "four", None)]);
+        c.batch = Some(BatchReceipt {
+            batch_id: "b-1".into(),
+            response: r#"{"processed":1}"#.into(),
+            actor: Some("user:u1".into()),
+            fingerprint: Some(fingerprint.into()),
+        });
+        store.append_chunk(&c).await.unwrap();
+    }
+    let mut both = store.find_batch(t2, "b-1", since).await.unwrap();
+    both.sort_by_key(|r| r.workspace_id != ws_a);
+    assert_eq!(
+        both.iter()
+            .map(|r| (r.workspace_id, r.fingerprint.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![(ws_a, Some("fa")), (ws_b, Some("fb"))]
+    );
+    assert_eq!(
+        store.find_batch(tenant, "b-2", since).await.unwrap(),
+        vec![]
+    );
     assert_eq!(
         store
             .find_batch(TenantId::new(), "b-1", since)
             .await
             .unwrap(),
-        None
+        vec![]
     );
     let later = coditect_store::now() + Duration::hours(1);
     assert_eq!(
         store.find_batch(tenant, "b-1", later).await.unwrap(),
-        None,
+        vec![],
         "too old"
     );
-    assert!(store.forget_batches(later).await.unwrap() >= 1);
-    assert_eq!(store.find_batch(tenant, "b-1", since).await.unwrap(), None);
+    assert!(store.forget_batches(later).await.unwrap() >= 3);
+    assert_eq!(
+        store.find_batch(tenant, "b-1", since).await.unwrap(),
+        vec![]
+    );
 
     // Locating by id, per tenant.
     assert_eq!(

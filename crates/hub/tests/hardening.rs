@@ -1,0 +1,633 @@
+//! What a hostile tenant found (issue 10), each reproduced: poisoned entries that broke
+//! search and every tenant's tail, idempotency keys crossing workspaces, OTLP requests
+//! partly stored behind an error. On both engines.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+mod common;
+
+use coditect_proto::{Level, Role};
+use coditect_store::{EncodedChunk, LogRecord};
+use common::{Backend, TestApp, assert_envelope, json, spawn_app};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+both_backends!(
+    nesting_and_size_limits_reject_single_entries_on_every_protocol,
+    stored_poison_breaks_no_search_and_no_tail,
+    idempotency_keys_never_cross_workspaces,
+    a_reused_key_for_other_content_is_a_conflict,
+    a_multi_workspace_request_is_authorized_whole,
+);
+
+/// `{"a":{"a":…1…}}`, `depth` objects deep.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+/// Posts a native batch given as JSON text (serde_json cannot build deeply nested values).
+async fn post_raw(app: &TestApp, token: &str, body: String) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/logs/batch"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn batch_text(ws: &str, entries: &[String]) -> String {
+    format!(
+        r#"{{"workspace_id":"{ws}","client_version":"t","entries":[{}]}}"#,
+        entries.join(",")
+    )
+}
+
+fn entry_with_metadata(message: &str, metadata: &str) -> String {
+    format!(
+        r#"{{"timestamp":"{}","level":"info","component":"x","message":"{message}","metadata":{metadata}}}"#,
+        now()
+    )
+}
+
+async fn nesting_and_size_limits_reject_single_entries_on_every_protocol(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
+    let ws = app.workspace(&tokens.access, "api").await;
+
+    // Native: the issue's reproduction (129 levels), just over the limit (33), at it (32).
+    let body = batch_text(
+        &ws,
+        &[
+            entry_with_metadata("poison", &nested(129)),
+            entry_with_metadata("too deep", &nested(33)),
+            entry_with_metadata("deep enough", &nested(32)),
+        ],
+    );
+    let res = post_raw(&app, &tokens.access, body).await;
+    assert_eq!(res.status(), 202);
+    let body = json(res).await;
+    assert_eq!(body["processed"], 1, "{body}");
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(
+        rejected
+            .iter()
+            .map(|r| r["index"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    for r in rejected {
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("nested more than 32 levels"),
+            "{r}"
+        );
+    }
+    let found = app
+        .get_json(&format!("/api/logs?workspace_id={ws}"), &tokens.access)
+        .await;
+    assert_eq!(found["items"].as_array().unwrap().len(), 1, "{found}");
+
+    // OTLP/JSON: a record whose attribute nests arrays 34 deep (35 with the attributes
+    // object) is refused alone; kvlists nest the same way.
+    fn nested_value(depth: usize) -> Value {
+        let mut v = json!({"intValue": "1"});
+        for i in 0..depth {
+            v = if i % 2 == 0 {
+                json!({"arrayValue": {"values": [v]}})
+            } else {
+                json!({"kvlistValue": {"values": [{"key": "a", "value": v}]}})
+            };
+        }
+        v
+    }
+    let record = |message: &str, value: Value| {
+        json!({
+            "timeUnixNano": (chrono::Utc::now().timestamp_nanos_opt().unwrap()).to_string(),
+            "severityNumber": 9,
+            "body": {"stringValue": message},
+            "attributes": [{"key": "deep", "value": value}],
+        })
+    };
+    let otlp = json!({"resourceLogs": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "svc"}},
+            {"key": "coditect.workspace.id", "value": {"stringValue": ws}},
+        ]},
+        "scopeLogs": [{"logRecords": [
+            record("otlp deep", nested_value(32)),
+            record("otlp fine", nested_value(3)),
+        ]}],
+    }]});
+    let res = app.post_as("/v1/logs", &tokens.access, otlp.clone()).await;
+    assert_eq!(res.status(), 200);
+    let body = json(res).await;
+    assert_eq!(body["partialSuccess"]["rejectedLogRecords"], "1", "{body}");
+    assert!(
+        body["partialSuccess"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("nested more than 32 levels"),
+        "{body}"
+    );
+
+    // OTLP/protobuf: the same request in protobuf.
+    let request: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest =
+        serde_json::from_value(otlp).unwrap();
+    let res = app
+        .client
+        .post(app.url("/v1/logs"))
+        .bearer_auth(&tokens.access)
+        .header("content-type", "application/x-protobuf")
+        .header("x-coditect-workspace-id", &ws)
+        .body(prost::Message::encode_to_vec(&request))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse =
+        prost::Message::decode(&res.bytes().await.unwrap()[..]).unwrap();
+    assert_eq!(answer.partial_success.unwrap().rejected_log_records, 1);
+
+    // Loki: structured metadata is flat, so its limit is size: a line whose structured
+    // metadata is over 16 KiB is refused alone (Loki answers 400 naming it; the rest is
+    // stored).
+    let big = "x".repeat(17 * 1024);
+    let push = json!({"streams": [{
+        "stream": {"service_name": "loki-svc", "coditect_workspace_id": ws},
+        "values": [
+            [format!("{}", chrono::Utc::now().timestamp_nanos_opt().unwrap()), "loki big", {"blob": big}],
+            [format!("{}", chrono::Utc::now().timestamp_nanos_opt().unwrap()), "loki fine"],
+        ],
+    }]});
+    let res = app.post_as("/loki/api/v1/push", &tokens.access, push).await;
+    let message = assert_envelope(res, 400, "BAD_REQUEST").await;
+    assert!(
+        message.contains("metadata is over 16384 bytes"),
+        "{message}"
+    );
+    let found = app
+        .get_json(
+            &format!("/api/logs?workspace_id={ws}&limit=100"),
+            &tokens.access,
+        )
+        .await;
+    let mut messages: Vec<&str> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["message"].as_str().unwrap())
+        .collect();
+    messages.sort();
+    // "otlp fine" twice: once from the JSON request, once from the protobuf one.
+    assert_eq!(
+        messages,
+        vec!["deep enough", "loki fine", "otlp fine", "otlp fine"]
+    );
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn open_tail(app: &TestApp, token: &str) -> Ws {
+    let mut req = format!("ws://{}/ws/logs", app.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert!(next_text(&mut ws).await.contains(r#""type":"connected""#));
+    ws
+}
+
+/// The next text frame, as text: frames carrying deeply nested metadata are more than
+/// serde_json's default parser takes.
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("a frame within 15 s")
+            .expect("the stream is open")
+            .unwrap();
+        match msg {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Text frames until one holds `needle`; the frames before it.
+async fn until_text(ws: &mut Ws, needle: &str) -> Vec<String> {
+    let mut before = Vec::new();
+    loop {
+        let t = next_text(ws).await;
+        if t.contains(needle) {
+            return before;
+        }
+        before.push(t);
+    }
+}
+
+fn record(message: &str, metadata: Option<String>) -> LogRecord {
+    LogRecord {
+        id: uuid::Uuid::now_v7(),
+        ts: chrono::Utc::now().timestamp_micros(),
+        level: Level::Info,
+        component: "x".into(),
+        message: message.into(),
+        metadata,
+        session_id: None,
+        trace_id: None,
+        span_id: None,
+    }
+}
+
+async fn send(app: &TestApp, token: &str, ws: &str, message: &str) {
+    let res = app
+        .post_as(
+            "/api/logs/batch",
+            token,
+            json!({"workspace_id": ws, "entries": [{"level": "info", "component": "x", "message": message}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+}
+
+/// Records older versions let in (metadata 200 levels deep), and a chunk that no longer
+/// decodes, written through the store directly: search, lookup by id and the tail of
+/// their tenant still answer, and every other tenant's tail keeps flowing.
+async fn stored_poison_breaks_no_search_and_no_tail(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (tenant, _admin, tokens) = app.tenant_with_admin("victim").await;
+    let ws = app.workspace(&tokens.access, "api").await;
+    let (_t2, _admin2, other) = app.tenant_with_admin("bystander").await;
+    let other_ws = app.workspace(&other.access, "api").await;
+    let mut tail = open_tail(&app, &tokens.access).await;
+    let mut other_tail = open_tail(&app, &other.access).await;
+
+    let deep = nested(200);
+    let poison = record("poison", Some(deep.clone()));
+    let poison_id = poison.id;
+    let logs = app.state.gate().system().logs();
+    let workspace = ws.parse().unwrap();
+    let chunk =
+        EncodedChunk::encode(tenant, workspace, chrono::Utc::now(), &[poison], None).unwrap();
+    logs.append_chunk(&chunk).await.unwrap();
+    let mut garbage = EncodedChunk::encode(
+        tenant,
+        workspace,
+        chrono::Utc::now(),
+        &[record("never readable", None)],
+        None,
+    )
+    .unwrap();
+    garbage.data = vec![1, 0xff, 0xff, 0xff, 0x0f, 9, 9, 9];
+    logs.append_chunk(&garbage).await.unwrap();
+    // Written around the pipeline, so no tail has heard of them yet: the next entry makes
+    // the tail read everything after what it dispatched last.
+    send(&app, &tokens.access, &ws, "after the poison").await;
+
+    // The tail delivers the deep record as stored, skips the undecodable chunk, goes on.
+    let first = next_text(&mut tail).await;
+    assert!(first.contains(r#""message":"poison""#), "{first}");
+    assert!(first.contains(&deep), "metadata as stored");
+    let between = until_text(&mut tail, "after the poison").await;
+    assert!(between.is_empty(), "{between:?}");
+    // Other tenants' tails were never stopped.
+    send(&app, &other.access, &other_ws, "bystander entry").await;
+    assert!(
+        until_text(&mut other_tail, "bystander entry")
+            .await
+            .is_empty()
+    );
+    send(&app, &tokens.access, &ws, "later still").await;
+    until_text(&mut tail, "later still").await;
+
+    // Search answers, with the deep record's metadata as stored.
+    let res = app
+        .get_as(&format!("/api/logs?workspace_id={ws}"), &tokens.access)
+        .await;
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(text.contains(&deep), "{}", &text[..200.min(text.len())]);
+    for m in ["after the poison", "later still"] {
+        assert!(text.contains(m), "{m}");
+    }
+    assert!(!text.contains("never readable"));
+    let res = app
+        .get_as(&format!("/api/logs/{poison_id}"), &tokens.access)
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains(&deep));
+    // A fresh tail works too (the background task was never lost).
+    let mut fresh = open_tail(&app, &tokens.access).await;
+    send(&app, &tokens.access, &ws, "for the fresh tail").await;
+    until_text(&mut fresh, "for the fresh tail").await;
+}
+
+fn key_batch(ws: &str, messages: &[&str]) -> Value {
+    json!({
+        "workspace_id": ws,
+        "client_version": "ci/1",
+        "entries": messages.iter().map(|m| json!({"level": "info", "component": "ci", "message": m})).collect::<Vec<_>>(),
+    })
+}
+
+async fn post_keyed(app: &TestApp, token: &str, key: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/logs/batch"))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn messages_in(app: &TestApp, token: &str, ws: &str) -> Vec<String> {
+    let found = app
+        .get_json(&format!("/api/logs?workspace_id={ws}&limit=1000"), token)
+        .await;
+    let mut m: Vec<String> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["message"].as_str().unwrap().to_string())
+        .collect();
+    m.sort();
+    m
+}
+
+/// The issue's sequence in both orders: a workspace-bound key and an admin use the same
+/// `Idempotency-Key` for different batches into two workspaces. Both are stored, neither
+/// is answered with the other's receipt.
+async fn idempotency_keys_never_cross_workspaces(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
+    for (round, bound_first) in [(1, true), (2, false)] {
+        let ws1 = app.workspace(&tokens.access, &format!("one-{round}")).await;
+        let ws2 = app.workspace(&tokens.access, &format!("two-{round}")).await;
+        let bound = app
+            .api_key(
+                &tokens.access,
+                json!({"name": format!("ci-{round}"), "workspace_id": ws1}),
+            )
+            .await;
+        let key = format!("build-4711-part-{round}");
+        let by_bound = || post_keyed(&app, &bound, &key, key_batch(&ws1, &["bound entry"]));
+        let by_admin = || {
+            post_keyed(
+                &app,
+                &tokens.access,
+                &key,
+                key_batch(&ws2, &["admin entry"]),
+            )
+        };
+        let (first, second) = if bound_first {
+            (by_bound().await, by_admin().await)
+        } else {
+            (by_admin().await, by_bound().await)
+        };
+        for res in [first, second] {
+            assert_eq!(res.status(), 202);
+            assert!(res.headers().get("idempotent-replayed").is_none());
+            assert_eq!(json(res).await["processed"], 1);
+        }
+        assert_eq!(
+            messages_in(&app, &tokens.access, &ws1).await,
+            vec!["bound entry"]
+        );
+        assert_eq!(
+            messages_in(&app, &tokens.access, &ws2).await,
+            vec!["admin entry"]
+        );
+        // Each retry is still recognised as its own batch.
+        let retry = by_bound().await;
+        assert_eq!(retry.status(), 202);
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        assert_eq!(
+            messages_in(&app, &tokens.access, &ws1).await,
+            vec!["bound entry"]
+        );
+    }
+}
+
+/// A key reused for other content, or by the same principal for another workspace, is
+/// 409 `CONFLICT` and stores nothing; the retry of the real batch still replays.
+async fn a_reused_key_for_other_content_is_a_conflict(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
+    let ws = app.workspace(&tokens.access, "api").await;
+    let ws2 = app.workspace(&tokens.access, "web").await;
+    let res = post_keyed(&app, &tokens.access, "k-1", key_batch(&ws, &["first"])).await;
+    assert_eq!(res.status(), 202);
+    // Same workspace, other entries.
+    let res = post_keyed(&app, &tokens.access, "k-1", key_batch(&ws, &["second"])).await;
+    let message = assert_envelope(res, 409, "CONFLICT").await;
+    assert!(message.contains("idempotency key reused"), "{message}");
+    // The same principal, the same key, another workspace.
+    let res = post_keyed(&app, &tokens.access, "k-1", key_batch(&ws2, &["first"])).await;
+    assert_envelope(res, 409, "CONFLICT").await;
+    // The batch id in the body is the same key as the header.
+    let mut body = key_batch(&ws, &["third"]);
+    body["batch_id"] = json!("k-1");
+    let res = app.post_as("/api/logs/batch", &tokens.access, body).await;
+    assert_envelope(res, 409, "CONFLICT").await;
+    assert_eq!(messages_in(&app, &tokens.access, &ws).await, vec!["first"]);
+    assert!(messages_in(&app, &tokens.access, &ws2).await.is_empty());
+    // A true retry (a new client_version does not make it another request).
+    let mut retry = key_batch(&ws, &["first"]);
+    retry["client_version"] = json!("ci/2");
+    let res = post_keyed(&app, &tokens.access, "k-1", retry).await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(messages_in(&app, &tokens.access, &ws).await, vec!["first"]);
+}
+
+/// One OTLP request for two workspaces, one of them another tenant's: refused whole
+/// (404), nothing of it stored; the same for Loki. With both workspaces the caller's,
+/// both parts are stored.
+async fn a_multi_workspace_request_is_authorized_whole(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
+    let mine = app.workspace(&tokens.access, "mine").await;
+    let (_t2, _admin2, other) = app.tenant_with_admin("other").await;
+    let theirs = app.workspace(&other.access, "theirs").await;
+    let bound_elsewhere = app.workspace(&tokens.access, "elsewhere").await;
+    let member = app.seed_user(_t, Role::Viewer, false).await;
+    let viewer = app.login(&member).await;
+
+    let resource = |ws: &str, message: &str| {
+        json!({
+            "resource": {"attributes": [
+                {"key": "service.name", "value": {"stringValue": "svc"}},
+                {"key": "coditect.workspace.id", "value": {"stringValue": ws}},
+            ]},
+            "scopeLogs": [{"logRecords": [{
+                "timeUnixNano": chrono::Utc::now().timestamp_nanos_opt().unwrap().to_string(),
+                "body": {"stringValue": message},
+            }]}],
+        })
+    };
+    let res = app
+        .post_as(
+            "/v1/logs",
+            &tokens.access,
+            json!({"resourceLogs": [resource(&mine, "otlp mine"), resource(&theirs, "otlp theirs")]}),
+        )
+        .await;
+    assert_eq!(res.status(), 404);
+    // A viewer may not write at all: 403, nothing stored either.
+    let res = app
+        .post_as(
+            "/v1/logs",
+            &viewer.access,
+            json!({"resourceLogs": [resource(&mine, "otlp viewer")]}),
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    let loki_line = |ws: &str, message: &str| {
+        json!({
+            "stream": {"service_name": "svc", "coditect_workspace_id": ws},
+            "values": [[chrono::Utc::now().timestamp_nanos_opt().unwrap().to_string(), message]],
+        })
+    };
+    let res = app
+        .post_as(
+            "/loki/api/v1/push",
+            &tokens.access,
+            json!({"streams": [loki_line(&mine, "loki mine"), loki_line(&theirs, "loki theirs")]}),
+        )
+        .await;
+    assert_envelope(res, 404, "NOT_FOUND").await;
+    assert!(messages_in(&app, &tokens.access, &mine).await.is_empty());
+    assert!(messages_in(&app, &other.access, &theirs).await.is_empty());
+
+    // Both the caller's: both stored.
+    let res = app
+        .post_as(
+            "/v1/logs",
+            &tokens.access,
+            json!({"resourceLogs": [resource(&mine, "otlp mine"), resource(&bound_elsewhere, "otlp elsewhere")]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        messages_in(&app, &tokens.access, &mine).await,
+        vec!["otlp mine"]
+    );
+    assert_eq!(
+        messages_in(&app, &tokens.access, &bound_elsewhere).await,
+        vec!["otlp elsewhere"]
+    );
+}
+
+/// Shared mode: an outbox row that no longer decodes, and a chunk PostgreSQL refuses for
+/// good (a NUL in a component, which PostgreSQL text cannot hold and older versions let
+/// in), no longer hold up the chunks queued behind them: they are set aside with their
+/// reason, counted, and the rest is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_sets_aside_what_postgres_refuses_for_good() {
+    let app = spawn_app(Backend::Postgres).await;
+    let (tenant, _admin, tokens) = app.tenant_with_admin("acme").await;
+    let ws = app.workspace(&tokens.access, "api").await;
+    let workspace = ws.parse().unwrap();
+    let old = chrono::Utc::now() - chrono::Duration::seconds(30);
+    let mut refused = record("refused", None);
+    refused.component = "bad\u{0}component".into();
+    let rows = [
+        EncodedChunk::encode(tenant, workspace, old, &[refused], None)
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+        b"not a chunk".to_vec(),
+        EncodedChunk::encode(tenant, workspace, old, &[record("delivered", None)], None)
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+    ];
+    let db = rusqlite::Connection::open(app.data_dir.path().join("hub.db")).unwrap();
+    for bytes in rows {
+        db.execute(
+            "INSERT INTO log_outbox (tenant_id, chunk, created_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![
+                tenant.as_uuid().as_bytes().to_vec(),
+                bytes,
+                old.timestamp_micros()
+            ],
+        )
+        .unwrap();
+    }
+    let system = app.state.gate().system();
+    // The refused chunk is tried a few times (PostgreSQL might have refused it for a
+    // passing reason) before it is set aside.
+    let mut delivered = false;
+    for _ in 0..10 {
+        let _ = system.replay_outbox(100).await;
+        if messages_in(&app, &tokens.access, &ws).await == vec!["delivered"] {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "the chunk behind the bad ones reached postgres");
+    let status = system.outbox_status().await.unwrap();
+    assert_eq!((status.depth, status.set_aside), (0, 2), "{status:?}");
+    let reasons: Vec<String> = db
+        .prepare("SELECT reason FROM log_outbox_set_aside ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(reasons.len(), 2);
+    assert!(reasons[0].contains("0x00"), "{reasons:?}");
+    assert!(reasons[1].contains("undecodable"), "{reasons:?}");
+    // Health says so (degraded: the outbox is not critical).
+    let health = json(app.get("/health").await).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+}
+
+/// A background task that panics is started again (and one that returns is done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_task_that_panics_is_restarted() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let app = spawn_app(Backend::Sqlite).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let task = coditect_hub::server::supervise("test_task", &app.state, move |_state| {
+        let runs = counted.clone();
+        async move {
+            if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                panic!("a bad record");
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the third run returns, and with it the supervisor")
+        .unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("hub_background_restarts_total{task=\"test_task\"} 2")),
+        "{metrics}"
+    );
+}
