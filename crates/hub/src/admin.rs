@@ -172,7 +172,7 @@ pub async fn run(
     command: AdminCommand,
     password: impl FnOnce() -> Result<String, AdminError>,
 ) -> Result<String, AdminError> {
-    std::fs::create_dir_all(&config.data_dir)
+    coditect_store::files::create_private_dir(&config.data_dir)
         .map_err(|e| AdminError::Input(format!("cannot create data_dir: {e}")))?;
     let store = Store::open(config.store_config()).await?;
     let result = run_on(&config, store.clone(), command, password).await;

@@ -10,7 +10,7 @@ use crate::state::AppState;
 use crate::telemetry;
 use axum::Router;
 use coditect_store::{Store, StoreError};
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -422,18 +422,14 @@ fn prepare_data_dir(config: &Config) -> Result<File, ConfigError> {
     let dir = &config.data_dir;
     let shown = || format!("{:?}", dir.display().to_string());
     let invalid = |why: String| config.invalid("data_dir", shown(), why);
-    std::fs::create_dir_all(dir)
+    coditect_store::files::create_private_dir(dir)
         .map_err(|e| invalid(format!("a directory that can be created ({e})")))?;
     let probe = dir.join(format!(".write-probe-{}", std::process::id()));
-    File::create(&probe)
+    coditect_store::files::create_private_file(&probe)
         .and_then(|mut f| f.write_all(b"ok").and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| invalid(format!("a writable directory ({e})")))?;
-    let mut lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("hub.lock"))
+    let mut lock = coditect_store::files::open_private_file(&dir.join("hub.lock"))
         .map_err(|e| invalid(format!("a writable directory ({e})")))?;
     match lock.try_lock() {
         Ok(()) => {}

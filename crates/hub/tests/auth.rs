@@ -635,11 +635,20 @@ async fn api_keys_are_scoped_by_role_and_workspace(backend: Backend) {
     let member = app.seed_user(tenant, Role::Member, false).await;
     let member_tokens = app.login(&member).await;
 
-    // A member's admin-role key is still only a member.
+    // A member cannot mint an admin-role key (it would be refused every admin act).
+    let res = app
+        .post_as(
+            "/api/v1/api-keys",
+            &member_tokens.access,
+            json!({"name": "wants admin", "role": "admin"}),
+        )
+        .await;
+    assert_envelope(res, 403, "ACCESS_DENIED").await;
+    // A member's member key acts as a member, no more.
     let key = create_key(
         &app,
         &member_tokens.access,
-        json!({"name": "wants admin", "role": "admin"}),
+        json!({"name": "as me", "role": "member"}),
     )
     .await;
     let key = key["key"].as_str().unwrap();

@@ -24,6 +24,9 @@ both_backends!(
     idempotency_keys_never_cross_workspaces,
     a_reused_key_for_other_content_is_a_conflict,
     a_multi_workspace_request_is_authorized_whole,
+    tickets_are_single_use,
+    a_key_cannot_claim_more_than_its_creator_holds,
+    a_guesser_cannot_lock_the_owner_out,
 );
 
 /// `{"a":{"a":…1…}}`, `depth` objects deep.
@@ -629,5 +632,359 @@ async fn a_background_task_that_panics_is_restarted() {
             .lines()
             .any(|l| l.starts_with("hub_background_restarts_total{task=\"test_task\"} 2")),
         "{metrics}"
+    );
+}
+
+async fn fresh_ticket(app: &TestApp, token: &str) -> String {
+    let res = app.post_as("/api/v1/ws-tickets", token, json!({})).await;
+    assert_eq!(res.status(), 200);
+    json(res).await["ticket"].as_str().unwrap().to_string()
+}
+
+/// Upgrades with `ticket`: true when the tail opened.
+async fn upgrade_with(app: &TestApp, ticket: &str) -> bool {
+    let url = format!("ws://{}/ws/logs?ticket={ticket}", app.addr);
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((mut ws, _)) => next_text(&mut ws).await.contains("connected"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), 401);
+            let body: Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "AUTH_REQUIRED");
+            false
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A ticket opens one tail: the second upgrade with it is refused, and of several racing
+/// upgrades exactly one wins.
+async fn tickets_are_single_use(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
+    let ticket = fresh_ticket(&app, &tokens.access).await;
+    assert!(upgrade_with(&app, &ticket).await);
+    for _ in 0..2 {
+        assert!(!upgrade_with(&app, &ticket).await, "a spent ticket");
+    }
+    let ticket = fresh_ticket(&app, &tokens.access).await;
+    let racing = futures_util::future::join_all((0..6).map(|_| upgrade_with(&app, &ticket))).await;
+    assert_eq!(racing.iter().filter(|ok| **ok).count(), 1, "{racing:?}");
+}
+
+/// Two replicas on one PostgreSQL: a ticket spent on one is refused by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_spent_on_one_replica_is_refused_by_another() {
+    let a = spawn_app(Backend::Postgres).await;
+    let url = a.state.config().database_url.clone();
+    let b = common::spawn_app_with(
+        Backend::Postgres,
+        move |c| c.database_url = url,
+        axum::Router::new(),
+    )
+    .await;
+    let (_t, _admin, tokens) = a.tenant_with_admin("acme").await;
+    let ticket = fresh_ticket(&a, &tokens.access).await;
+    assert!(
+        upgrade_with(&b, &ticket).await,
+        "any replica honours it once"
+    );
+    assert!(!upgrade_with(&a, &ticket).await);
+    assert!(!upgrade_with(&b, &ticket).await);
+}
+
+/// A member may mint keys up to its own role, never above; an admin may not give a
+/// service account's key more than the service role.
+async fn a_key_cannot_claim_more_than_its_creator_holds(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (tenant, _admin, admin_tokens) = app.tenant_with_admin("acme").await;
+    let member = app.seed_user(tenant, Role::Member, false).await;
+    let member_tokens = app.login(&member).await;
+    let res = app
+        .post_as(
+            "/api/v1/api-keys",
+            &member_tokens.access,
+            json!({"name": "too much", "role": "admin"}),
+        )
+        .await;
+    let message = assert_envelope(res, 403, "ACCESS_DENIED").await;
+    assert!(
+        message.contains("cannot exceed your role (member)"),
+        "{message}"
+    );
+    for role in ["member", "viewer", "service"] {
+        let res = app
+            .post_as(
+                "/api/v1/api-keys",
+                &member_tokens.access,
+                json!({"name": role, "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "{role}");
+    }
+    let service = app.seed_user(tenant, Role::Service, false).await;
+    let res = app
+        .post_as(
+            "/api/v1/api-keys",
+            &admin_tokens.access,
+            json!({"name": "svc", "role": "admin", "owner_id": service.id}),
+        )
+        .await;
+    assert_envelope(res, 403, "ACCESS_DENIED").await;
+    let res = app
+        .post_as(
+            "/api/v1/api-keys",
+            &admin_tokens.access,
+            json!({"name": "svc", "role": "service", "owner_id": service.id}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    // The refusal is in the audit trail.
+    let audit = app
+        .get_json("/api/v1/audit?action=api_key.create", &admin_tokens.access)
+        .await;
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["result"] == "failure"),
+        "{audit}"
+    );
+}
+
+/// A client whose connections come from `ip` (any 127.x.y.z is this machine).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> u16 {
+    client_from(ip)
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn counter(metrics: &str, line_start: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Knowing an address is not enough to lock its owner out: the guessing address is
+/// refused, the owner elsewhere logs in; guesses from many addresses only slow the account
+/// down; an administrator clears what is left.
+async fn a_guesser_cannot_lock_the_owner_out(backend: Backend) {
+    let app = common::spawn_app_with(
+        backend,
+        |c| c.auth.login_max_failures = 3,
+        axum::Router::new(),
+    )
+    .await;
+    let (tenant, _admin, admin_tokens) = app.tenant_with_admin("acme").await;
+    let owner = app.seed_user(tenant, Role::Member, false).await;
+    let wrong = "not the password at all";
+    for _ in 0..3 {
+        assert_eq!(
+            login_from(&app, "127.0.0.2", &owner.email, wrong).await,
+            401
+        );
+    }
+    assert_eq!(
+        login_from(&app, "127.0.0.2", &owner.email, wrong).await,
+        429
+    );
+    assert_eq!(
+        login_from(&app, "127.0.0.2", &owner.email, &owner.password).await,
+        429,
+        "the guessing address is stopped, even with the right password"
+    );
+    assert_eq!(
+        login_from(&app, "127.0.0.3", &owner.email, &owner.password).await,
+        200,
+        "the owner, from elsewhere, is not"
+    );
+    // Guesses from 12 more addresses (36 failures > 10 x 3): slowed, never refused.
+    let slowed = "auth_logins_total{result=\"slowed\"}";
+    let before = counter(&app.get("/metrics").await.text().await.unwrap(), slowed);
+    for i in 0..12 {
+        for _ in 0..3 {
+            let status = login_from(&app, &format!("127.0.1.{i}"), &owner.email, wrong).await;
+            assert_eq!(status, 401);
+        }
+    }
+    assert_eq!(
+        login_from(&app, "127.0.0.4", &owner.email, &owner.password).await,
+        200
+    );
+    let after = counter(&app.get("/metrics").await.text().await.unwrap(), slowed);
+    assert!(
+        after > before,
+        "attempts past 30 failures were slowed ({before} -> {after})"
+    );
+    // An administrator clears the account: the first guessing address may log in again.
+    let res = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/users/{}/login-throttle", owner.id),
+            &admin_tokens.access,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        login_from(&app, "127.0.0.2", &owner.email, &owner.password).await,
+        200
+    );
+    // Only administrators may.
+    let member_tokens = app.login(&owner).await;
+    let res = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/users/{}/login-throttle", owner.id),
+            &member_tokens.access,
+            None,
+        )
+        .await;
+    assert_envelope(res, 403, "ACCESS_DENIED").await;
+}
+
+/// The administrator's clearing reaches every replica (through the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_a_throttle_reaches_every_replica() {
+    let a = common::spawn_app_with(
+        Backend::Postgres,
+        |c| c.auth.login_max_failures = 2,
+        axum::Router::new(),
+    )
+    .await;
+    let url = a.state.config().database_url.clone();
+    let b = common::spawn_app_with(
+        Backend::Postgres,
+        move |c| {
+            c.database_url = url;
+            c.auth.login_max_failures = 2;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let (tenant, _admin, admin_tokens) = a.tenant_with_admin("acme").await;
+    let owner = a.seed_user(tenant, Role::Member, false).await;
+    for _ in 0..2 {
+        assert_eq!(
+            login_from(&b, "127.0.0.5", &owner.email, "wrong wrong wrong").await,
+            401
+        );
+    }
+    assert_eq!(
+        login_from(&b, "127.0.0.5", &owner.email, &owner.password).await,
+        429
+    );
+    let res = a
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/users/{}/login-throttle", owner.id),
+            &admin_tokens.access,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        login_from(&b, "127.0.0.5", &owner.email, &owner.password).await,
+        200
+    );
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Everything the hub creates in its data directory is its own alone (0600 files, 0700
+/// directories), even under `umask 000`; a database left 0644 by an older version is
+/// tightened at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_private_whatever_the_umask() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("new/data");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"umask 000 && exec "$0" "$@""#)
+        .arg(common::hub_binary())
+        .args(["admin", "create-tenant", "--name", "acme", "--data-dir"])
+        .arg(&data)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&root.path().join("new")), 0o700);
+    assert_eq!(mode(&data), 0o700);
+    for name in ["hub.db", "hub.db-wal", "hub.db-shm"] {
+        let p = data.join(name);
+        if p.exists() || name == "hub.db" {
+            assert_eq!(mode(&p), 0o600, "{name}");
+        }
+    }
+
+    // The server, started under umask 000 on a database an older version left 0644.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(data.join("hub.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut hub = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"umask 000 && exec "$0" "$@""#)
+        .arg(common::hub_binary())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let addr = coditect_testkit::hub::follow_logs(hub.stderr.take().unwrap(), lines.clone())
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the hub listens");
+    // A write, so that the WAL exists.
+    let res = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    for name in ["hub.db", "hub.db-wal", "hub.db-shm", "hub.lock"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    assert_eq!(mode(&data.join("keys")), 0o700);
+    for key in std::fs::read_dir(data.join("keys")).unwrap() {
+        assert_eq!(mode(&key.unwrap().path()), 0o600);
+    }
+    let _ = hub.kill();
+    let _ = hub.wait();
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("database file was readable by others; made 0600")),
+        "the tightening is logged"
     );
 }

@@ -147,7 +147,7 @@ pub fn archive(config: &ExportConfig, path: &Path) -> std::io::Result<Option<Arc
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    std::fs::create_dir_all(&config.dir)?;
+    coditect_store::files::create_private_dir(&config.dir)?;
     let mut tmp = tempfile_in(&config.dir)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -174,7 +174,7 @@ pub fn archive(config: &ExportConfig, path: &Path) -> std::io::Result<Option<Arc
         .map(|e| format!(".{e}"))
         .unwrap_or_default();
     let dir = config.dir.join(&sha256[..2]);
-    std::fs::create_dir_all(&dir)?;
+    coditect_store::files::create_private_dir(&dir)?;
     let dest = dir.join(format!("{sha256}{ext}"));
     if dest.exists() {
         let _ = std::fs::remove_file(&tmp.0);
@@ -192,9 +192,7 @@ pub fn archive(config: &ExportConfig, path: &Path) -> std::io::Result<Option<Arc
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     let name = dir.join(format!(".incoming-{}", uuid::Uuid::now_v7()));
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&name)?;
+    // Archived copies are the owner's alone, whatever the original's mode.
+    let f = coditect_store::files::create_private_file(&name)?;
     Ok((name, f))
 }

@@ -189,17 +189,10 @@ fn now_micros() -> i64 {
 impl MonitorStore {
     /// Opens (creating the file and its directory, mode 0700, if needed) and migrates.
     pub async fn open(path: &Path, synchronous: Synchronous) -> Result<MonitorStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| {
-                    StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
-                })?;
+        if let Some(dir) = path.parent() {
+            coditect_store::files::create_private_dir(dir).map_err(|e| {
+                StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let mut config = SqliteConfig::new(path);
         config.synchronous = synchronous;

@@ -168,15 +168,10 @@ struct PidFile {
 impl PidFile {
     fn acquire(path: &Path) -> Result<PidFile, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            coditect_store::files::create_private_dir(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
+        let mut file = coditect_store::files::open_private_file(path)
             .map_err(|e| format!("cannot open the pid file {}: {e}", path.display()))?;
         if file.try_lock().is_err() {
             let other = std::fs::read_to_string(path).unwrap_or_default();

@@ -479,6 +479,21 @@ async fn matching_files_are_archived_atomically_by_content() {
     // One content, one archived file, no temporary leftovers.
     let files: Vec<_> = walk(&dir.join("exports"));
     assert_eq!(files.len(), 1, "{files:?}");
+    // The archive is the owner's alone, whatever the original's mode (0644 here), and so
+    // is the store beside it.
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&files[0]), 0o600);
+    assert_eq!(mode(&dir.join("exports")), 0o700);
+    assert_eq!(mode(&dir.join("exports").join(&sha[..2])), 0o700);
+    assert_eq!(mode(&dir.join("data")), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = store_path.as_os_str().to_owned();
+        p.push(suffix);
+        assert_eq!(mode(Path::new(&p)), 0o600, "monitor.db{suffix}");
+    }
     let _ = c;
     d.stop().await;
 }

@@ -15,6 +15,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod error;
+pub mod files;
 pub mod logs;
 pub mod migrate;
 pub mod pipeline;

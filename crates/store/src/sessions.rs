@@ -104,13 +104,24 @@ pub trait SessionStore: Send + Sync {
 
     /// Deletes active sessions past their lifetime or idle since before `idle_cutoff`, and
     /// ended (or suspended) ones whose end (or last use) is before `ended_cutoff`, with
-    /// their refresh tokens; how many were deleted.
+    /// their refresh tokens, and spent tickets past their expiry; how many sessions were
+    /// deleted.
     async fn purge_sessions(
         &self,
         now: DateTime<Utc>,
         idle_cutoff: DateTime<Utc>,
         ended_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    /// Spends a single-use ticket (its id, valid until `expires_at`): true the first
+    /// time, false ever after, atomically across every replica sharing the store. Spent
+    /// ids are forgotten by [`SessionStore::purge_sessions`] once expired.
+    async fn spend_ticket(
+        &self,
+        tenant: TenantId,
+        ticket: uuid::Uuid,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Live sessions in all tenants.
     async fn count_live_sessions(

@@ -57,4 +57,19 @@ pub trait UserStore: Send + Sync {
 
     /// Users in all tenants (0 means the platform needs its first admin).
     async fn count_users(&self) -> Result<u64, StoreError>;
+
+    /// Records that failed logins of `user` counted before `at` are forgiven.
+    async fn reset_login_throttle(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// When failed logins of `user` were last forgiven, if ever.
+    async fn login_reset_at(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
 }

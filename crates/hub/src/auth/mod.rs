@@ -32,7 +32,7 @@ use keys::KeyRing;
 use password::Passwords;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use throttle::{Subject, Throttle};
+use throttle::{Subject, Throttle, Verdict};
 use tokens::TokenSettings;
 
 /// Everything authentication needs besides the store.
@@ -134,19 +134,39 @@ async fn login(
         "session",
         None,
     );
-    if let Err(wait) = auth.throttle.attempt(&subject) {
-        metrics::counter!("auth_logins_total", "result" => "throttled").increment(1);
-        gate.auditor()
-            .record(attempt.failed("throttled"), &meta)
-            .await;
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "too many failed logins; retry later",
-        )
-        .retry_after(wait.as_secs().max(1)));
+    let user = gate.credentials().find_user(&req.email).await?;
+    let now = gate.clock().now();
+    let mut verdict = auth.throttle.attempt(&subject, now);
+    if verdict != Verdict::Go
+        && let Some(u) = &user
+        && let Some(since) = auth.throttle.counting_since(&subject)
+        && let Some(reset) = gate.credentials().login_reset_at(u.tenant_id, u.id).await?
+        && reset >= since
+    {
+        // An administrator cleared this account (perhaps on another replica) after these
+        // failures were counted.
+        auth.throttle.clear(req.email.as_str());
+        verdict = auth.throttle.attempt(&subject, now);
+    }
+    match verdict {
+        Verdict::Go => {}
+        Verdict::Slow(pause) => {
+            metrics::counter!("auth_logins_total", "result" => "slowed").increment(1);
+            tokio::time::sleep(pause).await;
+        }
+        Verdict::Refuse(wait) => {
+            metrics::counter!("auth_logins_total", "result" => "throttled").increment(1);
+            gate.auditor()
+                .record(attempt.failed("throttled"), &meta)
+                .await;
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many failed logins from this address; retry later",
+            )
+            .retry_after(wait.as_secs().max(1)));
+        }
     }
 
-    let user = gate.credentials().find_user(&req.email).await?;
     // Always verify (against a decoy when there is no usable hash): the same time and the
     // same answer whether or not the account exists.
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
@@ -193,7 +213,6 @@ async fn login(
         upgrade_hash(&state, &user, req.password);
     }
 
-    let now = gate.clock().now();
     let session = Session {
         tenant_id: user.tenant_id,
         id: SessionId::new(),

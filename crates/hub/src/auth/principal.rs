@@ -95,13 +95,30 @@ pub async fn authenticate(
 }
 
 /// A WebSocket ticket (see `POST /api/v1/ws-tickets`): a short-lived token with its own
-/// audience, so it is accepted nowhere else; its session must still be live.
+/// audience, so it is accepted nowhere else; its session must still be live; and it is
+/// single-use: the first upgrade that presents it spends it in the store (atomically,
+/// whichever replica it reaches), every later one is refused.
 pub async fn authenticate_ticket(
     state: &AppState,
     ticket: &str,
     meta: RequestMeta,
 ) -> Result<Principal, ApiError> {
-    token_principal(state, &state.auth().tickets, ticket, meta).await
+    let (principal, claims) = token_claims(state, &state.auth().tickets, ticket, meta).await?;
+    let Some(jti) = claims.jti else {
+        count("ticket_without_id");
+        return Err(refused("invalid or expired access token"));
+    };
+    let expires = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_default();
+    if !state
+        .gate()
+        .credentials()
+        .spend_ticket(claims.tid, jti, expires)
+        .await?
+    {
+        count("ticket_reused");
+        return Err(refused("this ticket was used already; fetch a new one"));
+    }
+    Ok(principal)
 }
 
 async fn token_principal(
@@ -110,6 +127,15 @@ async fn token_principal(
     token: &str,
     meta: RequestMeta,
 ) -> Result<Principal, ApiError> {
+    Ok(token_claims(state, settings, token, meta).await?.0)
+}
+
+async fn token_claims(
+    state: &AppState,
+    settings: &tokens::TokenSettings,
+    token: &str,
+    meta: RequestMeta,
+) -> Result<(Principal, tokens::Claims), ApiError> {
     let auth = state.auth();
     let gate = state.gate();
     let now = gate.clock().now();
@@ -144,7 +170,7 @@ async fn token_principal(
     }
     count("valid");
     gate.credentials().session_used(&resolved.credential, now);
-    Ok(Principal {
+    let principal = Principal {
         tenant_id: claims.tid,
         user_id: claims.sub,
         role: resolved.user.role,
@@ -153,7 +179,8 @@ async fn token_principal(
         via: Via::Session(claims.sid),
         workspace: None,
         meta,
-    })
+    };
+    Ok((principal, claims))
 }
 
 async fn api_key_principal(

@@ -24,6 +24,10 @@ pub struct Claims {
     pub exp: i64,
     pub iss: String,
     pub aud: String,
+    /// A unique id per token (RFC 7519 `jti`): what makes WebSocket tickets single-use.
+    /// Tokens from versions before it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<uuid::Uuid>,
 }
 
 /// Why a token was refused (for logs and metrics; clients only see `AUTH_REQUIRED`).
@@ -95,6 +99,7 @@ pub fn issue(
         exp: now.timestamp() + settings.ttl.as_secs() as i64,
         iss: settings.issuer.clone(),
         aud: settings.audience.clone(),
+        jti: Some(uuid::Uuid::now_v7()),
     };
     let key = keys.signing();
     let mut header = Header::new(Algorithm::RS256);

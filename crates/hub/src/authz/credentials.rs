@@ -178,6 +178,29 @@ impl<'a> Credentials<'a> {
         self.gate.store.signing_keys()
     }
 
+    /// Spends a single-use ticket: true the first time (on any replica), false after.
+    pub async fn spend_ticket(
+        &self,
+        tenant: TenantId,
+        ticket: uuid::Uuid,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.gate
+            .store
+            .sessions()
+            .spend_ticket(tenant, ticket, expires_at)
+            .await
+    }
+
+    /// When an administrator last cleared the user's failed logins.
+    pub async fn login_reset_at(
+        &self,
+        tenant: TenantId,
+        user: coditect_proto::UserId,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.gate.store.users().login_reset_at(tenant, user).await
+    }
+
     pub async fn find_user(&self, email: &Email) -> Result<Option<User>, StoreError> {
         self.gate.store.users().find_user_by_email(email).await
     }

@@ -119,6 +119,21 @@ pub fn effective_scope(
     }
 }
 
+/// Whether `holder` may do everything `other` may, as far as `other` may (a key's role
+/// must be covered by its creator's and its owner's: a key never claims what it cannot do).
+pub fn covers(holder: Role, other: Role) -> bool {
+    GRANTS.iter().all(|(resource, action, _)| {
+        match (
+            scope(holder, *resource, *action),
+            scope(other, *resource, *action),
+        ) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(h), Some(o)) => o <= h,
+        }
+    })
+}
+
 /// The table as Markdown, for the docs (and a test that keeps them in step).
 pub fn markdown() -> String {
     let cell = |s: Option<Scope>| match s {
@@ -174,6 +189,23 @@ mod tests {
                 assert_eq!(scope(role, admin_only.0, admin_only.1), None);
             }
         }
+    }
+
+    #[test]
+    fn roles_cover_what_they_include() {
+        for role in [Role::Admin, Role::Member, Role::Viewer, Role::Service] {
+            assert!(covers(Role::Admin, role), "{role}");
+            assert!(covers(role, role), "{role}");
+        }
+        assert!(covers(Role::Member, Role::Viewer));
+        assert!(covers(Role::Member, Role::Service));
+        assert!(!covers(Role::Member, Role::Admin));
+        assert!(!covers(Role::Viewer, Role::Member));
+        assert!(
+            !covers(Role::Service, Role::Viewer),
+            "viewers change passwords"
+        );
+        assert!(!covers(Role::Viewer, Role::Service), "services write logs");
     }
 
     #[test]

@@ -356,6 +356,30 @@ impl<'a> Scoped<'a> {
     }
 
     /// Role and disabled flag (administrators); disabling ends the user's sessions.
+    /// Forgives the user's failed logins on every replica (administrators: user update).
+    /// The user, whose address the caller's replica clears in memory at once.
+    pub async fn clear_login_throttle(&self, id: UserId) -> Result<User, ApiError> {
+        let user = self.fetch_user(id).await?;
+        let target = Target {
+            protected: user.platform_admin,
+            ..owned(user.id, &id)
+        };
+        self.check(Resource::User, Action::Update, target).await?;
+        self.gate
+            .store
+            .users()
+            .reset_login_throttle(self.tenant(), id, self.now())
+            .await?;
+        self.audit(AuditEvent::by(
+            self.p,
+            "user.login_throttle_clear",
+            "user",
+            Some(id.to_string()),
+        ))
+        .await;
+        Ok(user)
+    }
+
     pub async fn update_user(
         &self,
         id: UserId,
@@ -518,6 +542,30 @@ impl<'a> Scoped<'a> {
             return self
                 .deny(Resource::ApiKey, Action::Create, Some(new.id.to_string()))
                 .await;
+        }
+        // A key claims no more than its creator and its owner hold: a member's "admin" key
+        // would be refused at every admin act, so it is refused here instead.
+        if !rbac::covers(self.p.role, new.role) || !rbac::covers(owner_user.role, new.role) {
+            self.audit(
+                AuditEvent::by(
+                    self.p,
+                    "api_key.create",
+                    "api_key",
+                    Some(new.id.to_string()),
+                )
+                .failed(format!(
+                    "role {} is above the creator's or the owner's",
+                    new.role
+                )),
+            )
+            .await;
+            return Err(ApiError::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "a key's role cannot exceed your role ({}) nor its owner's ({})",
+                    self.p.role, owner_user.role
+                ),
+            ));
         }
         if owner_user.disabled {
             return Err(ApiError::bad_request("the owner of the key is disabled"));

@@ -8,7 +8,7 @@
 //!   other sessions)
 
 use crate::auth::password::Passwords;
-use crate::auth::throttle::Subject;
+use crate::auth::throttle::{Subject, Verdict};
 use crate::authz::NewUser;
 use crate::authz::Principal;
 use crate::http::{ApiError, Json, Path, Query};
@@ -28,6 +28,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/users/me", get(me))
         .route("/api/v1/users/me/password", post(change_password))
         .route("/api/v1/users/{id}", get(get_one).patch(update))
+        .route(
+            "/api/v1/users/{id}/login-throttle",
+            axum::routing::delete(clear_login_throttle),
+        )
 }
 
 /// A user as the API shows it: never its password hash.
@@ -200,12 +204,16 @@ async fn change_password(
         principal.meta.ip.as_deref(),
         auth.max_failures,
     );
-    if let Err(wait) = auth.throttle.attempt(&subject) {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "too many failed attempts; retry later",
-        )
-        .retry_after(wait.as_secs().max(1)));
+    match auth.throttle.attempt(&subject, state.gate().clock().now()) {
+        Verdict::Go => {}
+        Verdict::Slow(pause) => tokio::time::sleep(pause).await,
+        Verdict::Refuse(wait) => {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many failed attempts; retry later",
+            )
+            .retry_after(wait.as_secs().max(1)));
+        }
     }
     let ok = auth
         .passwords
@@ -224,5 +232,21 @@ async fn change_password(
     scoped
         .set_own_password(hash.map_err(|_| crate::auth::busy())?)
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/users/{id}/login-throttle`: forgives the user's failed logins (from
+/// every address, on every replica: the others read the reset from the store).
+async fn clear_login_throttle(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<UserId>,
+) -> Result<StatusCode, ApiError> {
+    let user = state
+        .gate()
+        .scoped(&principal)
+        .clear_login_throttle(id)
+        .await?;
+    state.auth().throttle.clear(user.email.as_str());
     Ok(StatusCode::NO_CONTENT)
 }

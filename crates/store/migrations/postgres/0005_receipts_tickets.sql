@@ -26,3 +26,12 @@ CREATE TABLE ws_tickets_spent (
     PRIMARY KEY (tenant_id, ticket_id)
 );
 CREATE INDEX ws_tickets_spent_expiry ON ws_tickets_spent (expires_at);
+
+-- When an administrator last cleared a user's login throttling: every replica forgets
+-- failures counted before it (their counters live in memory).
+CREATE TABLE login_resets (
+    tenant_id uuid        NOT NULL,
+    user_id   uuid        NOT NULL,
+    reset_at  timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
+);

@@ -48,3 +48,12 @@ CREATE TABLE ws_tickets_spent (
     PRIMARY KEY (tenant_id, ticket_id)
 ) WITHOUT ROWID;
 CREATE INDEX ws_tickets_spent_expiry ON ws_tickets_spent (expires_at);
+
+-- When an administrator last cleared a user's login throttling: every replica forgets
+-- failures counted before it (their counters live in memory).
+CREATE TABLE login_resets (
+    tenant_id BLOB    NOT NULL,
+    user_id   BLOB    NOT NULL,
+    reset_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
+) WITHOUT ROWID;

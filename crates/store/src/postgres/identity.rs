@@ -136,6 +136,35 @@ impl UserStore for PgStore {
         let n: i64 = rows.first().map(|r| r.col(0)).transpose()?.unwrap_or(0);
         Ok(n as u64)
     }
+
+    async fn reset_login_throttle(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO login_resets (tenant_id, user_id, reset_at) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET reset_at = excluded.reset_at",
+            &[&tenant.as_uuid(), &user.as_uuid(), &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn login_reset_at(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.query_opt(
+            "SELECT reset_at FROM login_resets WHERE tenant_id = $1 AND user_id = $2",
+            &[&tenant.as_uuid(), &user.as_uuid()],
+        )
+        .await?
+        .map(|r| r.col(0))
+        .transpose()
+    }
 }
 
 const SESSION_COLUMNS: &str = "tenant_id, session_id, user_id, status, created_at, last_access_at,
@@ -361,13 +390,36 @@ impl SessionStore for PgStore {
         idle_cutoff: DateTime<Utc>,
         ended_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        let deleted = self
+            .execute(
+                "DELETE FROM sessions
+                 WHERE (status = 'active' AND (expires_at <= $1 OR last_access_at < $2))
+                    OR (status <> 'active' AND coalesce(ended_at, last_access_at) < $3)",
+                &[&now, &idle_cutoff, &ended_cutoff],
+            )
+            .await?;
         self.execute(
-            "DELETE FROM sessions
-             WHERE (status = 'active' AND (expires_at <= $1 OR last_access_at < $2))
-                OR (status <> 'active' AND coalesce(ended_at, last_access_at) < $3)",
-            &[&now, &idle_cutoff, &ended_cutoff],
+            "DELETE FROM ws_tickets_spent WHERE expires_at <= $1",
+            &[&now],
         )
-        .await
+        .await?;
+        Ok(deleted)
+    }
+
+    async fn spend_ticket(
+        &self,
+        tenant: TenantId,
+        ticket: Uuid,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .execute(
+                "INSERT INTO ws_tickets_spent (tenant_id, ticket_id, expires_at)
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&tenant.as_uuid(), &ticket, &expires_at],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn count_live_sessions(

@@ -142,6 +142,46 @@ impl UserStore for SqliteStore {
         })
         .await
     }
+
+    async fn reset_login_throttle(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO login_resets (tenant_id, user_id, reset_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant_id, user_id) DO UPDATE SET reset_at = excluded.reset_at",
+            )?
+            .execute(params![
+                blob(tenant.as_uuid()),
+                blob(user.as_uuid()),
+                to_micros(at)
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn login_reset_at(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT reset_at FROM login_resets WHERE tenant_id = ?1 AND user_id = ?2",
+            )?
+            .query_row(params![blob(tenant.as_uuid()), blob(user.as_uuid())], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(from_micros)
+            .transpose()
+        })
+        .await
+    }
 }
 
 const SESSION_COLUMNS: &str = "tenant_id, session_id, user_id, status, created_at, last_access_at,
@@ -409,7 +449,31 @@ impl SessionStore for SqliteStore {
                     to_micros(idle_cutoff),
                     to_micros(ended_cutoff)
                 ])?;
+            c.prepare_cached("DELETE FROM ws_tickets_spent WHERE expires_at <= ?1")?
+                .execute(params![to_micros(now)])?;
             Ok(deleted as u64)
+        })
+        .await
+    }
+
+    async fn spend_ticket(
+        &self,
+        tenant: TenantId,
+        ticket: uuid::Uuid,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO ws_tickets_spent (tenant_id, ticket_id, expires_at)
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![
+                    blob(tenant.as_uuid()),
+                    blob(ticket),
+                    to_micros(expires_at)
+                ])?;
+            Ok(n == 1)
         })
         .await
     }

@@ -114,6 +114,9 @@ impl SqliteStore {
     }
 
     fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+        crate::files::private_database(&config.path).map_err(|e| {
+            StoreError::Internal(format!("cannot create {}: {e}", config.path.display()))
+        })?;
         // Switching to WAL and migrating need locks that SQLite may refuse at once (without
         // waiting for busy_timeout) while another process opens the same file: retry.
         let deadline = Instant::now() + config.busy_timeout;
