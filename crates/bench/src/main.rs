@@ -6,6 +6,7 @@ mod auth;
 mod baseline;
 mod hubproc;
 mod ingest;
+mod logins;
 mod monitor;
 mod query;
 mod report;
@@ -31,6 +32,8 @@ enum Suite {
     Baseline(baseline::Args),
     /// Access-token validation (beside a bare RSA verify) and login latency.
     Auth(auth::Args),
+    /// A hub process's memory and login rate under a flood of failed and good logins.
+    Logins(logins::Args),
     /// Sustained HTTP log ingestion into a hub process, beside the raw engines.
     Ingest(ingest::Args),
     /// Searches over a large tenant through the hub, beside plain SQLite rows.
@@ -58,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             Suite::Baseline(args) => baseline::run(args).await,
             Suite::Auth(args) => auth::run(args).await,
             Suite::Ingest(args) => ingest::run(args).await,
+            Suite::Logins(args) => logins::run(args).await,
             Suite::Query(args) => query::run(args).await,
             Suite::Tail(args) => tail::run(args).await,
             Suite::Monitor(args) => monitor::run(args).await,

@@ -240,7 +240,13 @@ async fn bare_latency(args: &Args) -> anyhow::Result<Outcome> {
 
 async fn idle_memory(args: &Args) -> anyhow::Result<(f64, f64, usize)> {
     let limit = (args.idle * 2).to_string();
-    let hub = HubProc::spawn(&["--tail-max-per-tenant", &limit])?;
+    // Every subscriber connects from 127.0.0.1: no per-address cap here.
+    let hub = HubProc::spawn(&[
+        "--tail-max-per-tenant",
+        &limit,
+        "--max-connections-per-ip",
+        "0",
+    ])?;
     let client = reqwest::Client::new();
     let setup = hub.setup(&client).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -272,7 +278,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "max ms",
     ]);
     let bare = bare_latency(&args).await?;
-    let hub = HubProc::spawn(&["--tail-max-per-tenant", "20000"])?;
+    let hub = HubProc::spawn(&[
+        "--tail-max-per-tenant",
+        "20000",
+        "--max-connections-per-ip",
+        "0",
+        "--max-connections",
+        "30000",
+    ])?;
     let served = hub_latency(&hub, &args).await?;
     drop(hub);
     let mut hub_acks = Vec::new();

@@ -99,6 +99,34 @@ pub const SETTINGS: &[Setting] = &[
         "Longest time a request may take before it is answered 503 (e.g. 30s, 2m)",
     ),
     setting(
+        "header_read_timeout",
+        "header-read-timeout",
+        "CODITECT_HEADER_READ_TIMEOUT",
+        Some("10s"),
+        "Longest a connection may take to send a request's headers, from its first byte (or from the accept); slower clients are disconnected",
+    ),
+    setting(
+        "keep_alive_timeout",
+        "keep-alive-timeout",
+        "CODITECT_KEEP_ALIVE_TIMEOUT",
+        Some("60s"),
+        "How long an idle keep-alive connection stays open between requests",
+    ),
+    setting(
+        "max_connections",
+        "max-connections",
+        "CODITECT_MAX_CONNECTIONS",
+        Some("16384"),
+        "Most open connections (live tails included); more are answered 503 and closed",
+    ),
+    setting(
+        "max_connections_per_ip",
+        "max-connections-per-ip",
+        "CODITECT_MAX_CONNECTIONS_PER_IP",
+        Some("1024"),
+        "Most open connections from one client address; more are answered 429 and closed (0 = no limit; behind a proxy every client shares its address)",
+    ),
+    setting(
         "shutdown_timeout",
         "shutdown-timeout",
         "CODITECT_SHUTDOWN_TIMEOUT",
@@ -201,7 +229,7 @@ pub const SETTINGS: &[Setting] = &[
         "auth-login-max-failures",
         "CODITECT_AUTH_LOGIN_MAX_FAILURES",
         Some("5"),
-        "Failed logins allowed per account within the window (per client address: 10x) before 429",
+        "Failed logins allowed per (account, client address) within the window before that pair gets 429; one address across accounts: 10x; one account across addresses: past 10x every attempt is slowed (never refused)",
     ),
     setting(
         "auth_login_window",
@@ -367,6 +395,11 @@ pub struct Config {
     pub log_level: String,
     pub body_limit: usize,
     pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_connections: usize,
+    /// 0: no limit.
+    pub max_connections_per_ip: usize,
     pub shutdown_timeout: Duration,
     pub cors_origins: Vec<String>,
     pub sqlite_synchronous: Synchronous,
@@ -751,6 +784,20 @@ impl Raw {
                 "request_timeout",
                 duration(Duration::from_secs(1), Duration::from_secs(3600)),
             )?,
+            header_read_timeout: self.required(
+                "header_read_timeout",
+                duration(Duration::from_millis(100), Duration::from_secs(3600)),
+            )?,
+            keep_alive_timeout: self.required(
+                "keep_alive_timeout",
+                duration(Duration::from_millis(100), Duration::from_secs(86_400)),
+            )?,
+            max_connections: self.required("max_connections", |s| {
+                whole(s, 1, 1 << 24).map(|n| n as usize)
+            })?,
+            max_connections_per_ip: self.required("max_connections_per_ip", |s| {
+                whole(s, 0, 1 << 24).map(|n| n as usize)
+            })?,
             shutdown_timeout: self.required(
                 "shutdown_timeout",
                 duration(Duration::from_secs(0), Duration::from_secs(3600)),

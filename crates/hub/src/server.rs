@@ -163,13 +163,16 @@ impl Hub {
             tracing::info!("shutdown requested, draining in-flight requests");
             let _ = fired.send(());
         };
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal);
+        let config = state.config();
+        let limits = crate::http::conn::Limits {
+            header_read_timeout: config.header_read_timeout,
+            keep_alive_timeout: config.keep_alive_timeout,
+            max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+        };
+        let server = crate::http::conn::serve(listener, app, limits, signal);
         tracing::info!(%addr, "hub listening");
-        let mut server = tokio::spawn(async move { server.await });
+        let mut server = tokio::spawn(server);
 
         let grace = state.config().shutdown_timeout;
         let deadline = async move {

@@ -988,3 +988,233 @@ async fn the_data_directory_is_private_whatever_the_umask() {
         "the tightening is logged"
     );
 }
+
+/// A raw TCP connection to `app` from `ip`.
+async fn raw_from(app: &TestApp, ip: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(ip.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(app.addr).await.unwrap()
+}
+
+/// Whether the server closes `stream` within `within` (reading and discarding anything it
+/// sends first).
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Everything the server sends on `stream` until it closes it, as text.
+async fn read_all(stream: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(bytes).await.unwrap();
+}
+
+const GET_HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nhost: hub\r\n\r\n";
+
+/// Slowloris: a connection that sends nothing, one that sends half its headers (and keeps
+/// dripping bytes), and an idle keep-alive connection are all cut off; a connection that
+/// keeps making requests is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_cut_off() {
+    let app = common::spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.header_read_timeout = Duration::from_millis(400);
+            c.keep_alive_timeout = Duration::from_millis(800);
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let generous = Duration::from_secs(10);
+    let mut silent = raw_from(&app, "127.0.0.1").await;
+    let mut half = raw_from(&app, "127.0.0.1").await;
+    write(&mut half, b"GET /health HTTP/1.1\r\nhost: hub\r\nx-slow: ").await;
+    let mut idle = raw_from(&app, "127.0.0.1").await;
+    write(&mut idle, GET_HEALTH).await;
+    let dripping = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tokio::io::AsyncWriteExt::write_all(&mut half, b"a")
+                .await
+                .is_err()
+            {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(closed_within(&mut silent, generous).await, "silent");
+    assert!(closed_within(&mut idle, generous).await, "idle keep-alive");
+    assert!(
+        dripping.await.unwrap(),
+        "half-sent headers, however slowly dripped"
+    );
+    // Busy: a request every 200 ms for 2.4 s (well past both timeouts), all answered.
+    use tokio::io::AsyncReadExt;
+    let mut busy = raw_from(&app, "127.0.0.1").await;
+    for i in 0..12 {
+        write(&mut busy, GET_HEALTH).await;
+        let mut buf = [0u8; 2048];
+        let n = tokio::time::timeout(generous, busy.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "request {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for reason in ["header_read_timeout", "keep_alive_timeout"] {
+        assert!(
+            metrics.contains(&format!(
+                "http_connections_timed_out_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}"
+        );
+    }
+}
+
+/// Connection caps: per client address (429) and in total (503), answered with the
+/// envelope; a closed connection gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_address_and_in_total() {
+    let app = common::spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.max_connections = 6;
+            c.max_connections_per_ip = 3;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(raw_from(&app, "127.0.0.9").await);
+    }
+    // The server counts a connection once it accepted it: let it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = raw_from(&app, "127.0.0.9").await;
+    write(&mut fourth, GET_HEALTH).await;
+    let answer = read_all(&mut fourth).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains(r#""code":"RATE_LIMITED""#), "{answer}");
+    for _ in 0..3 {
+        held.push(raw_from(&app, "127.0.0.10").await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut seventh = raw_from(&app, "127.0.0.11").await;
+    write(&mut seventh, GET_HEALTH).await;
+    let answer = read_all(&mut seventh).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#""code":"UNAVAILABLE""#), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    // One goes away: its place is free again.
+    drop(held.pop());
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut again = raw_from(&app, "127.0.0.11").await;
+        write(&mut again, GET_HEALTH).await;
+        let mut buf = [0u8; 64];
+        let n = tokio::io::AsyncReadExt::read(&mut again, &mut buf)
+            .await
+            .unwrap_or(0);
+        if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200") {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the freed slot is taken");
+}
+
+/// Errors the hub shapes itself carry the envelope (too many or too large headers); the
+/// few hyper answers before any code of ours runs are exactly those the README lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_errors_carry_the_envelope_and_hypers_own_are_the_listed_ones() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let mut s = raw_from(&app, "127.0.0.1").await;
+    write(
+        &mut s,
+        format!("GET /health HTTP/1.1\r\nhost: hub\r\n{many}connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let answer = read_all(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains(r#""code":"HEADERS_TOO_LARGE""#), "{answer}");
+    let big = "v".repeat(70 * 1024);
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("x-big", big)
+        .send()
+        .await
+        .unwrap();
+    assert_envelope(res, 431, "HEADERS_TOO_LARGE").await;
+
+    // What hyper answers alone (README, "Errors hyper answers"): an empty body.
+    let hyper_own: [(&str, Vec<u8>); 3] = [
+        (
+            "more than 1000 headers",
+            format!(
+                "GET /health HTTP/1.1\r\nhost: hub\r\n{}\r\n",
+                (0..1001).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()
+            )
+            .into_bytes(),
+        ),
+        (
+            "two different Content-Length headers",
+            b"POST /api/logs/batch HTTP/1.1\r\nhost: hub\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}".to_vec(),
+        ),
+        (
+            "a raw 0xff byte in the path",
+            b"GET /\xff HTTP/1.1\r\nhost: hub\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, request) in hyper_own {
+        let mut s = raw_from(&app, "127.0.0.1").await;
+        write(&mut s, &request).await;
+        let answer = read_all(&mut s).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 4") && answer.ends_with("\r\n\r\n"),
+            "{what}: {answer}"
+        );
+    }
+    // TLS bytes on the plain port: closed without an answer a TLS client could read.
+    let mut s = raw_from(&app, "127.0.0.1").await;
+    write(
+        &mut s,
+        &[
+            0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+        ],
+    )
+    .await;
+    let answer = read_all(&mut s).await;
+    assert!(!answer.contains("\"error\""), "{answer}");
+    // And the hub still serves.
+    assert_eq!(app.get("/health").await.status(), 200);
+}

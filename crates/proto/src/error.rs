@@ -25,6 +25,8 @@ pub enum ErrorCode {
     Conflict,
     /// The body or a collection in it is over a limit.
     PayloadTooLarge,
+    /// The request's headers are too many or too large.
+    HeadersTooLarge,
     /// Too many requests; retry after the `Retry-After` delay.
     RateLimited,
     /// A dependency (a store, a peer) is unavailable or too slow; safe to retry.
@@ -34,7 +36,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::AuthRequired,
         ErrorCode::AccessDenied,
         ErrorCode::BadRequest,
@@ -43,6 +45,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Conflict,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::HeadersTooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::InternalError,
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ErrorCode::Conflict => "CONFLICT",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::HeadersTooLarge => "HEADERS_TOO_LARGE",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::InternalError => "INTERNAL_ERROR",

@@ -182,6 +182,22 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
 /// Request timeout, and a cheap early 413 when the declared body is over the limit.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let config = state.config();
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > super::conn::MAX_HEADERS || header_bytes > super::conn::MAX_HEADER_BYTES {
+        return ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "at most {} headers of at most {} bytes in all",
+                super::conn::MAX_HEADERS,
+                super::conn::MAX_HEADER_BYTES
+            ),
+        )
+        .into_response();
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -2,6 +2,7 @@
 //! the error envelope and the extractors. Capabilities contribute `routes()`; nothing
 //! here knows what a route does.
 
+pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod middleware;

@@ -78,7 +78,7 @@ pub struct Status {
 fn grpc_code(code: ErrorCode) -> i32 {
     match code {
         ErrorCode::BadRequest | ErrorCode::UnsupportedMediaType => 3, // INVALID_ARGUMENT
-        ErrorCode::PayloadTooLarge => 11,                             // OUT_OF_RANGE
+        ErrorCode::PayloadTooLarge | ErrorCode::HeadersTooLarge => 11, // OUT_OF_RANGE
         ErrorCode::NotFound => 5,
         ErrorCode::AccessDenied => 7,
         ErrorCode::AuthRequired => 16,
