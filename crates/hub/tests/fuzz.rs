@@ -11,15 +11,11 @@
 mod common;
 
 use common::{Backend, TestApp, json, spawn_app_with};
-use futures_util::StreamExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{Value, json};
-use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 both_backends!(ingestion_and_search_survive_random_input);
 
@@ -156,6 +152,16 @@ struct Target {
     encoding: Option<&'static str>,
 }
 
+impl Target {
+    fn plain(path: &'static str, content_type: &'static str) -> Target {
+        Target {
+            path,
+            content_type,
+            encoding: None,
+        }
+    }
+}
+
 fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap()
 }
@@ -278,35 +284,15 @@ async fn ingestion_and_search_survive_random_input(backend: Backend) {
     let token = tokens.access.clone();
     let n = cases();
 
-    let native_t = Target {
-        path: "/api/logs/batch",
-        content_type: "application/json",
-        encoding: None,
-    };
+    let native_t = Target::plain("/api/logs/batch", "application/json");
     let native_gz = Target {
         encoding: Some("gzip"),
         ..native_t
     };
-    let otlp_pb = Target {
-        path: "/v1/logs",
-        content_type: "application/x-protobuf",
-        encoding: None,
-    };
-    let otlp_json = Target {
-        path: "/v1/logs",
-        content_type: "application/json",
-        encoding: None,
-    };
-    let loki_json = Target {
-        path: "/loki/api/v1/push",
-        content_type: "application/json",
-        encoding: None,
-    };
-    let loki_pb = Target {
-        path: "/loki/api/v1/push",
-        content_type: "application/x-protobuf",
-        encoding: None,
-    };
+    let otlp_pb = Target::plain("/v1/logs", "application/x-protobuf");
+    let otlp_json = Target::plain("/v1/logs", "application/json");
+    let loki_json = Target::plain("/loki/api/v1/push", "application/json");
+    let loki_pb_t = Target::plain("/loki/api/v1/push", "application/x-protobuf");
 
     // The bodies the mutations start from are valid: each is accepted as it is.
     for (target, body) in [
@@ -320,7 +306,7 @@ async fn ingestion_and_search_survive_random_input(backend: Backend) {
                 .encode_to_vec(),
         ),
         (&loki_json, serde_json::to_vec(&loki(&ws)).unwrap()),
-        (&loki_pb, snappy(&loki_protobuf(&ws))),
+        (&loki_pb_t, snappy(&loki_protobuf(&ws))),
     ] {
         let status = post(&app, &token, target, body).await;
         assert!(
@@ -332,100 +318,54 @@ async fn ingestion_and_search_survive_random_input(backend: Backend) {
     }
 
     for case in 0..n {
-        // Native JSON: structure-aware twists and byte-level mutations, plain and gzip.
+        // Per parser: structure-aware twists of a valid document and byte-level mutations
+        // of its encoding (compressed ones mutated before or after compression).
         let doc = native(&ws);
-        let twisted = serde_json::to_vec(&twist(&mut rng, doc.clone())).unwrap();
         let raw = serde_json::to_vec(&doc).unwrap();
-        check(
-            post(&app, &token, &native_t, twisted.clone()).await,
-            "native twisted",
-            seed,
-            case,
-        );
+        let twisted = serde_json::to_vec(&twist(&mut rng, doc)).unwrap();
         let mutated = mutate(&mut rng, &raw, &twisted);
-        check(
-            post(&app, &token, &native_t, mutated.clone()).await,
-            "native mutated",
-            seed,
-            case,
-        );
-        let body = if rng.random_bool(0.5) {
+        let gzipped = if rng.random_bool(0.5) {
             gzip(&mutated)
         } else {
             mutate(&mut rng, &gzip(&raw), &[])
         };
-        check(
-            post(&app, &token, &native_gz, body).await,
-            "native gzip",
-            seed,
-            case,
-        );
-
-        // OTLP: protobuf (mutated encodings of a valid request) and JSON.
         let otlp_doc = otlp(&ws);
-        let request: ExportLogsServiceRequest = serde_json::from_value(otlp_doc.clone()).unwrap();
-        let pb = request.encode_to_vec();
-        check(
-            post(&app, &token, &otlp_pb, mutate(&mut rng, &pb, &raw)).await,
-            "otlp protobuf",
-            seed,
-            case,
-        );
-        let twisted = serde_json::to_vec(&twist(&mut rng, otlp_doc.clone())).unwrap();
-        check(
-            post(&app, &token, &otlp_json, twisted.clone()).await,
-            "otlp json twisted",
-            seed,
-            case,
-        );
-        let raw_otlp = serde_json::to_vec(&otlp_doc).unwrap();
-        check(
-            post(
-                &app,
-                &token,
-                &otlp_json,
-                mutate(&mut rng, &raw_otlp, &twisted),
-            )
-            .await,
-            "otlp json mutated",
-            seed,
-            case,
-        );
-
-        // Loki: JSON, and snappy protobuf mutated before and after compression.
+        let otlp_raw = serde_json::to_vec(&otlp_doc).unwrap();
+        let pb = serde_json::from_value::<ExportLogsServiceRequest>(otlp_doc.clone())
+            .unwrap()
+            .encode_to_vec();
+        let otlp_twisted = serde_json::to_vec(&twist(&mut rng, otlp_doc)).unwrap();
         let loki_doc = loki(&ws);
-        let twisted = serde_json::to_vec(&twist(&mut rng, loki_doc.clone())).unwrap();
-        check(
-            post(&app, &token, &loki_json, twisted.clone()).await,
-            "loki json twisted",
-            seed,
-            case,
-        );
-        let raw_loki = serde_json::to_vec(&loki_doc).unwrap();
-        check(
-            post(
-                &app,
-                &token,
-                &loki_json,
-                mutate(&mut rng, &raw_loki, &twisted),
-            )
-            .await,
-            "loki json mutated",
-            seed,
-            case,
-        );
-        let pb = loki_protobuf(&ws);
-        let body = if rng.random_bool(0.5) {
-            snappy(&mutate(&mut rng, &pb, &[]))
+        let loki_raw = serde_json::to_vec(&loki_doc).unwrap();
+        let loki_twisted = serde_json::to_vec(&twist(&mut rng, loki_doc)).unwrap();
+        let loki_pb = loki_protobuf(&ws);
+        let snappied = if rng.random_bool(0.5) {
+            snappy(&mutate(&mut rng, &loki_pb, &[]))
         } else {
-            mutate(&mut rng, &snappy(&pb), &[])
+            mutate(&mut rng, &snappy(&loki_pb), &[])
         };
-        check(
-            post(&app, &token, &loki_pb, body).await,
-            "loki protobuf",
-            seed,
-            case,
-        );
+        let bodies: [(&Target, &'static str, Vec<u8>); 9] = [
+            (&native_t, "native twisted", twisted),
+            (&native_t, "native mutated", mutated),
+            (&native_gz, "native gzip", gzipped),
+            (&otlp_pb, "otlp protobuf", mutate(&mut rng, &pb, &raw)),
+            (
+                &otlp_json,
+                "otlp json mutated",
+                mutate(&mut rng, &otlp_raw, &otlp_twisted),
+            ),
+            (&otlp_json, "otlp json twisted", otlp_twisted),
+            (
+                &loki_json,
+                "loki json mutated",
+                mutate(&mut rng, &loki_raw, &loki_twisted),
+            ),
+            (&loki_json, "loki json twisted", loki_twisted),
+            (&loki_pb_t, "loki protobuf", snappied),
+        ];
+        for (target, what, body) in bodies {
+            check(post(&app, &token, target, body).await, what, seed, case);
+        }
 
         // Search parameters: known keys with odd values, unknown keys, odd encodings.
         let keys = [
@@ -496,25 +436,8 @@ async fn ingestion_and_search_survive_random_input(backend: Backend) {
         .get_json(&format!("/api/logs?workspace_id={ws}&limit=5"), &token)
         .await;
     assert!(found["items"].is_array(), "{found}");
-    let mut req = format!("ws://{}/ws/logs?workspace_id={ws}", app.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
-    let (mut tail, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), tail.next())
-        .await
-        .unwrap();
-    assert!(
-        first
-            .unwrap()
-            .unwrap()
-            .to_text()
-            .unwrap()
-            .contains("connected")
-    );
+    let mut tail = common::open_tail(&app, &token, &format!("workspace_id={ws}")).await;
+    assert!(common::next_text(&mut tail).await.contains("connected"));
     let res = app
         .post_as(
             "/api/logs/batch",
@@ -523,17 +446,10 @@ async fn ingestion_and_search_survive_random_input(backend: Backend) {
         )
         .await;
     assert_eq!(res.status(), 202, "{}", json(res).await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let frame = tokio::time::timeout_at(deadline, tail.next())
-            .await
-            .expect("the entry reaches the tail")
-            .unwrap()
-            .unwrap();
-        if frame.is_text() && frame.to_text().unwrap().contains("after the fuzz") {
-            break;
-        }
-    }
+    while !common::next_text(&mut tail)
+        .await
+        .contains("after the fuzz")
+    {}
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         !metrics.contains("hub_background_restarts_total{"),

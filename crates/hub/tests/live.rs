@@ -11,12 +11,10 @@ use common::{Backend, TestApp, assert_envelope, json, spawn_app, spawn_app_with}
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 both_backends!(
     a_tail_streams_what_matches_its_filters,
@@ -28,7 +26,7 @@ both_backends!(
     shutdown_closes_tails,
 );
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::Ws;
 
 fn ws_url(app: &TestApp, query: &str) -> String {
     format!("ws://{}/ws/logs?{query}", app.addr)
@@ -36,13 +34,7 @@ fn ws_url(app: &TestApp, query: &str) -> String {
 
 /// Opens a tail with a bearer header; panics unless the upgrade succeeds.
 async fn open(app: &TestApp, token: &str, query: &str) -> Ws {
-    let mut req = ws_url(app, query).into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws
+    common::open_tail(app, token, query).await
 }
 
 /// The HTTP refusal of an upgrade: status and error code.
@@ -69,18 +61,7 @@ async fn refused(app: &TestApp, token: Option<&str>, query: &str) -> (u16, Strin
 
 /// The next JSON frame (pings are answered by the client library).
 async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
-            .await
-            .expect("a frame within 15 s")
-            .expect("the stream is open")
-            .unwrap();
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
+    serde_json::from_str(&common::next_text(ws).await).unwrap()
 }
 
 /// Reads frames until the entry with `message` arrives; returns the log entries before it

@@ -7,19 +7,13 @@
 mod common;
 
 use coditect_proto::Role;
-use common::{Backend, TestApp, json, spawn_app, spawn_app_with};
+use common::{Backend, TestApp, json, spawn_app};
 use reqwest::Method;
 use std::time::{Duration, Instant};
 
 /// A second hub on the first one's database.
 async fn replica_of(first: &TestApp) -> TestApp {
-    let url = first.state.config().database_url.clone();
-    spawn_app_with(
-        Backend::Postgres,
-        move |c| c.database_url = url,
-        axum::Router::new(),
-    )
-    .await
+    common::replica_with(first, |_| {}).await
 }
 
 /// How long until `token` is refused by `app` (polling every 50 ms, at most `limit`).

@@ -282,8 +282,6 @@ async fn logs_racing_appends_store_each_id_once() {
 #[tokio::test]
 async fn receipts_from_before_workspace_keys_keep_their_workspace() {
     use coditect_proto::{TenantId, WorkspaceId};
-    use coditect_store::LogStore;
-    use coditect_store::logs::StoredReceipt;
     let url = fresh_database().await;
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -341,22 +339,6 @@ async fn receipts_from_before_workspace_keys_keep_their_workspace() {
     let _ = conn.await;
 
     let store = ready_store(&url).await;
-    let since = at - chrono::Duration::hours(1);
-    assert_eq!(
-        store.find_batch(tenant, "old-placed", since).await.unwrap(),
-        vec![StoredReceipt {
-            workspace_id: ws,
-            actor: None,
-            fingerprint: None,
-            response: r#"{"processed":1}"#.into(),
-        }]
-    );
-    for unplaceable in ["old-twin", "old-gone"] {
-        assert_eq!(
-            store.find_batch(tenant, unplaceable, since).await.unwrap(),
-            vec![],
-            "{unplaceable}"
-        );
-    }
+    common::old_receipts_were_carried_over(&store, tenant, ws, at).await;
     store.close().await;
 }

@@ -402,7 +402,6 @@ async fn logs_racing_appends_store_each_id_once() {
 async fn receipts_from_before_workspace_keys_keep_their_workspace() {
     use coditect_proto::{TenantId, WorkspaceId};
     use coditect_store::LogStore;
-    use coditect_store::logs::StoredReceipt;
     let dir = tempfile::tempdir().unwrap();
     let mut config = SqliteConfig::new(dir.path().join("test.db"));
     config.migrations = &coditect_store::migrate::SQLITE[..4];
@@ -441,22 +440,6 @@ async fn receipts_from_before_workspace_keys_keep_their_workspace() {
     old.close().await;
 
     let store = open(&dir).await;
-    let since = placed.received_at - chrono::Duration::hours(1);
-    assert_eq!(
-        store.find_batch(tenant, "old-placed", since).await.unwrap(),
-        vec![StoredReceipt {
-            workspace_id: ws,
-            actor: None,
-            fingerprint: None,
-            response: r#"{"processed":1}"#.into(),
-        }]
-    );
-    for unplaceable in ["old-twin", "old-gone"] {
-        assert_eq!(
-            store.find_batch(tenant, unplaceable, since).await.unwrap(),
-            vec![],
-            "{unplaceable}"
-        );
-    }
+    common::old_receipts_were_carried_over(&store, tenant, ws, placed.received_at).await;
     store.close().await;
 }

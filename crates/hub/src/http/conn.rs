@@ -18,7 +18,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use coditect_proto::{ErrorCode, ErrorEnvelope};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -123,8 +123,9 @@ async fn connection(
             response
         }
     });
+    // No hyper timer: its own header-read timeout (30 s whenever a timer is set) would arm
+    // a timer per request; the watch below does that job for the whole connection.
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
         .max_headers(HYPER_MAX_HEADERS)
         .keep_alive(true)
         .serve_connection(io, service)

@@ -506,3 +506,57 @@ pub fn run_hub_with_stdin(
     }
     child.wait_with_output().expect("wait")
 }
+
+/// A second hub on `first`'s PostgreSQL database, with `configure` applied.
+pub async fn replica_with(
+    first: &TestApp,
+    configure: impl FnOnce(&mut Config) + Send + 'static,
+) -> TestApp {
+    let url = first.state.config().database_url.clone();
+    spawn_app_with(
+        Backend::Postgres,
+        move |c| {
+            c.database_url = url;
+            configure(c);
+        },
+        Router::new(),
+    )
+    .await
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/ws/logs?query` with a bearer header; panics unless the upgrade succeeds.
+pub async fn open_tail(app: &TestApp, token: &str, query: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/ws/logs?{query}", app.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade")
+        .0
+}
+
+/// The next text frame, as text (pings are answered by the client library).
+pub async fn next_text(ws: &mut Ws) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("a frame within 15 s")
+            .expect("the stream is open")
+            .expect("a frame");
+        match msg {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}

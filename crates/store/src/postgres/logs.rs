@@ -345,22 +345,20 @@ impl LogStore for PgStore {
     }
 
     async fn forget_batches(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let n = self
-            .execute(
-                "DELETE FROM log_receipts WHERE ctid IN
-                 (SELECT ctid FROM log_receipts WHERE created_at < $1 LIMIT 10000)",
-                &[&before],
-            )
-            .await?;
-        // Receipts of versions before log_receipts (see migration 0005).
-        let old = self
-            .execute(
-                "DELETE FROM log_batches WHERE ctid IN
-                 (SELECT ctid FROM log_batches WHERE created_at < $1 LIMIT 10000)",
-                &[&before],
-            )
-            .await?;
-        Ok(n + old)
+        // log_batches: receipts of versions before log_receipts (see migration 0005).
+        let mut deleted = 0;
+        for table in ["log_receipts", "log_batches"] {
+            deleted += self
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE ctid IN
+                         (SELECT ctid FROM {table} WHERE created_at < $1 LIMIT 10000)"
+                    ),
+                    &[&before],
+                )
+                .await?;
+        }
+        Ok(deleted)
     }
 
     async fn log_tenants(&self) -> Result<Vec<TenantId>, StoreError> {

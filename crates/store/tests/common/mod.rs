@@ -995,3 +995,31 @@ pub async fn logs_racing_appends_store_each_id_once(store: &dyn Engine) {
     assert_eq!(found.len(), 200 * rounds as usize);
     assert_eq!(ids.len(), found.len(), "no id twice");
 }
+
+/// After migration 0005: the receipt `old-placed` (committed with a chunk of `ws` received
+/// at `at`) is found in `ws`; `old-twin` (two workspaces' chunks at that instant) and
+/// `old-gone` (no chunk) were not carried over.
+pub async fn old_receipts_were_carried_over(
+    store: &dyn Engine,
+    tenant: TenantId,
+    ws: Wid,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    let since = at - Duration::hours(1);
+    assert_eq!(
+        store.find_batch(tenant, "old-placed", since).await.unwrap(),
+        vec![StoredReceipt {
+            workspace_id: ws,
+            actor: None,
+            fingerprint: None,
+            response: r#"{"processed":1}"#.into(),
+        }]
+    );
+    for unplaceable in ["old-twin", "old-gone"] {
+        assert_eq!(
+            store.find_batch(tenant, unplaceable, since).await.unwrap(),
+            vec![],
+            "{unplaceable}"
+        );
+    }
+}
