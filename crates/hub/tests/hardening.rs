@@ -1160,3 +1160,96 @@ async fn header_errors_carry_the_envelope_and_hypers_own_are_the_listed_ones() {
     // And the hub still serves.
     assert_eq!(app.get("/health").await.status(), 200);
 }
+
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        / 1024
+}
+
+/// The hub's memory stays bounded under a flood of logins at the production Argon2
+/// parameters (m = 19 MiB): 64 clients, mostly failing, for 10 s. (Before the hashing
+/// pool, each hash's fresh 19 MiB landed in malloc arenas that never gave it back: over
+/// 2.5 GiB after 15 s. BENCHMARKS.md, "Auth: memory under a flood of logins".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_bounded_under_a_login_flood() {
+    const BOUND_MIB: u64 = 256;
+    let dir = tempfile::tempdir().unwrap();
+    let email = "flood@example.com";
+    let password = "flood password long enough";
+    let hub = common::HubProcess::spawn(
+        dir.path(),
+        &[
+            "--auth-login-max-failures",
+            "1000",
+            "--auth-login-window",
+            "1s",
+        ],
+        &[
+            ("CODITECT_BOOTSTRAP_EMAIL", email),
+            ("CODITECT_BOOTSTRAP_PASSWORD", password),
+        ],
+    );
+    let login_url = hub.url("/api/v1/auth/login");
+    let client = reqwest::Client::new();
+    assert!(
+        common::eventually(Duration::from_secs(30), || async {
+            client
+                .post(&login_url)
+                .json(&json!({"email": email, "password": password}))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await,
+        "the bootstrap admin logs in"
+    );
+    let pid = hub.pid();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let clients: Vec<_> = (0..64)
+        .map(|i| {
+            let (client, url) = (client.clone(), login_url.clone());
+            tokio::spawn(async move {
+                let mut n = i;
+                while tokio::time::Instant::now() < deadline {
+                    let pw = if n % 4 == 0 {
+                        password
+                    } else {
+                        "not the password"
+                    };
+                    let who = if n % 4 == 1 {
+                        "nobody@example.com"
+                    } else {
+                        email
+                    };
+                    let _ = client
+                        .post(&url)
+                        .json(&json!({"email": who, "password": pw}))
+                        .send()
+                        .await;
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    while tokio::time::Instant::now() < deadline {
+        peak = peak.max(rss_mib(pid));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    peak = peak.max(rss_mib(pid));
+    assert!(peak > 0, "RSS was read");
+    assert!(
+        peak < BOUND_MIB,
+        "peak RSS {peak} MiB under the login flood"
+    );
+}

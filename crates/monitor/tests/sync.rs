@@ -272,3 +272,78 @@ async fn a_rate_limited_hub_is_waited_for_as_it_asks() {
     );
     d.stop().await;
 }
+
+/// A hub that answers the first batch `409 CONFLICT` (its batch id was used for other
+/// content, e.g. by this monitor before an upgrade changed how it writes entries) and
+/// accepts the rest: the monitor sends the same entries again under a new batch id, and
+/// they are marked synced. (The real hub's 409 is tested in the hub's hardening tests; a
+/// stand-in makes this client-side path deterministic.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_batch_id_is_given_up_for_a_new_one() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(String, Vec<String>)>>> = Arc::default();
+    let recorded = seen.clone();
+    let app = axum::Router::new().route(
+        "/api/logs/batch",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let recorded = recorded.clone();
+            async move {
+                let batch_id = body["batch_id"].as_str().unwrap_or_default().to_string();
+                let ids: Vec<String> = body["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_string())
+                    .collect();
+                let n = ids.len();
+                let first = {
+                    let mut seen = recorded.lock().unwrap();
+                    seen.push((batch_id.clone(), ids));
+                    seen.len() == 1
+                };
+                if first {
+                    return (
+                        axum::http::StatusCode::CONFLICT,
+                        axum::Json(serde_json::json!({"error": {"code": "CONFLICT",
+                            "message": "idempotency key reused for a different request",
+                            "timestamp": "2026-12-01T00:00:00Z"}})),
+                    );
+                }
+                (
+                    axum::http::StatusCode::ACCEPTED,
+                    axum::Json(serde_json::json!({"processed": n, "rejected": [],
+                        "storage": "local", "batch_id": batch_id})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let d = spawn_with(tempfile::tempdir().unwrap(), false, |c| {
+        c.server_hub.url = Some(format!("http://{addr}"));
+        c.server_hub.api_key = Some(coditect_monitor::config::Secret::new(
+            "cdk_stand-in-key-000000000000000000",
+        ));
+        c.server_hub.workspace_id = Some(uuid::Uuid::now_v7().to_string());
+        c.server_hub.sync_interval = Duration::from_millis(100);
+        c.server_hub.max_backoff = Duration::from_millis(800);
+    })
+    .await;
+    let mut c = d.client().await;
+    accepted(
+        &c.call(Payload::LogBatch {
+            entries: (0..3)
+                .map(|i| line("rekey", format!("entry {i}")))
+                .collect(),
+        })
+        .await,
+    );
+    assert!(drained(&d.db).await, "entries left unsynced");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_ne!(seen[0].0, seen[1].0, "a new batch id");
+    assert_eq!(seen[0].1, seen[1].1, "the same entries, by their ids");
+    d.stop().await;
+}
