@@ -281,7 +281,9 @@ async fn a_rate_limited_hub_is_waited_for_as_it_asks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_batch_id_is_given_up_for_a_new_one() {
     use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<Vec<(String, Vec<String>)>>> = Arc::default();
+    /// (batch id, entry ids) of every batch the stand-in received.
+    type Received = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+    let seen: Received = Arc::default();
     let recorded = seen.clone();
     let app = axum::Router::new().route(
         "/api/logs/batch",
