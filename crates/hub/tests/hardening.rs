@@ -703,14 +703,14 @@ async fn a_key_cannot_claim_more_than_its_creator_holds(backend: Backend) {
     assert_eq!(res.status(), 201);
     // The refusal is in the audit trail.
     let audit = app
-        .get_json("/api/v1/audit?action=api_key.create", &admin_tokens.access)
+        .get_json("/api/v1/audit?action=access.denied", &admin_tokens.access)
         .await;
     assert!(
         audit["items"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["result"] == "failure"),
+            .any(|r| r["result"] == "denied" && r["resource_type"] == "api_key"),
         "{audit}"
     );
 }

@@ -137,6 +137,11 @@ impl World {
                 format!("/api/v1/users/{user}"),
                 Some(json!({"disabled": true})),
             ),
+            (
+                Method::DELETE,
+                format!("/api/v1/users/{user}/login-throttle"),
+                None,
+            ),
             (Method::GET, format!("/api/v1/sessions/{session}"), None),
             (Method::DELETE, format!("/api/v1/sessions/{session}"), None),
             (Method::DELETE, format!("/api/v1/api-keys/{key}"), None),
@@ -335,6 +340,13 @@ async fn the_role_matrix_holds(backend: Backend) {
             format!("/api/v1/users/{}", other_member.id),
             Some(json!({"role": "member"})),
             [200, 403, 403, 403],
+        ),
+        (
+            "clear a user's login throttling",
+            Method::DELETE,
+            format!("/api/v1/users/{}/login-throttle", other_member.id),
+            None,
+            [204, 403, 403, 403],
         ),
         (
             "read audit",

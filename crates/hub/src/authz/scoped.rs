@@ -178,6 +178,22 @@ impl<'a> Scoped<'a> {
         action: Action,
         id: Option<String>,
     ) -> Result<T, ApiError> {
+        let message = format!(
+            "not allowed to {} this {}",
+            action.as_str(),
+            resource.as_str()
+        );
+        self.deny_because(resource, action, id, message).await
+    }
+
+    /// [`Scoped::deny`] with a message saying why (counted and audited the same way).
+    async fn deny_because<T>(
+        &self,
+        resource: Resource,
+        action: Action,
+        id: Option<String>,
+        message: String,
+    ) -> Result<T, ApiError> {
         metrics::counter!(
             "authz_denied_total",
             "resource" => resource.as_str(),
@@ -187,14 +203,7 @@ impl<'a> Scoped<'a> {
         let what = format!("{}:{}", resource.as_str(), action.as_str());
         self.audit(AuditEvent::by(self.p, "access.denied", resource.as_str(), id).denied(what))
             .await;
-        Err(ApiError::new(
-            ErrorCode::AccessDenied,
-            format!(
-                "not allowed to {} this {}",
-                action.as_str(),
-                resource.as_str()
-            ),
-        ))
+        Err(ApiError::new(ErrorCode::AccessDenied, message))
     }
 
     /// A refusal to reach into another tenant: audited, and answered exactly like a tenant
@@ -546,26 +555,18 @@ impl<'a> Scoped<'a> {
         // A key claims no more than its creator and its owner hold: a member's "admin" key
         // would be refused at every admin act, so it is refused here instead.
         if !rbac::covers(self.p.role, new.role) || !rbac::covers(owner_user.role, new.role) {
-            self.audit(
-                AuditEvent::by(
-                    self.p,
-                    "api_key.create",
-                    "api_key",
+            let why = format!(
+                "a key's role cannot exceed your role ({}) nor its owner's ({})",
+                self.p.role, owner_user.role
+            );
+            return self
+                .deny_because(
+                    Resource::ApiKey,
+                    Action::Create,
                     Some(new.id.to_string()),
+                    why,
                 )
-                .failed(format!(
-                    "role {} is above the creator's or the owner's",
-                    new.role
-                )),
-            )
-            .await;
-            return Err(ApiError::new(
-                ErrorCode::AccessDenied,
-                format!(
-                    "a key's role cannot exceed your role ({}) nor its owner's ({})",
-                    self.p.role, owner_user.role
-                ),
-            ));
+                .await;
         }
         if owner_user.disabled {
             return Err(ApiError::bad_request("the owner of the key is disabled"));
