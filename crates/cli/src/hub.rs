@@ -11,6 +11,7 @@ use crate::exit::{CliError, Exit, Result, root_cause};
 use crate::output::{self, Out};
 use chrono::{DateTime, SecondsFormat, Utc};
 use coditect_monitor::config::Config;
+use coditect_monitor::hub_http::{self, HubUrl};
 use reqwest::{StatusCode, Url};
 use serde_json::{Value, json};
 use std::io::IsTerminal;
@@ -30,27 +31,16 @@ pub struct Hub {
     pub out: Out,
 }
 
-/// The hub's URL in one form: http(s), no credentials, query or trailing slash.
+/// The hub's URL in one form: http(s), no credentials, query or trailing slash; checked
+/// before any network use (the monitor's rules: [`HubUrl`]).
 pub fn normalize_url(raw: &str) -> Result<String> {
     // A URL with user:password@ is not repeated: the password would reach the terminal.
-    let bad = |why: &str| match raw.contains('@') {
-        true => CliError::usage(format!("invalid hub URL: {why}")),
-        false => CliError::usage(format!("invalid hub URL {raw:?}: {why}")),
-    };
-    let url = Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad("it must start with http:// or https://"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("it must not contain credentials"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("it must not have a query or fragment"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("it has no host"));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_string())
+    HubUrl::parse(raw)
+        .map(|u| u.to_string())
+        .map_err(|why| match raw.contains('@') {
+            true => CliError::usage(format!("invalid hub URL: {why}")),
+            false => CliError::usage(format!("invalid hub URL {raw:?}: {why}")),
+        })
 }
 
 fn env(key: &str) -> Option<String> {
@@ -58,14 +48,19 @@ fn env(key: &str) -> Option<String> {
 }
 
 /// The HTTP client every hub call uses.
+/// It never follows a redirect (see [`json_or_error`]).
 pub fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .user_agent(concat!("codi2/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| CliError::failure(format!("cannot set up HTTP: {}", root_cause(&e))))
+    hub_http::client(
+        concat!("codi2/", env!("CARGO_PKG_VERSION")),
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    )
+    .map_err(|e| CliError::failure(format!("cannot set up HTTP: {}", root_cause(&e))))
 }
+
+/// The longest answer read from a hub: a page of 1000 entries, each with a message of up
+/// to 64 KiB and metadata of up to 16 KiB, fits.
+const MAX_ANSWER_BYTES: usize = 96 << 20;
 
 /// The hub's error message from an error answer (`{"error":{"code","message"}}`), else the
 /// status line.
@@ -313,7 +308,22 @@ fn unreachable(base: &str, e: &reqwest::Error) -> CliError {
 /// for 401).
 async fn json_or_error(base: &str, res: reqwest::Response, refused: String) -> Result<Value> {
     let status = res.status();
-    let text = res.text().await.map_err(|e| unreachable(base, &e))?;
+    if let Some(to) = hub_http::redirected_to(&res) {
+        // Not followed: whatever the request carried (a password, a token) stays here.
+        return Err(CliError::failure(format!(
+            "the hub at {base} answered {} and tried to send this request to {to}; not \
+             followed, so nothing was sent there (if that is the hub's real address, use \
+             --hub with it)",
+            status.as_u16()
+        )));
+    }
+    let body = hub_http::read_body(res, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| match e {
+            hub_http::BodyError::Read(e) => unreachable(base, &e),
+            too_large => CliError::failure(format!("the hub at {base} sent {too_large}")),
+        })?;
+    let text = String::from_utf8_lossy(&body);
     if status.is_success() {
         if text.is_empty() {
             return Ok(Value::Null);

@@ -70,6 +70,10 @@ impl Local {
                     .note(&format!("via codi-monitor at {}", self.socket().display()));
                 return Ok(Ok(Client::Unix(c)));
             }
+            // Someone else's listener: never fall back to anything else, say so.
+            Err(e @ ClientError::Impostor { .. }) => {
+                return Err(CliError::new(Exit::MonitorUnreachable, e.to_string()));
+            }
             Err(e) => crate::exit::root_cause(&e),
         };
         let m = &self.config.monitor;

@@ -155,6 +155,14 @@ pub async fn tail(args: TailArgs, config: &Config, out: Out) -> Result<()> {
     }
 }
 
+/// Frames and messages from the hub are bounded (one entry is at most ~80 KiB; a batch of
+/// them far less than this): a peer cannot make the client buffer without end.
+fn ws_limits() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20))
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -180,7 +188,7 @@ async fn connect(hub: &Hub, query: &[(&str, String)]) -> std::result::Result<Soc
     );
     let attempt = tokio::time::timeout(
         Duration::from_secs(20),
-        tokio_tungstenite::connect_async(request),
+        tokio_tungstenite::connect_async_with_config(request, Some(ws_limits()), false),
     )
     .await
     .map_err(|_| ConnectError::Unreachable("timed out".into()))?;

@@ -25,6 +25,10 @@ pub enum ClientError {
     Encode(#[from] EncodeError),
     #[error("the token was refused: {0}")]
     Refused(String),
+    #[error(
+        "refusing codi-monitor's socket at {at}: it is served by another user (uid {uid}), not by you or root; nothing was sent"
+    )]
+    Impostor { at: String, uid: u32 },
 }
 
 /// One connection to the daemon.
@@ -35,30 +39,24 @@ pub struct IpcClient<S> {
 }
 
 impl IpcClient<UnixStream> {
-    /// Connects to the daemon at `path`, which must belong to this user (a socket of
-    /// someone else's could be theirs to read what is sent).
+    /// Connects to the daemon at `path`, which must be served by this user or by root: a
+    /// socket someone else listens on (they swapped it in) is left before anything is sent
+    /// — the kernel's record of who listens (`SO_PEERCRED`) decides, not the file's owner.
     pub async fn connect_unix(path: &Path) -> Result<Self, ClientError> {
-        use std::os::unix::fs::MetadataExt;
-        let me = nix::unistd::getuid().as_raw();
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.uid() != me
-            && me != 0
-        {
-            return Err(ClientError::Unreachable {
-                at: path.display().to_string(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("the socket belongs to another user (uid {})", meta.uid()),
-                ),
+        let at = || path.display().to_string();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Unreachable { at: at(), source })?;
+        let me = nix::unistd::geteuid().as_raw();
+        let peer = stream
+            .peer_cred()
+            .map_err(|source| ClientError::Unreachable { at: at(), source })?;
+        if peer.uid() != me && peer.uid() != 0 {
+            return Err(ClientError::Impostor {
+                at: at(),
+                uid: peer.uid(),
             });
         }
-        let stream =
-            UnixStream::connect(path)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    at: path.display().to_string(),
-                    source,
-                })?;
         Ok(IpcClient::new(stream))
     }
 }

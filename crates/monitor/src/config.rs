@@ -56,8 +56,22 @@ pub struct Monitor {
     /// How long a TCP client has to present the token before it is disconnected.
     #[serde(with = "humantime_serde_compat")]
     pub tcp_auth_timeout: Duration,
-    /// Most concurrent IPC connections.
+    /// Most concurrent IPC connections. At the limit, a new client takes the place of the
+    /// one idle longest, so a local client always gets in.
     pub max_connections: usize,
+    /// Most TCP connections that have not presented the token yet; at the limit the oldest
+    /// of them is dropped for a new one. They never take a Unix client's place.
+    pub max_unauthenticated: usize,
+    /// A connection with no request for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// Most watches at once.
+    pub max_watches: usize,
+    /// Most include/exclude globs in one watch (each at most 512 bytes).
+    pub max_patterns: usize,
+    /// Most files and directories under all watches together; a watch that would take more
+    /// is refused, and files past it are not recorded (the watcher reports it).
+    pub max_watched_files: usize,
     /// File events for one path within this window become one entry.
     #[serde(with = "humantime_serde_compat")]
     pub debounce: Duration,
@@ -72,6 +86,11 @@ pub struct Monitor {
     pub export_patterns: Vec<String>,
     /// Move exported files into the archive instead of copying them.
     pub export_move: bool,
+    /// Files larger than this (MiB) are not archived.
+    pub export_max_mb: u64,
+    /// An export that would leave less than this free (MiB) on the archive's file system
+    /// is not made: the store's own room is never spent on copies.
+    pub export_min_free_mb: u64,
     /// The loopback HTTP port for `/health` and `/metrics`; `None` = off.
     pub http_listen: Option<SocketAddr>,
 }
@@ -139,11 +158,18 @@ impl Default for Monitor {
             tcp_token: None,
             tcp_auth_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_unauthenticated: 64,
+            idle_timeout: Duration::from_secs(600),
+            max_watches: 128,
+            max_patterns: 64,
+            max_watched_files: 200_000,
             debounce: Duration::from_millis(100),
             scan_interval: Duration::from_secs(2),
             event_queue: 65_536,
             export_patterns: Vec::new(),
             export_move: false,
+            export_max_mb: 64,
+            export_min_free_mb: 256,
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9848))),
         }
     }
@@ -365,21 +391,12 @@ impl Config {
             ));
         }
         if let Some(url) = &hub.url {
-            let rest = url
-                .strip_prefix("http://")
-                .or_else(|| url.strip_prefix("https://"));
-            let Some(rest) = rest else {
-                return Err(ConfigError(format!(
-                    "server_hub.url={url:?} must start with http:// or https://"
-                )));
-            };
-            let authority = rest.split('/').next().unwrap_or_default();
-            if authority.contains('@') {
-                return Err(ConfigError(
-                    "server_hub.url must not carry credentials (user:password@): use server_hub.api_key"
-                        .into(),
-                ));
-            }
+            crate::hub_http::HubUrl::parse(url).map_err(|why| {
+                ConfigError(match url.contains('@') {
+                    true => format!("server_hub.url is not valid: {why}"),
+                    false => format!("server_hub.url={url:?} is not valid: {why}"),
+                })
+            })?;
         }
         if let Some(ws) = &hub.workspace_id
             && uuid::Uuid::parse_str(ws).is_err()
@@ -393,9 +410,22 @@ impl Config {
                 "server_hub.batch_size must be between 1 and 1000".into(),
             ));
         }
-        if self.monitor.max_connections == 0 {
+        let at_least_one = [
+            ("monitor.max_connections", self.monitor.max_connections),
+            (
+                "monitor.max_unauthenticated",
+                self.monitor.max_unauthenticated,
+            ),
+            ("monitor.max_watches", self.monitor.max_watches),
+            ("monitor.max_patterns", self.monitor.max_patterns),
+            ("monitor.max_watched_files", self.monitor.max_watched_files),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError(format!("{key} must be at least 1")));
+        }
+        if self.monitor.idle_timeout < Duration::from_secs(1) {
             return Err(ConfigError(
-                "monitor.max_connections must be at least 1".into(),
+                "monitor.idle_timeout must be at least 1s".into(),
             ));
         }
         Ok(())

@@ -10,13 +10,14 @@ use crate::salvage;
 use crate::store::{MonitorStore, NewEntry};
 use crate::sync::{SharedSyncState, SyncSettings, Syncer};
 use crate::watch::{WatchConfig, Watcher};
+use coditect_proto::ipc::WatchedPath;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// A started daemon: its listeners are bound, its store open.
@@ -33,9 +34,24 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store and binds the listeners; fails (and leaves nothing behind) when
     /// another daemon owns the socket.
-    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
-        let socket = config.monitor.unix_socket_path.clone();
-        let unix = ipc::bind_unix(&socket).await?;
+    pub async fn start(mut config: Config) -> anyhow::Result<Daemon> {
+        let (unix, socket) = ipc::bind_unix(&config.monitor.unix_socket_path).await?;
+        config.monitor.unix_socket_path = socket.clone();
+        // Everything the daemon writes is named by its canonical path from here on, in a
+        // directory nobody else can change (and so never watched under another name).
+        let secured = crate::store::secure_path(&config.storage.sqlite_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|db| Ok((db, crate::export::secure_dir(&config.storage.export_dir)?)));
+        match secured {
+            Ok((db, exports)) => {
+                config.storage.sqlite_path = db;
+                config.storage.export_dir = exports;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(e);
+            }
+        }
         let opened = async {
             let (store, salvaged) =
                 salvage::open(&config.storage.sqlite_path, config.synchronous()?).await?;
@@ -114,6 +130,7 @@ impl Daemon {
                     .as_ref()
                     .map(|t| t.expose().to_string()),
                 tcp_auth_timeout: config.monitor.tcp_auth_timeout,
+                idle_timeout: config.monitor.idle_timeout,
             }),
             config,
             unix,
@@ -163,44 +180,32 @@ impl Daemon {
             .syncer
             .take()
             .map(|s| tokio::spawn(s.run(stop_rx.clone())));
-        let slots = Arc::new(Semaphore::new(self.config.monitor.max_connections));
-        let mut conns = JoinSet::new();
+        let conns = crate::conns::Conns::new(
+            self.config.monitor.max_connections,
+            self.config.monitor.max_unauthenticated,
+        );
+        let mut tasks = JoinSet::new();
         tokio::pin!(stop);
         loop {
-            // A free slot first: at the limit, new clients wait in the listen backlog.
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = &mut stop => break,
-            };
+            // Never waiting for a slot: a new client takes an idle one's place (see
+            // `conns`), so neither listener can starve the other.
             tokio::select! {
                 accepted = self.unix.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let (ipc, rx) = (self.ipc.clone(), stop_rx.clone());
-                        conns.spawn(async move {
-                            ipc::serve(ipc, stream, false, rx).await;
-                            drop(permit);
-                        });
-                    }
+                    Ok((stream, _)) => admit(&mut tasks, &conns, &self.ipc, stream, false, &stop_rx),
                     Err(e) => accept_failed(e).await,
                 },
                 accepted = accept_tcp(&self.tcp) => match accepted {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
-                        let (ipc, rx) = (self.ipc.clone(), stop_rx.clone());
-                        conns.spawn(async move {
-                            ipc::serve(ipc, stream, true, rx).await;
-                            drop(permit);
-                        });
+                        admit(&mut tasks, &conns, &self.ipc, stream, true, &stop_rx);
                     }
                     Err(e) => accept_failed(e).await,
                 },
                 _ = &mut stop => break,
             }
-            while conns.try_join_next().is_some() {}
+            while tasks.try_join_next().is_some() {}
         }
+        let mut conns = tasks;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(self.config.shutdown_timeout(), async {
@@ -294,6 +299,8 @@ async fn start_watching(config: &Config, store: &MonitorStore) -> anyhow::Result
             patterns: config.monitor.export_patterns.clone(),
             dir: config.storage.export_dir.clone(),
             move_originals: config.monitor.export_move,
+            max_bytes: config.monitor.export_max_mb.saturating_mul(1 << 20),
+            min_free_bytes: config.monitor.export_min_free_mb.saturating_mul(1 << 20),
         },
         store.clone(),
         rt.clone(),
@@ -311,6 +318,9 @@ async fn start_watching(config: &Config, store: &MonitorStore) -> anyhow::Result
             scan_interval: config.monitor.scan_interval,
             event_queue: config.monitor.event_queue,
             ignore,
+            max_watches: config.monitor.max_watches,
+            max_patterns: config.monitor.max_patterns,
+            max_files: config.monitor.max_watched_files,
         },
         store.clone(),
         exporter,
@@ -318,12 +328,58 @@ async fn start_watching(config: &Config, store: &MonitorStore) -> anyhow::Result
     )?);
     for w in store.watches().await? {
         let path = w.path.clone();
-        if let Err(reason) = watcher.add(w, true).await {
-            watcher.stats.failed_watches.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(path = %path.display(), reason, "cannot resume a watch");
+        match watcher.add(w.clone(), true).await {
+            // Kept under an older version's spelling of the path: from now on under its
+            // canonical one.
+            Ok(canonical) if canonical != path => {
+                let renamed = WatchedPath {
+                    path: canonical.clone(),
+                    ..w
+                };
+                if let Err(e) = store.watch_add(renamed).await {
+                    tracing::warn!(path = %canonical.display(), error = %e, "cannot record a watch's canonical path");
+                } else {
+                    let _ = store.watch_remove(path).await;
+                }
+            }
+            Ok(_) => {}
+            Err(reason) => {
+                watcher.stats.failed_watches.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %path.display(), reason, "cannot resume a watch");
+            }
         }
     }
     Ok(watcher)
+}
+
+/// Serves a new connection in its place, or, when every place is taken by a connection in
+/// the middle of a request, tells it so and closes it.
+fn admit<S>(
+    tasks: &mut JoinSet<()>,
+    conns: &Arc<crate::conns::Conns>,
+    ipc: &Arc<Ipc>,
+    mut stream: S,
+    tcp: bool,
+    stop: &watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match conns.admit(!tcp) {
+        Some(slot) => {
+            let (ipc, rx) = (ipc.clone(), stop.clone());
+            tasks.spawn(async move { ipc::serve(ipc, stream, slot, tcp, rx).await });
+        }
+        None => {
+            tasks.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    let _ = stream.write_all(&ipc::busy_frame()).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+            });
+        }
+    }
 }
 
 /// Out of file descriptors (or another passing failure): say so, and let a moment pass

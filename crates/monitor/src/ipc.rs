@@ -5,6 +5,7 @@
 //! gets an `Error` and the connection goes on, an oversized one gets an `Error` and a
 //! close, a client that vanishes mid-frame costs its buffer.
 
+use crate::conns::Slot;
 use crate::store::{MonitorStore, NewEntry};
 use crate::sync::SharedSyncState;
 use crate::watch::Watcher;
@@ -34,6 +35,8 @@ pub struct Ipc {
     /// `tcp_auth_timeout`.
     pub tcp_token: Option<String>,
     pub tcp_auth_timeout: std::time::Duration,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Ipc {
@@ -93,19 +96,40 @@ impl Ipc {
     }
 }
 
-/// Binds the Unix socket at `path`: refuses when a live daemon answers there, replaces a
-/// stale socket file, and never exposes the socket with wider permissions than 0600 (it
-/// is bound under a temporary name, restricted, then renamed into place).
-pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
+/// Binds the Unix socket at `path`: refuses a directory others could swap the socket in
+/// (see [`check_trusted_dir`](coditect_store::files::check_trusted_dir): ours or root's,
+/// and shared only if sticky), refuses when a live daemon answers there, replaces a stale
+/// socket file of ours, and never exposes the socket with wider permissions than 0600 (it
+/// is bound under a temporary name, restricted, then renamed into place). Returns the
+/// listener and the socket's canonical path.
+pub async fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, PathBuf)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{} names no socket", path.display()))?;
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    coditect_store::files::create_private_dir(&dir)?;
+    let dir = coditect_store::files::check_trusted_dir(&dir, true)
+        .map_err(|e| anyhow::anyhow!("refusing to put the socket in {}: {e}", dir.display()))?;
+    let path = dir.join(name);
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
         if !meta.file_type().is_socket() {
             anyhow::bail!(
                 "{} exists and is not a socket: refusing to replace it",
                 path.display()
             );
         }
-        match UnixStream::connect(path).await {
+        if meta.uid() != nix::unistd::geteuid().as_raw() {
+            anyhow::bail!(
+                "{} belongs to another user (uid {}): refusing to use it",
+                path.display(),
+                meta.uid()
+            );
+        }
+        match UnixStream::connect(&path).await {
             Ok(_) => anyhow::bail!(
                 "another codi-monitor is already running on {} (stop it, or use --socket)",
                 path.display()
@@ -117,52 +141,15 @@ pub async fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
                 path.display()
             ),
         }
-        std::fs::remove_file(path)?;
+        std::fs::remove_file(&path)?;
         tracing::info!(path = %path.display(), "replaced a stale socket");
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        check_socket_dir(dir)?;
-    }
-    let staging = temp_name(path);
+    let staging = temp_name(&path);
     let _ = std::fs::remove_file(&staging);
     let listener = UnixListener::bind(&staging)?;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&staging, path)?;
-    Ok(listener)
-}
-
-/// The socket's directory must be ours, or a shared directory with the sticky bit (like
-/// `/tmp`, where nobody can replace a file of ours): anywhere else another user could
-/// swap the socket for their own.
-fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir)?;
-    let me = nix::unistd::getuid().as_raw();
-    let shared = meta.mode() & 0o022 != 0;
-    let sticky = meta.mode() & 0o1000 != 0;
-    if meta.uid() != me && meta.uid() != 0 {
-        anyhow::bail!(
-            "{} belongs to another user (uid {}): refusing to put the socket there",
-            dir.display(),
-            meta.uid()
-        );
-    }
-    if shared && !sticky && meta.uid() != me {
-        anyhow::bail!(
-            "{} is writable by others: refusing to put the socket there",
-            dir.display()
-        );
-    }
-    Ok(())
+    std::fs::rename(&staging, &path)?;
+    Ok((listener, path))
 }
 
 fn temp_name(path: &Path) -> PathBuf {
@@ -173,8 +160,13 @@ fn temp_name(path: &Path) -> PathBuf {
 
 /// Serves one connection until the client leaves, it breaks the protocol beyond repair,
 /// or `stop` turns true (then after the frames already read are answered).
-pub async fn serve<S>(ipc: Arc<Ipc>, mut stream: S, tcp: bool, mut stop: watch::Receiver<bool>)
-where
+pub async fn serve<S>(
+    ipc: Arc<Ipc>,
+    mut stream: S,
+    slot: Slot,
+    tcp: bool,
+    mut stop: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut authenticated = !tcp;
@@ -247,7 +239,11 @@ where
                         Frame::Undecodable { .. } => "undecodable",
                     };
                     let started = Instant::now();
+                    let was = authenticated;
                     let (reply, fatal) = answer(&ipc, frame, &mut authenticated).await;
+                    if authenticated && !was {
+                        slot.authenticated();
+                    }
                     metrics::histogram!("codi_ipc_duration_seconds", "type" => kind)
                         .record(started.elapsed().as_secs_f64());
                     push(&mut out, reply);
@@ -277,6 +273,7 @@ where
             let _ = stream.shutdown().await;
             return;
         }
+        slot.idle();
         buf.reserve(8 * 1024);
         let auth_wait = async {
             if authenticated {
@@ -288,9 +285,19 @@ where
         tokio::select! {
             read = stream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Ok(_) => slot.busy(),
             },
             _ = stop.changed() => {}
+            // Another client needed the place, or nothing came for too long: between
+            // requests, so nothing is left half answered.
+            _ = slot.evicted() => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            _ = tokio::time::sleep(ipc.idle_timeout) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
             _ = auth_wait => {
                 // A TCP client that never authenticates holds no slot for long.
                 let _ = stream.shutdown().await;
@@ -298,6 +305,23 @@ where
             }
         }
     }
+}
+
+/// The answer to a client turned away because every connection is mid-request.
+pub fn busy_frame() -> Vec<u8> {
+    let mut out = Vec::new();
+    push(
+        &mut out,
+        Message::reply(
+            Uuid::nil(),
+            error(
+                ErrorCode::Unavailable,
+                "every connection of the monitor is busy (monitor.max_connections): try again"
+                    .into(),
+            ),
+        ),
+    );
+    out
 }
 
 /// Most single entries stored in one transaction for one connection.
@@ -533,14 +557,16 @@ async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, 
             };
             start_monitoring(ipc, id, w).await
         }
-        Payload::StopMonitoring { path } => match ipc.store.watch_remove(path.clone()).await {
-            Ok(true) => {
-                ipc.watcher.remove(path);
-                ack(id, AckStatus::Accepted, 0)
+        Payload::StopMonitoring { path } => {
+            match ipc.store.watch_remove(Watcher::canonical(&path)).await {
+                Ok(true) => {
+                    ipc.watcher.remove(Watcher::canonical(&path));
+                    ack(id, AckStatus::Accepted, 0)
+                }
+                Ok(false) => error(ErrorCode::NotFound, "that path is not watched".into()),
+                Err(e) => unavailable(e),
             }
-            Ok(false) => error(ErrorCode::NotFound, "that path is not watched".into()),
-            Err(e) => unavailable(e),
-        },
+        }
         Payload::ListMonitoring => match ipc.store.watches().await {
             Ok(paths) => Payload::Monitoring { paths },
             Err(e) => unavailable(e),
@@ -579,10 +605,14 @@ async fn start_monitoring(ipc: &Ipc, id: Uuid, w: coditect_proto::ipc::WatchedPa
             Err(e) => return unavailable(e),
         }
     }
-    if let Err(reason) = ipc.watcher.add(w.clone(), false).await {
-        return error(ErrorCode::BadRequest, reason);
-    }
-    let path = w.path.clone();
+    let path = match ipc.watcher.add(w.clone(), false).await {
+        Ok(canonical) => canonical,
+        Err(reason) => return error(ErrorCode::BadRequest, reason),
+    };
+    let w = coditect_proto::ipc::WatchedPath {
+        path: path.clone(),
+        ..w
+    };
     match ipc.store.watch_add(w).await {
         Ok(()) => ack(id, AckStatus::Accepted, 0),
         Err(e) => {

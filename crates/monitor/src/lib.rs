@@ -4,9 +4,11 @@
 //! - [`store`]: the local SQLite store (durable before any acknowledgement);
 //! - [`salvage`]: a corrupt store moved aside and its readable rows kept;
 //! - [`ipc`]: the Unix socket / TCP server speaking `coditect_proto::ipc`;
-//! - [`daemon`]: start-up, the accept loops and graceful shutdown;
+//! - [`daemon`]: start-up, the accept loops and graceful shutdown; [`conns`]: the
+//!   connection budget (idle clients make room, silent TCP clients have their own);
 //! - [`watch`]: file watching, attributed to sessions; [`export`]: archiving matched files;
-//! - [`sync`]: sending entries to the hub, no loss, no duplicates;
+//! - [`sync`]: sending entries to the hub, no loss, no duplicates; [`hub_http`]: the
+//!   rules for talking to the hub (checked URL, no redirects, bounded answers);
 //! - [`http`]: `/health` and `/metrics` on loopback;
 //! - [`supervise`]: `codi-monitor supervise`, keeping a daemon alive; [`cli`]: the command line;
 //! - [`client`]: a client of the IPC protocol (`codi2`, benchmarks, tests).
@@ -14,9 +16,11 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conns;
 pub mod daemon;
 pub mod export;
 pub mod http;
+pub mod hub_http;
 pub mod ipc;
 pub mod salvage;
 pub mod store;

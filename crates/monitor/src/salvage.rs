@@ -56,6 +56,7 @@ pub async fn open(
     path: &Path,
     synchronous: Synchronous,
 ) -> Result<(MonitorStore, Option<SalvageReport>), StoreError> {
+    let path = &crate::store::secure_path(path)?;
     let owned = path.to_path_buf();
     let problem = tokio::task::spawn_blocking(move || check(&owned))
         .await

@@ -182,6 +182,54 @@ fn write_file_changes(c: &rusqlite::Connection, files: &FileChanges) -> Result<(
     Ok(())
 }
 
+/// Where the store at `path` really is, once it is known to be safe there: its directory
+/// (created 0700 when missing) and every one above it can be changed by nobody but us and
+/// root, and the file itself, when it exists, is a regular file of ours, not a symlink.
+/// Anything else is refused, naming the path and why: a daemon running as root must never
+/// write its store into a file someone else chose, nor keep it where they can rename it.
+pub fn secure_path(path: &Path) -> Result<PathBuf, StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| StoreError::Internal(why);
+    let name = path
+        .file_name()
+        .ok_or_else(|| refuse(format!("{} names no file", path.display())))?;
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    coditect_store::files::create_private_dir(&dir)
+        .map_err(|e| refuse(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = coditect_store::files::check_trusted_dir(&dir, false).map_err(|e| {
+        refuse(format!(
+            "refusing to keep the store in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refuse(format!("cannot inspect {}: {e}", path.display()))),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(refuse(format!(
+                "{} is a symlink: refusing to follow it (give the real path)",
+                path.display()
+            )));
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(refuse(format!("{} is not a regular file", path.display())));
+        }
+        Ok(m) if m.uid() != nix::unistd::geteuid().as_raw() => {
+            return Err(refuse(format!(
+                "{} belongs to another user (uid {}): refusing to write into it",
+                path.display(),
+                m.uid()
+            )));
+        }
+        Ok(_) => {}
+    }
+    Ok(path)
+}
+
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -189,11 +237,7 @@ fn now_micros() -> i64 {
 impl MonitorStore {
     /// Opens (creating the file and its directory, mode 0700, if needed) and migrates.
     pub async fn open(path: &Path, synchronous: Synchronous) -> Result<MonitorStore, StoreError> {
-        if let Some(dir) = path.parent() {
-            coditect_store::files::create_private_dir(dir).map_err(|e| {
-                StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
+        let path = secure_path(path)?;
         let mut config = SqliteConfig::new(path);
         config.synchronous = synchronous;
         config.migrations = MIGRATIONS;
@@ -408,17 +452,37 @@ impl MonitorStore {
             .await
     }
 
-    /// Caps the database file at about `bytes` (SQLite then reports it full, which
-    /// [`append`](Self::append) answers by rotating).
+    /// Caps the store's files (the database, its WAL and its shared-memory index) at about
+    /// `bytes` together: a quarter is the WAL's, which is checkpointed and truncated after
+    /// any commit that leaves it larger; the database gets the rest less room for the
+    /// index, and SQLite then reports it full, which [`append`](Self::append) answers by
+    /// rotating.
     pub async fn set_max_size(&self, bytes: u64) -> Result<(), StoreError> {
+        const SHM: u64 = 64 * 1024;
+        let wal = (bytes / 4).max(64 * 1024);
         self.db
             .write(move |c| {
                 let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-                let pages = (bytes as i64 / page.max(512)).max(16);
+                let page = page.max(512);
+                let main = bytes.saturating_sub(wal + SHM) as i64;
+                let pages = (main / page).max(16);
                 c.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+                c.query_row(
+                    &format!("PRAGMA journal_size_limit = {wal}"),
+                    [],
+                    |_| Ok(()),
+                )?;
+                let checkpoint_pages = (wal as i64 / page / 2).max(16);
+                c.query_row(
+                    &format!("PRAGMA wal_autocheckpoint = {checkpoint_pages}"),
+                    [],
+                    |_| Ok(()),
+                )?;
                 Ok(())
             })
-            .await
+            .await?;
+        self.db.set_wal_limit(wal);
+        Ok(())
     }
 
     /// Newest first, at most `limit` (and about [`MAX_PAGE_BYTES`] of text), and how many

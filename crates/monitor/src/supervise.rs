@@ -166,15 +166,53 @@ struct PidFile {
 }
 
 impl PidFile {
+    /// Takes the pid file at `path`: in a directory nobody else can swap it in (ours or
+    /// root's, shared only if sticky), created exclusively, or, left by a supervisor that
+    /// died, reused only if it is a regular file of ours (never through a symlink).
     fn acquire(path: &Path) -> Result<PidFile, String> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            coditect_store::files::create_private_dir(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        let mut file = coditect_store::files::open_private_file(path)
-            .map_err(|e| format!("cannot open the pid file {}: {e}", path.display()))?;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("{} names no file", path.display()))?;
+        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        coditect_store::files::create_private_dir(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let dir = coditect_store::files::check_trusted_dir(&dir, true)
+            .map_err(|e| format!("refusing to keep the pid file in {}: {e}", dir.display()))?;
+        let path = dir.join(name);
+        let mut file = match coditect_store::files::create_private_file(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&path)
+                    .map_err(|e| format!("cannot open the pid file {}: {e}", path.display()))?;
+                let meta = f
+                    .metadata()
+                    .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+                if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+                    return Err(format!(
+                        "{} is not a pid file of ours (uid {}): refusing to write into it",
+                        path.display(),
+                        meta.uid()
+                    ));
+                }
+                f
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot create the pid file {}: {e}",
+                    path.display()
+                ));
+            }
+        };
         if file.try_lock().is_err() {
-            let other = std::fs::read_to_string(path).unwrap_or_default();
+            let other = std::fs::read_to_string(&path).unwrap_or_default();
             return Err(format!(
                 "another supervisor (pid {}) holds {}",
                 other.trim(),
@@ -185,10 +223,7 @@ impl PidFile {
             .and_then(|_| writeln!(file, "{}", std::process::id()))
             .and_then(|_| file.sync_all())
             .map_err(|e| format!("cannot write the pid file {}: {e}", path.display()))?;
-        Ok(PidFile {
-            path: path.to_path_buf(),
-            _file: file,
-        })
+        Ok(PidFile { path, _file: file })
     }
 
     fn release(self) {

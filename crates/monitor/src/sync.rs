@@ -22,6 +22,9 @@ use tokio::sync::watch;
 /// The hub's limit on one request body is larger; this keeps requests modest.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest answer read from the hub: its answer to a batch lists at most one refusal
+/// per entry.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
@@ -38,7 +41,9 @@ impl SyncSettings {
     /// `None` when no hub is configured.
     pub fn from_config(hub: &ServerHub) -> Option<SyncSettings> {
         Some(SyncSettings {
-            url: hub.url.clone()?.trim_end_matches('/').to_string(),
+            url: crate::hub_http::HubUrl::parse(hub.url.as_deref()?)
+                .ok()?
+                .to_string(),
             api_key: hub.api_key.as_ref()?.expose().to_string(),
             workspace_id: hub.workspace_id.clone()?,
             batch_size: hub.batch_size,
@@ -91,10 +96,11 @@ impl Syncer {
         store: MonitorStore,
         state: SharedSyncState,
     ) -> anyhow::Result<Syncer> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .user_agent(concat!("codi-monitor/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crate::hub_http::client(
+            concat!("codi-monitor/", env!("CARGO_PKG_VERSION")),
+            settings.timeout.min(Duration::from_secs(10)),
+            settings.timeout,
+        )?;
         Ok(Syncer {
             batch_size: settings.batch_size,
             settings,
@@ -301,8 +307,26 @@ impl Syncer {
             }
         };
         let status = res.status().as_u16();
+        if let Some(to) = crate::hub_http::redirected_to(&res) {
+            // Never followed: the batch would be marked synced wherever it landed.
+            return Outcome::Retry(
+                self.settings.max_backoff,
+                format!(
+                    "the hub answered {status}, redirecting to {to}: not followed \
+                     (set server_hub.url to the hub's own address)"
+                ),
+            );
+        }
         let retry_after = retry_after(res.headers());
-        let text = res.text().await.unwrap_or_default();
+        let text = match crate::hub_http::read_body(res, MAX_ANSWER_BYTES).await {
+            Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+            Err(e) => {
+                return Outcome::Retry(
+                    Duration::ZERO,
+                    format!("unreadable answer from the hub: {e}"),
+                );
+            }
+        };
         let hub_error = || {
             serde_json::from_str::<ErrorBody>(&text)
                 .map(|b| format!("{}: {}", b.error.code, b.error.message))

@@ -340,3 +340,62 @@ fn the_systemd_units_start_what_the_binary_accepts() {
         }
     }
 }
+
+/// F4: `supervise --socket D/mon.sock` with `D` someone else's, or with `D/mon.pid` a
+/// symlink to a file of root's: refused, and the file it points to is left as it was.
+#[test]
+fn the_pid_file_is_never_written_through_a_symlink_or_in_someone_else_s_directory() {
+    let d = dirs();
+    let precious = d.root.join("precious");
+    std::fs::write(&precious, b"precious").unwrap();
+    let run = |dir: &Path| {
+        // The pid file goes beside the socket: D/mon.pid.
+        let mut child = Command::new(BIN)
+            .arg("supervise")
+            .arg("--socket")
+            .arg(dir.join("mon.sock"))
+            .arg("--db")
+            .arg(&d.db)
+            .env_clear()
+            .env("HOME", &d.root)
+            .env("CODI_HTTP_LISTEN", "off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = exited(&mut child, Duration::from_secs(30)).expect("it exits");
+        let mut err = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, err)
+    };
+    // Ours, but the pid file is a symlink.
+    let own = d.root.join("own");
+    std::fs::create_dir(&own).unwrap();
+    std::os::unix::fs::symlink(&precious, own.join("mon.pid")).unwrap();
+    let (status, err) = run(&own);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("mon.pid"), "{err}");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"precious");
+    // Someone else's directory (as root: a second user made for the test).
+    match coditect_testkit::fake::OtherUser::create() {
+        None => eprintln!("the other-user case is skipped: it needs root"),
+        Some(other) => {
+            let theirs = d.root.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::symlink(&precious, theirs.join("mon.pid")).unwrap();
+            other.give(&theirs.join("mon.pid"));
+            other.give(&theirs);
+            let (status, err) = run(&theirs);
+            assert!(!status.success(), "{err}");
+            assert!(err.contains("belongs to another user"), "{err}");
+            assert_eq!(std::fs::read(&precious).unwrap(), b"precious");
+        }
+    }
+}

@@ -7,82 +7,15 @@
 
 mod common;
 
-use coditect_monitor::store::MonitorStore;
 use coditect_proto::ErrorCode;
-use coditect_proto::ipc::{LogFilter, Payload, StoredLog, WatchMode};
-use coditect_store::Synchronous;
+use coditect_proto::ipc::{Payload, StoredLog, WatchMode};
 use common::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn fast(c: &mut coditect_monitor::config::Config) {
-    c.monitor.debounce = Duration::from_millis(50);
-    c.monitor.scan_interval = Duration::from_millis(100);
-}
-
-async fn session(c: &mut Client<tokio::net::UnixStream>, id: &str, who: &str, agent: &str) {
-    accepted(
-        &c.call(Payload::SessionStart {
-            session_id: id.into(),
-            identity: who.into(),
-            agent_type: Some(agent.into()),
-        })
-        .await,
-    );
-}
-
-async fn watch(
-    c: &mut Client<tokio::net::UnixStream>,
-    path: &Path,
-    patterns: &[&str],
-    session_id: Option<&str>,
-    mode: WatchMode,
-) -> Payload {
-    c.call(Payload::StartMonitoring {
-        path: path.to_path_buf(),
-        recursive: true,
-        patterns: patterns.iter().map(|s| s.to_string()).collect(),
-        session_id: session_id.map(str::to_string),
-        mode,
-    })
-    .await
-}
-
-/// The file-monitor entries, oldest first.
-async fn file_events(c: &mut Client<tokio::net::UnixStream>) -> Vec<StoredLog> {
-    match c
-        .call(Payload::QueryLogs {
-            filter: LogFilter {
-                component: Some("file-monitor".into()),
-                ..LogFilter::default()
-            },
-            limit: 10_000,
-        })
-        .await
-    {
-        Payload::LogResults { mut entries, .. } => {
-            entries.reverse();
-            entries
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
 fn meta<'a>(e: &'a StoredLog, key: &str) -> &'a serde_json::Value {
     &e.metadata.as_ref().unwrap()[key]
-}
-
-/// Waits until `n` file events are recorded (at most 20 s).
-async fn wait_events(c: &mut Client<tokio::net::UnixStream>, n: usize) -> Vec<StoredLog> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let e = file_events(c).await;
-        if e.len() >= n || Instant::now() > deadline {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn settle() {
@@ -425,11 +358,6 @@ async fn ten_thousand_new_files_are_each_recorded_once() {
     d.stop().await;
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 #[tokio::test]
 async fn matching_files_are_archived_atomically_by_content() {
     let d = spawn_with(tempfile::tempdir().unwrap(), false, |c| {
@@ -448,18 +376,7 @@ async fn matching_files_are_archived_atomically_by_content() {
     std::fs::write(root.join("plain.md"), b"not exported").unwrap();
     let store_path = d.db.clone();
     let dir = d.dir.path().to_path_buf();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exports = loop {
-        let s = MonitorStore::open(&store_path, Synchronous::Normal)
-            .await
-            .unwrap();
-        let e = s.exports(10).await.unwrap();
-        s.close().await;
-        if e.len() >= 2 || Instant::now() > deadline {
-            break e;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exports = exports_until(&store_path, |e| e.len() >= 2).await;
     assert_eq!(exports.len(), 2, "{exports:?}");
     let sha = sha256_hex(body);
     for e in &exports {
@@ -496,19 +413,6 @@ async fn matching_files_are_archived_atomically_by_content() {
     }
     let _ = c;
     d.stop().await;
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test]

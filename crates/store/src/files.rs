@@ -6,7 +6,7 @@
 use std::fs::{OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const FILE_MODE: u32 = 0o600;
 pub const DIR_MODE: u32 = 0o700;
@@ -98,6 +98,202 @@ pub fn private_database(path: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Makes sure nobody but us (and root) can swap what is in `dir`: `dir` and every directory
+/// above it must belong to us or to root, and any of them that others may write must be
+/// sticky (like `/tmp`, where nobody can rename or remove a file of someone else's).
+/// `dir` itself may be such a shared sticky directory only when `shared_ok` (a socket or a
+/// pid file is one name we create exclusively; a database or an archive is several names
+/// that must not be planted beside it). Symlinks on the way are resolved first and the
+/// canonical path is checked and returned, so a symlink into someone else's directory is
+/// refused. The error says which directory and why.
+pub fn check_trusted_dir(dir: &Path, shared_ok: bool) -> io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let canonical = std::fs::canonicalize(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut at = Some(canonical.as_path());
+    let mut first = true;
+    while let Some(d) = at {
+        let meta = std::fs::metadata(d)?;
+        let owner = meta.uid();
+        if owner != me && owner != 0 {
+            return Err(refused(format!(
+                "{} belongs to another user (uid {owner}), who could swap what is in it",
+                d.display()
+            )));
+        }
+        let writable_by_others = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if writable_by_others && (!sticky || (first && !shared_ok)) {
+            return Err(refused(format!(
+                "{} is writable by other users (mode {:o}), who could swap what is in it",
+                d.display(),
+                meta.mode() & 0o7777
+            )));
+        }
+        first = false;
+        at = d.parent();
+    }
+    Ok(canonical)
+}
+
+fn refused(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, message)
+}
+
+/// What `fstat` says of one file: enough to tell one version of it from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i128,
+    /// `st_mode` (type and permissions).
+    pub mode: u32,
+}
+
+impl Stat {
+    pub fn of(meta: &std::fs::Metadata) -> Stat {
+        use std::os::unix::fs::MetadataExt;
+        Stat {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            mode: meta.mode(),
+        }
+    }
+
+    pub fn is_regular(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+}
+
+/// The directory holding `path` and `path`'s last name, reached from `/` one component at a
+/// time without following any symlink: what is opened in it is the file at that path,
+/// whatever anyone swaps meanwhile. `path` must be absolute and hold no `..`.
+pub fn parent_nofollow(path: &Path) -> io::Result<(std::fs::File, std::ffi::OsString)> {
+    use std::path::Component;
+    let invalid = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path must be absolute, without `..`",
+        )
+    };
+    if !path.is_absolute() {
+        return Err(invalid());
+    }
+    let mut names = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => names.push(n),
+            Component::Prefix(_) | Component::ParentDir => return Err(invalid()),
+        }
+    }
+    let last = names.pop().ok_or_else(invalid)?.to_owned();
+    let mut dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open("/")?;
+    for n in names {
+        dir = open_at(
+            &dir,
+            n,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+        )?;
+    }
+    Ok((dir, last))
+}
+
+use nix::fcntl::OFlag;
+
+fn open_at(dir: &std::fs::File, name: &std::ffi::OsStr, flags: OFlag) -> io::Result<std::fs::File> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        flags | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// What `name` in `dir` is, without following it if it is a symlink.
+pub fn stat_at(dir: &std::fs::File, name: &std::ffi::OsStr) -> io::Result<Stat> {
+    // O_PATH | O_NOFOLLOW opens a symlink, a FIFO or a device as itself: nothing blocks,
+    // no driver is woken, and fstat says what it is.
+    let f = open_at(dir, name, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+    Ok(Stat::of(&f.metadata()?))
+}
+
+/// Opens a regular file for reading, never through a symlink (in any component) and never
+/// blocking (a FIFO or a device is refused before it is opened for reading, and opened
+/// non-blocking anyway should one be swapped in meanwhile). Its [`Stat`] comes along.
+pub fn open_regular_nofollow(path: &Path) -> io::Result<(std::fs::File, Stat)> {
+    let (dir, name) = parent_nofollow(path)?;
+    let before = stat_at(&dir, &name)?;
+    if !before.is_regular() {
+        return Err(not_regular(before.mode));
+    }
+    let f = open_at(
+        &dir,
+        &name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+    )?;
+    let stat = Stat::of(&f.metadata()?);
+    if !stat.is_regular() || (stat.dev, stat.ino) != (before.dev, before.ino) {
+        return Err(not_regular(stat.mode));
+    }
+    Ok((f, stat))
+}
+
+fn not_regular(mode: u32) -> io::Error {
+    let kind = match mode & libc::S_IFMT {
+        libc::S_IFLNK => "a symlink",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFSOCK => "a socket",
+        _ => "not a file",
+    };
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("not a regular file ({kind})"),
+    )
+}
+
+/// Removes the file at `path` (never through a symlink) if it is still the version `was`
+/// describes; whether it did.
+pub fn remove_if_unchanged(path: &Path, was: &Stat) -> io::Result<bool> {
+    let (dir, name) = parent_nofollow(path)?;
+    if stat_at(&dir, &name)? != *was {
+        return Ok(false);
+    }
+    // Unlinking needs a real descriptor of the directory, not an O_PATH one.
+    let real = open_at(
+        &dir,
+        std::ffi::OsStr::new("."),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+    )?;
+    nix::unistd::unlinkat(
+        &real,
+        name.as_os_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    )?;
+    Ok(true)
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `path`.
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    let v = nix::sys::statvfs::statvfs(path)?;
+    #[allow(clippy::useless_conversion)] // the types differ between platforms
+    let (free, size) = (
+        u64::from(v.blocks_available()),
+        u64::from(v.fragment_size()),
+    );
+    Ok(free.saturating_mul(size))
 }
 
 #[cfg(test)]

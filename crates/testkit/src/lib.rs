@@ -6,6 +6,7 @@
 //! `CODITECT_TEST_PG` (`postgres://user@127.0.0.1:port`). Tests that must stop or restart
 //! PostgreSQL start a private [`PgCluster`] instead.
 
+pub mod fake;
 pub mod hub;
 pub mod pg;
 

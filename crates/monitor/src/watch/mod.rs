@@ -15,6 +15,7 @@
 //! Directories themselves are not recorded, only what is in them.
 
 pub mod filter;
+pub mod mounts;
 
 use crate::export::Exporter;
 use crate::store::{FileChanges, FileState, MonitorStore, NewEntry};
@@ -40,9 +41,22 @@ pub struct WatchConfig {
     /// Capacity of the queue between the kernel's events and the worker.
     pub event_queue: usize,
     /// Paths never recorded (the store's own files, the export archive): recording them
-    /// would feed back into itself.
+    /// would feed back into itself. Canonical, as every watched path is.
     pub ignore: Vec<PathBuf>,
+    /// Most watches at once.
+    pub max_watches: usize,
+    /// Most globs in one watch.
+    pub max_patterns: usize,
+    /// Most files and directories under all watches together.
+    pub max_files: usize,
 }
+
+/// The longest glob a watch may hold.
+pub const MAX_PATTERN_BYTES: usize = 512;
+
+/// The longest a new watch's tree may take to scan before it is refused: the watcher
+/// serves every other watch on the same thread.
+const SCAN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What the watcher has seen, for `/health` and `/metrics`.
 #[derive(Debug, Default)]
@@ -50,11 +64,13 @@ pub struct WatchStats {
     pub recorded: AtomicU64,
     pub overflows: AtomicU64,
     pub failed_watches: AtomicU64,
+    /// Files not recorded because `max_files` was reached.
+    pub over_limit: AtomicU64,
 }
 
 enum Command {
     /// A watch, whether it is resumed (persisted before this start), and where to answer.
-    Add(WatchedPath, bool, oneshot::Sender<Result<(), String>>),
+    Add(WatchedPath, bool, oneshot::Sender<Result<PathBuf, String>>),
     Remove(PathBuf),
     Stop,
 }
@@ -110,8 +126,9 @@ impl Watcher {
 
     /// Starts watching (`resumed`: a watch persisted before this start, whose changes
     /// while the daemon was down are to be recorded); the reason when the path cannot be
-    /// watched.
-    pub async fn add(&self, w: WatchedPath, resumed: bool) -> Result<(), String> {
+    /// watched. The watch is kept under the path's canonical form (no symlink, no `..`),
+    /// which is returned.
+    pub async fn add(&self, w: WatchedPath, resumed: bool) -> Result<PathBuf, String> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Add(w, resumed, tx))
@@ -124,18 +141,35 @@ impl Watcher {
     pub fn status(&self) -> coditect_proto::ipc::ComponentStatus {
         let failed = self.stats.failed_watches.load(Ordering::Relaxed);
         let overflows = self.stats.overflows.load(Ordering::Relaxed);
+        let over = self.stats.over_limit.load(Ordering::Relaxed);
+        let mut detail = format!(
+            "{} events recorded, {overflows} overflows, {failed} watches failed",
+            self.stats.recorded.load(Ordering::Relaxed)
+        );
+        if over > 0 {
+            detail.push_str(&format!(
+                ", {over} files not recorded (monitor.max_watched_files reached)"
+            ));
+        }
         coditect_proto::ipc::ComponentStatus {
             name: "watcher".into(),
-            status: if failed > 0 { "degraded" } else { "healthy" }.into(),
-            detail: Some(format!(
-                "{} events recorded, {overflows} overflows, {failed} watches failed",
-                self.stats.recorded.load(Ordering::Relaxed)
-            )),
+            status: if failed > 0 || over > 0 {
+                "degraded"
+            } else {
+                "healthy"
+            }
+            .into(),
+            detail: Some(detail),
         }
     }
 
     pub fn remove(&self, path: PathBuf) {
         let _ = self.commands.send(Command::Remove(path));
+    }
+
+    /// The form a watched path is kept under: canonical when it exists, else as given.
+    pub fn canonical(path: &Path) -> PathBuf {
+        std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
     }
 
     /// Records what is pending and stops the worker (blocking: call from a blocking
@@ -323,19 +357,61 @@ impl Worker {
     /// Starts watching `spec`. `resumed`: the watch was persisted before this start, so
     /// what changed under it while the daemon was not running is recorded (a new watch
     /// takes what is there now as its baseline).
-    fn add(&mut self, spec: WatchedPath, resumed: bool) -> Result<(), String> {
+    fn add(&mut self, mut spec: WatchedPath, resumed: bool) -> Result<PathBuf, String> {
+        let max_patterns = self.config.max_patterns;
+        if spec.patterns.len() > max_patterns {
+            return Err(format!(
+                "a watch holds at most {max_patterns} patterns (monitor.max_patterns); this one has {}",
+                spec.patterns.len()
+            ));
+        }
+        if spec.patterns.iter().any(|p| p.len() > MAX_PATTERN_BYTES) {
+            return Err(format!("a pattern is at most {MAX_PATTERN_BYTES} bytes"));
+        }
         let filter = PathFilter::new(&spec.patterns)?;
-        let meta = std::fs::metadata(&spec.path)
+        // One name per directory: an alias (a symlink, `..`) is the same watch, and the
+        // store's own files are recognised under any of them.
+        let root = std::fs::canonicalize(&spec.path)
+            .map_err(|e| format!("cannot watch {}: {e}", spec.path.display()))?;
+        let meta = std::fs::metadata(&root)
             .map_err(|e| format!("cannot watch {}: {e}", spec.path.display()))?;
         if !meta.is_dir() {
             return Err(format!("{} is not a directory", spec.path.display()));
         }
-        // A changed watch on the same path replaces the old one.
-        self.remove(&spec.path);
-        self.register(&spec)?;
+        spec.path = root.clone();
+        let replacing = self.watches.iter().any(|w| w.spec.path == root);
+        if !replacing && self.watches.len() >= self.config.max_watches {
+            return Err(format!(
+                "at most {} watches (monitor.max_watches): remove one first",
+                self.config.max_watches
+            ));
+        }
+        if let Some(why) = mounts::refusal(&root, spec.recursive, &mounts::mounts()) {
+            return Err(why);
+        }
+        let elsewhere = self
+            .known
+            .keys()
+            .filter(|p| !(replacing && p.starts_with(&root)))
+            .count();
+        let budget = self.config.max_files.saturating_sub(elsewhere);
         let watch = Watch { spec, filter };
-        let root = watch.spec.path.clone();
-        let current = self.scan(&watch);
+        // Counted before the kernel is asked for anything: a tree too large is refused
+        // without a single inotify watch spent on it.
+        self.walk(&watch, budget, true)?;
+        // A changed watch on the same path replaces the old one.
+        self.remove(&root);
+        if let Err(e) = self.register(&watch.spec) {
+            self.unregister(&watch.spec);
+            return Err(e);
+        }
+        let current = match self.walk(&watch, budget, true) {
+            Ok((files, _)) => files,
+            Err(e) => {
+                self.unregister(&watch.spec);
+                return Err(e);
+            }
+        };
         let baseline = match self.baseline(&root, current, resumed) {
             Ok(b) => b,
             Err(e) => {
@@ -352,7 +428,7 @@ impl Worker {
         for p in changed {
             self.nominate(p, None, Some("offline"));
         }
-        Ok(())
+        Ok(root)
     }
 
     /// What is known under a new watch, and what changed since a resumed one was last seen.
@@ -401,8 +477,11 @@ impl Worker {
         let result = match spec.mode {
             WatchMode::Native => {
                 if self.native.is_none() {
+                    // A symlink in a watched tree is a file like any other, never a way
+                    // into the tree it points at.
+                    let config = notify::Config::default().with_follow_symlinks(false);
                     self.native = Some(
-                        notify::recommended_watcher(self.handler())
+                        notify::RecommendedWatcher::new(self.handler(), config)
                             .map_err(|e| format!("cannot start the file watcher: {e}"))?,
                     );
                 }
@@ -473,19 +552,59 @@ impl Worker {
         tracing::info!(path = %root.display(), "stopped watching");
     }
 
-    /// The recordable files under a watch now.
-    fn scan(&self, watch: &Watch) -> Vec<(PathBuf, Stamp)> {
+    /// The recordable files under a watch now, visiting at most `budget` files and
+    /// directories: past it (or past [`SCAN_DEADLINE`]) the reason, when `strict`, else
+    /// what was found and `true` (the scan is partial).
+    #[allow(clippy::type_complexity)]
+    fn walk(
+        &self,
+        watch: &Watch,
+        budget: usize,
+        strict: bool,
+    ) -> Result<(Vec<(PathBuf, Stamp)>, bool), String> {
         let depth = if watch.spec.recursive { usize::MAX } else { 1 };
         let ignore = &self.config.ignore;
-        walkdir::WalkDir::new(&watch.spec.path)
+        let started = Instant::now();
+        let mut found = Vec::new();
+        let entries = walkdir::WalkDir::new(&watch.spec.path)
             .min_depth(1)
             .max_depth(depth)
+            .follow_links(false)
+            .follow_root_links(false)
             .into_iter()
             .filter_entry(|e| !ignore.iter().any(|i| e.path().starts_with(i)))
-            .filter_map(Result::ok)
-            .filter(|e| !e.file_type().is_dir() && watch.covers(e.path()).is_some())
-            .filter_map(|e| Some((e.path().to_path_buf(), Stamp::of(&e.metadata().ok()?))))
-            .collect()
+            .filter_map(Result::ok);
+        for (visited, e) in entries.enumerate() {
+            let over = if visited >= budget {
+                Some(format!(
+                    "{} holds over {budget} files and directories (monitor.max_watched_files, less what other watches hold): watch a smaller tree",
+                    watch.spec.path.display()
+                ))
+            } else if visited % 1024 == 0 && started.elapsed() > SCAN_DEADLINE {
+                Some(format!(
+                    "{} took over {}s to scan: watch a smaller tree",
+                    watch.spec.path.display(),
+                    SCAN_DEADLINE.as_secs()
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = over {
+                if strict {
+                    return Err(why);
+                }
+                self.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(reason = %why, "scan cut short");
+                return Ok((found, true));
+            }
+            if !e.file_type().is_dir()
+                && watch.covers(e.path()).is_some()
+                && let Ok(m) = e.metadata()
+            {
+                found.push((e.path().to_path_buf(), Stamp::of(&m)));
+            }
+        }
+        Ok((found, false))
     }
 
     fn on_event(&mut self, event: notify::Result<notify::Event>) {
@@ -530,7 +649,7 @@ impl Worker {
     /// their own); a path that is gone stands for every file recorded below it (a
     /// directory removed or moved away).
     fn nominate_any(&mut self, p: &Path) {
-        if p.is_dir() {
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
             self.nominate_tree(p);
             return;
         }
@@ -551,7 +670,10 @@ impl Worker {
 
     fn nominate_tree(&mut self, dir: &Path) {
         let found: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .follow_root_links(false)
             .into_iter()
+            .take(self.config.max_files)
             .filter_map(Result::ok)
             .filter(|e| !e.file_type().is_dir())
             .map(|e| e.path().to_path_buf())
@@ -631,8 +753,15 @@ impl Worker {
         found_by: Option<&'static str>,
     ) -> usize {
         let mut current: HashMap<PathBuf, Stamp> = HashMap::new();
+        // Under a watch whose scan was cut short, what was not seen is not gone.
+        let mut partial: Vec<PathBuf> = Vec::new();
         for w in self.watches.iter().filter(|w| which(w)) {
-            current.extend(self.scan(w));
+            if let Ok((files, cut)) = self.walk(w, self.config.max_files, false) {
+                current.extend(files);
+                if cut {
+                    partial.push(w.spec.path.clone());
+                }
+            }
         }
         let mut changed: Vec<PathBuf> = current
             .iter()
@@ -643,6 +772,7 @@ impl Worker {
             self.known
                 .keys()
                 .filter(|p| !current.contains_key(*p))
+                .filter(|p| !partial.iter().any(|r| p.starts_with(r)))
                 .filter(|p| {
                     self.watches
                         .iter()
@@ -699,6 +829,18 @@ impl Worker {
                     None => continue, // never recorded: made and gone within the window
                 },
                 Some(stamp) => {
+                    if !self.known.contains_key(&path)
+                        && p.from.as_ref().is_none_or(|f| !self.known.contains_key(f))
+                        && self.known.len() >= self.config.max_files
+                    {
+                        if self.stats.over_limit.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(
+                                limit = self.config.max_files,
+                                "monitor.max_watched_files reached: new files are not recorded"
+                            );
+                        }
+                        continue;
+                    }
                     let renamed = p.from.as_ref().and_then(|f| self.known.remove(f));
                     let kind = match (self.known.insert(path.clone(), stamp), renamed) {
                         (_, Some(_)) => "rename",

@@ -4,9 +4,14 @@
 
 use coditect_monitor::config::Config;
 use coditect_monitor::daemon::Daemon;
-use coditect_proto::ipc::{AckStatus, Frame, LogEntry, Message, Payload, encode_frame, next_frame};
+use coditect_proto::ipc::{
+    AckStatus, Frame, LogEntry, LogFilter, Message, Payload, StoredLog, WatchMode, encode_frame,
+    next_frame,
+};
 use coditect_proto::{ErrorCode, Level};
+use std::path::Path;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
@@ -39,6 +44,15 @@ pub async fn spawn_with(
     tcp: bool,
     adjust: impl FnOnce(&mut Config),
 ) -> TestDaemon {
+    try_spawn_with(dir, tcp, adjust).await.unwrap()
+}
+
+/// [`spawn_with`], or why the daemon refused to start.
+pub async fn try_spawn_with(
+    dir: tempfile::TempDir,
+    tcp: bool,
+    adjust: impl FnOnce(&mut Config),
+) -> anyhow::Result<TestDaemon> {
     let mut config = Config::default();
     config.monitor.unix_socket_path = dir.path().join("run").join("m.sock");
     config.storage.sqlite_path = dir.path().join("data").join("m.db");
@@ -54,14 +68,14 @@ pub async fn spawn_with(
         config.monitor.unix_socket_path.clone(),
         config.storage.sqlite_path.clone(),
     );
-    let daemon = Daemon::start(config).await.unwrap();
+    let daemon = Daemon::start(config).await?;
     let tcp = daemon.tcp_addr();
     let http = daemon.http_addr();
     let (tx, rx) = oneshot::channel();
     let done = tokio::spawn(daemon.run(async {
         let _ = rx.await;
     }));
-    TestDaemon {
+    Ok(TestDaemon {
         dir,
         socket,
         db,
@@ -69,7 +83,7 @@ pub async fn spawn_with(
         http,
         stop: Some(tx),
         done,
-    }
+    })
 }
 
 impl TestDaemon {
@@ -171,5 +185,110 @@ pub async fn stored_count<S: AsyncRead + AsyncWrite + Unpin>(
     match c.call(Payload::QueryLogs { filter, limit: 1 }).await {
         Payload::LogResults { total_count, .. } => total_count,
         other => panic!("{other:?}"),
+    }
+}
+
+// What the watch and hardening tests share.
+
+pub fn fast(c: &mut coditect_monitor::config::Config) {
+    c.monitor.debounce = Duration::from_millis(50);
+    c.monitor.scan_interval = Duration::from_millis(100);
+}
+
+pub async fn session(c: &mut Client<tokio::net::UnixStream>, id: &str, who: &str, agent: &str) {
+    accepted(
+        &c.call(Payload::SessionStart {
+            session_id: id.into(),
+            identity: who.into(),
+            agent_type: Some(agent.into()),
+        })
+        .await,
+    );
+}
+
+pub async fn watch(
+    c: &mut Client<tokio::net::UnixStream>,
+    path: &Path,
+    patterns: &[&str],
+    session_id: Option<&str>,
+    mode: WatchMode,
+) -> Payload {
+    c.call(Payload::StartMonitoring {
+        path: path.to_path_buf(),
+        recursive: true,
+        patterns: patterns.iter().map(|s| s.to_string()).collect(),
+        session_id: session_id.map(str::to_string),
+        mode,
+    })
+    .await
+}
+
+/// The file-monitor entries, oldest first.
+pub async fn file_events(c: &mut Client<tokio::net::UnixStream>) -> Vec<StoredLog> {
+    match c
+        .call(Payload::QueryLogs {
+            filter: LogFilter {
+                component: Some("file-monitor".into()),
+                ..LogFilter::default()
+            },
+            limit: 10_000,
+        })
+        .await
+    {
+        Payload::LogResults { mut entries, .. } => {
+            entries.reverse();
+            entries
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waits until `n` file events are recorded (at most 20 s).
+pub async fn wait_events(c: &mut Client<tokio::net::UnixStream>, n: usize) -> Vec<StoredLog> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = file_events(c).await;
+        if e.len() >= n || Instant::now() > deadline {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The exports recorded in the store at `db`, once `until` holds of them (at most 20 s).
+pub async fn exports_until(
+    db: &Path,
+    until: impl Fn(&[coditect_monitor::store::ExportRecord]) -> bool,
+) -> Vec<coditect_monitor::store::ExportRecord> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s =
+            coditect_monitor::store::MonitorStore::open(db, coditect_store::Synchronous::Normal)
+                .await
+                .unwrap();
+        let e = s.exports(100).await.unwrap();
+        s.close().await;
+        if until(&e) || Instant::now() > deadline {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

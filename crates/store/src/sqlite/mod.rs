@@ -113,7 +113,16 @@ impl SqliteStore {
             .map_err(|e| StoreError::Internal(format!("open task failed: {e}")))?
     }
 
-    fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+    fn open_blocking(mut config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+        // SQLite is told never to follow a symlink (below): directories above the file
+        // that are symlinks are the operator's layout, resolved here once; the file itself
+        // being one is refused.
+        if let (Some(dir), Some(name)) = (config.path.parent(), config.path.file_name())
+            && !dir.as_os_str().is_empty()
+            && let Ok(real) = std::fs::canonicalize(dir)
+        {
+            config.path = real.join(name);
+        }
         crate::files::private_database(&config.path).map_err(|e| {
             StoreError::Internal(format!("cannot create {}: {e}", config.path.display()))
         })?;
@@ -150,6 +159,12 @@ impl SqliteStore {
     /// Groups and jobs the writer has committed so far.
     pub fn writer_stats(&self) -> WriterStats {
         self.inner.writer.stats()
+    }
+
+    /// Bounds the WAL file: after a commit that leaves it over `bytes` it is checkpointed
+    /// and truncated before the commit is answered (0: no bound beyond SQLite's own).
+    pub fn set_wal_limit(&self, bytes: u64) {
+        self.inner.writer.set_wal_limit(bytes);
     }
 
     /// Write jobs waiting for the writer.
@@ -206,7 +221,11 @@ impl SqliteStore {
 }
 
 fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
-    let mut conn = Connection::open(&config.path)?;
+    // SQLite follows symlinks unless told not to: a database path that is one is refused.
+    let mut conn = Connection::open_with_flags(
+        &config.path,
+        OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
     conn.busy_timeout(config.busy_timeout)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -228,7 +247,9 @@ fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
 fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
     conn.busy_timeout(busy_timeout)?;
     conn.execute_batch("PRAGMA query_only=ON;")?;

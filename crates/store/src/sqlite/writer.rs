@@ -81,6 +81,9 @@ pub struct WriterStats {
 struct Counters {
     groups: AtomicU64,
     jobs: AtomicU64,
+    /// The WAL file is checkpointed and truncated after a commit that leaves it larger than
+    /// this (bytes; 0: only SQLite's own automatic checkpoints).
+    wal_limit: AtomicU64,
 }
 
 impl Writer {
@@ -108,6 +111,12 @@ impl Writer {
             groups: self.stats.groups.load(Ordering::Relaxed),
             jobs: self.stats.jobs.load(Ordering::Relaxed),
         }
+    }
+
+    /// Checkpoints and truncates the WAL after any commit that leaves it over `bytes`,
+    /// before the commit is answered (0: no limit).
+    pub(crate) fn set_wal_limit(&self, bytes: u64) {
+        self.stats.wal_limit.store(bytes, Ordering::Relaxed);
     }
 
     /// Jobs waiting in the queue (not counting the group being committed).
@@ -202,12 +211,27 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Box<dyn Job>>, stats: &Co
     if let Err(e) = &outcome {
         tracing::error!(error = %e, jobs, "sqlite group commit failed; every job in it is refused");
     }
+    let limit = stats.wal_limit.load(Ordering::Relaxed);
+    if limit > 0
+        && wal_size(conn) > limit
+        && let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+    {
+        tracing::warn!(error = %e, "sqlite checkpoint to bound the WAL failed");
+    }
     for job in group.drain(..) {
         job.finish(outcome.clone());
     }
     metrics::histogram!("store_sqlite_group_jobs").record(jobs as f64);
     metrics::histogram!("store_sqlite_group_commit_seconds")
         .record(started.elapsed().as_secs_f64());
+}
+
+/// The size of the connection's WAL file (0 when there is none).
+fn wal_size(conn: &Connection) -> u64 {
+    let Some(path) = conn.path().filter(|p| !p.is_empty()) else {
+        return 0;
+    };
+    std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len())
 }
 
 fn run_group(conn: &mut Connection, group: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
