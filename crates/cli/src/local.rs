@@ -96,6 +96,9 @@ impl Local {
                     ));
                     return Ok(Ok(Client::Tcp(c)));
                 }
+                Err(e @ ClientError::Impostor { .. }) => {
+                    return Err(CliError::new(Exit::MonitorUnreachable, e.to_string()));
+                }
                 Err(ClientError::Refused(_)) => {
                     return Err(CliError::credentials(format!(
                         "codi-monitor at {addr} refused the TCP token (monitor.tcp_token / CODI_TCP_TOKEN)"

@@ -92,33 +92,32 @@ async fn malformed_hub_urls_are_refused_before_any_network_use() {
     }
 }
 
-/// F5: a listener someone else swapped in for codi-monitor's socket gets nothing: codi2
-/// checks who serves the socket before sending, and does not fall back to anything else.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn codi2_never_talks_to_a_socket_another_user_serves() {
-    let Some(other) = OtherUser::create() else {
-        eprintln!("skipped: it needs root to create a second user");
-        return;
-    };
-    let sb = Sandbox::new();
-    // A directory the other user may write, as a careless 0777 one would be.
-    let open = sb.path().join("open");
-    std::fs::create_dir(&open).unwrap();
-    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let socket = open.join("m.sock");
-    let captured = sb.path().join("captured");
+/// A listener run as `other` (Unix socket at `at`, or TCP on loopback when `at` is
+/// `tcp`) that appends whatever it receives to `captured`; its address once ready.
+async fn impostor(
+    other: &OtherUser,
+    python: &str,
+    at: &str,
+    captured: &std::path::Path,
+) -> (tokio::process::Child, String) {
     let script = r#"
 import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.bind(sys.argv[1])
+if sys.argv[1] == "tcp":
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    where = "%d" % s.getsockname()[1]
+else:
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(sys.argv[1])
+    where = sys.argv[1]
 s.listen(16)
-print("ready", flush=True)
+print(where, flush=True)
 s.settimeout(20)
-got = b""
 try:
     while True:
         c, _ = s.accept()
         c.settimeout(2)
+        got = b""
         try:
             while True:
                 d = c.recv(65536)
@@ -131,8 +130,35 @@ try:
 except Exception:
     pass
 "#;
-    std::fs::File::create(&captured).unwrap();
-    other.give(&captured);
+    let mut c = other.command(python);
+    c.args(["-c", script])
+        .arg(at)
+        .arg(captured)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = tokio::process::Command::from(c)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (child, ready)
+}
+
+/// F5: a listener someone else put in codi-monitor's place — the socket in a careless
+/// 0777 directory, or the loopback TCP port while the daemon is down — gets nothing:
+/// codi2 checks who serves it before sending, and does not fall back to anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codi2_never_talks_to_a_listener_another_user_serves() {
+    let Some(other) = OtherUser::create() else {
+        eprintln!("skipped: it needs root to create a second user");
+        return;
+    };
     // The listener runs as the other user: a Python it can execute (the suite's venv may
     // live where only root can reach).
     let Some(python) = ["/usr/bin/python3", "python3"].into_iter().find(|p| {
@@ -145,27 +171,16 @@ except Exception:
         eprintln!("skipped: no Python the second user can run");
         return;
     };
-    let mut listener = tokio::process::Command::from({
-        let mut c = other.command(python);
-        c.args(["-c", script])
-            .arg(&socket)
-            .arg(&captured)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit());
-        c
-    })
-    .kill_on_drop(true)
-    .spawn()
-    .unwrap();
-    {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(listener.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(ready.as_deref(), Some("ready"));
-    }
+    let sb = Sandbox::new();
+    let open = sb.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let captured = sb.path().join("captured");
+    std::fs::File::create(&captured).unwrap();
+    other.give(&captured);
+
+    let socket = open.join("m.sock");
+    let (mut unix, _) = impostor(&other, python, socket.to_str().unwrap(), &captured).await;
     let r = sb
         .run_with(
             &["log", "ROOT-SECRET-42"],
@@ -174,13 +189,26 @@ except Exception:
         )
         .await;
     r.failed(3, "served by another user");
+
+    let (mut tcp, port) = impostor(&other, python, "tcp", &captured).await;
+    let r = sb
+        .run_with(
+            &["log", "ROOT-SECRET-43"],
+            &[
+                ("CODI_SOCKET", open.join("nothing.sock").to_str().unwrap()),
+                ("CODI_TCP_ENABLED", "true"),
+                ("CODI_TCP_LISTEN", &format!("127.0.0.1:{port}")),
+                ("CODI_TCP_TOKEN", "TOKEN-SECRET-0123456789"),
+            ],
+            None,
+        )
+        .await;
+    r.failed(3, "served by another user");
+
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = listener.start_kill();
-    let got = std::fs::read(&captured).unwrap();
-    assert!(
-        !String::from_utf8_lossy(&got).contains("ROOT-SECRET"),
-        "the other user captured it"
-    );
+    let _ = (unix.start_kill(), tcp.start_kill());
+    let got = String::from_utf8_lossy(&std::fs::read(&captured).unwrap()).into_owned();
+    assert!(!got.contains("SECRET"), "the other user captured {got:?}");
     // Nor was it written anywhere else.
     assert!(!sb.path().join("data/codi/m.db").exists());
 }

@@ -26,7 +26,7 @@ pub enum ClientError {
     #[error("the token was refused: {0}")]
     Refused(String),
     #[error(
-        "refusing codi-monitor's socket at {at}: it is served by another user (uid {uid}), not by you or root; nothing was sent"
+        "refusing codi-monitor at {at}: it is served by another user (uid {uid}), not by you or root; nothing was sent"
     )]
     Impostor { at: String, uid: u32 },
 }
@@ -71,6 +71,18 @@ impl IpcClient<TcpStream> {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        // On loopback any local user can listen on the port while the daemon is down: the
+        // token goes only to a listener of ours or root's (when the kernel says whose).
+        if addr.ip().is_loopback()
+            && let Some(uid) = loopback_listener_uid(addr.port())
+            && uid != nix::unistd::geteuid().as_raw()
+            && uid != 0
+        {
+            return Err(ClientError::Impostor {
+                at: addr.to_string(),
+                uid,
+            });
+        }
         let mut c = IpcClient::new(stream);
         match c
             .call(Payload::Hello {
@@ -82,6 +94,40 @@ impl IpcClient<TcpStream> {
             _ => Ok(c),
         }
     }
+}
+
+/// Whose listener on a loopback or wildcard address has `port`, per `/proc/net/tcp{,6}`;
+/// `None` when the kernel does not show one (another network namespace, no `/proc`).
+fn loopback_listener_uid(port: u16) -> Option<u32> {
+    let port = format!(":{port:04X}");
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(uid)) = (f.get(1), f.get(3), f.get(7)) else {
+                continue;
+            };
+            let Some(ip) = local.strip_suffix(port.as_str()) else {
+                continue;
+            };
+            // Listening, on 127.0.0.0/8, ::1, a v4-mapped loopback, or a wildcard.
+            let reachable = match ip.len() {
+                8 => ip.ends_with("7F") || ip == "00000000",
+                32 => {
+                    ip == "00000000000000000000000001000000"
+                        || ip == "00000000000000000000000000000000"
+                        || (ip.starts_with("0000000000000000FFFF0000") && ip.ends_with("7F"))
+                }
+                _ => false,
+            };
+            if *state == "0A" && reachable {
+                return uid.parse().ok();
+            }
+        }
+    }
+    None
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> IpcClient<S> {

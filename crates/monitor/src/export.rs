@@ -14,7 +14,8 @@
 //! archive's file system keeps `monitor.export_min_free_mb` free afterwards, so a copy
 //! never takes the store's room. Archived copies are the daemon user's alone (0600 in
 //! 0700 directories) whatever the original's mode. At shutdown a copy in progress is
-//! abandoned after a grace period rather than holding the daemon up.
+//! abandoned after a grace period (and a read stuck in the kernel is not waited for)
+//! rather than holding the daemon up.
 
 use crate::store::{ExportRecord, MonitorStore};
 use crate::watch::filter::glob;
@@ -56,9 +57,7 @@ pub struct Exporter {
 /// but us and root can change it or a directory above it); its canonical path. Temporary
 /// files left by a crash are removed.
 pub fn secure_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    files::create_private_dir(dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    let dir = files::check_trusted_dir(dir, false)
+    let dir = files::prepare_trusted_dir(dir, false)
         .map_err(|e| anyhow::anyhow!("refusing to archive exports in {}: {e}", dir.display()))?;
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
@@ -134,7 +133,12 @@ impl Exporter {
         if done_rx.recv_timeout(SHUTDOWN_GRACE).is_err() {
             tracing::warn!("exports still running at shutdown: abandoning them");
             self.abort.store(true, Ordering::Release);
-            let _ = done_rx.recv();
+            // A read stuck in the kernel (a hung network file system) never sees the flag:
+            // the thread is left to the process's exit rather than holding shutdown.
+            if done_rx.recv_timeout(SHUTDOWN_GRACE).is_err() {
+                tracing::error!("an export is stuck in a read; not waiting for it");
+                return;
+            }
         }
         let _ = waiter.join();
     }

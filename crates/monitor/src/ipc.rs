@@ -97,7 +97,7 @@ impl Ipc {
 }
 
 /// Binds the Unix socket at `path`: refuses a directory others could swap the socket in
-/// (see [`check_trusted_dir`](coditect_store::files::check_trusted_dir): ours or root's,
+/// (see [`prepare_trusted_dir`](coditect_store::files::prepare_trusted_dir): ours or root's,
 /// and shared only if sticky), refuses when a live daemon answers there, replaces a stale
 /// socket file of ours, and never exposes the socket with wider permissions than 0600 (it
 /// is bound under a temporary name, restricted, then renamed into place). Returns the
@@ -111,8 +111,7 @@ pub async fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, PathBuf)> {
         Some(d) => d.to_path_buf(),
         None => PathBuf::from("."),
     };
-    coditect_store::files::create_private_dir(&dir)?;
-    let dir = coditect_store::files::check_trusted_dir(&dir, true)
+    let dir = coditect_store::files::prepare_trusted_dir(&dir, true)
         .map_err(|e| anyhow::anyhow!("refusing to put the socket in {}: {e}", dir.display()))?;
     let path = dir.join(name);
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
@@ -144,18 +143,23 @@ pub async fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, PathBuf)> {
         std::fs::remove_file(&path)?;
         tracing::info!(path = %path.display(), "replaced a stale socket");
     }
-    let staging = temp_name(&path);
-    let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging)?;
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&staging, &path)?;
-    Ok((listener, path))
-}
-
-fn temp_name(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{}.tmp", std::process::id()));
-    PathBuf::from(name)
+    // Bound inside a directory of our own (0700) and only then moved into place: until it
+    // is 0600 nobody else can reach it, whatever the umask.
+    let staging = dir.join(format!(".codi-monitor-{}.bind", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    }
+    let bound = (|| {
+        let at = staging.join("s");
+        let listener = UnixListener::bind(&at)?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&at, &path)?;
+        anyhow::Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok((bound?, path))
 }
 
 /// Serves one connection until the client leaves, it breaks the protocol beyond repair,
@@ -283,6 +287,8 @@ pub async fn serve<S>(
             }
         };
         tokio::select! {
+            // A request already waiting is read before any reason to close is looked at.
+            biased;
             read = stream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => slot.busy(),

@@ -197,9 +197,7 @@ pub fn secure_path(path: &Path) -> Result<PathBuf, StoreError> {
         Some(d) => d.to_path_buf(),
         None => PathBuf::from("."),
     };
-    coditect_store::files::create_private_dir(&dir)
-        .map_err(|e| refuse(format!("cannot create {}: {e}", dir.display())))?;
-    let dir = coditect_store::files::check_trusted_dir(&dir, false).map_err(|e| {
+    let dir = coditect_store::files::prepare_trusted_dir(&dir, false).map_err(|e| {
         refuse(format!(
             "refusing to keep the store in {}: {e}",
             dir.display()

@@ -178,9 +178,7 @@ impl PidFile {
             Some(d) => d.to_path_buf(),
             None => PathBuf::from("."),
         };
-        coditect_store::files::create_private_dir(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let dir = coditect_store::files::check_trusted_dir(&dir, true)
+        let dir = coditect_store::files::prepare_trusted_dir(&dir, true)
             .map_err(|e| format!("refusing to keep the pid file in {}: {e}", dir.display()))?;
         let path = dir.join(name);
         let mut file = match coditect_store::files::create_private_file(&path) {
@@ -195,7 +193,12 @@ impl PidFile {
                 let meta = f
                     .metadata()
                     .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
-                if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+                // A second name for the file (a hard link someone made to a file of
+                // ours elsewhere) would make us truncate that file.
+                if !meta.is_file()
+                    || meta.uid() != nix::unistd::geteuid().as_raw()
+                    || meta.nlink() != 1
+                {
                     return Err(format!(
                         "{} is not a pid file of ours (uid {}): refusing to write into it",
                         path.display(),

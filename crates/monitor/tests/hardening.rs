@@ -76,13 +76,15 @@ async fn exports_take_only_regular_files_never_through_a_symlink() {
     let secret = secret_dir.join("shadow");
     std::fs::write(&secret, b"ROOT-ONLY-SECRET").unwrap();
     chmod(&secret, 0o600);
-    std::fs::write(secret_dir.join("inner.export"), b"ROOT-ONLY-SECRET too").unwrap();
     let root = d.dir.path().join("ws");
     std::fs::create_dir(&root).unwrap();
+    // There before the watch: a watcher that followed links would watch the other
+    // directory through it.
+    std::os::unix::fs::symlink(&secret_dir, root.join("linked")).unwrap();
     let mut c = d.client().await;
     accepted(&watch(&mut c, &root, &[], None, WatchMode::Native).await);
     std::os::unix::fs::symlink(&secret, root.join("s.export")).unwrap();
-    std::os::unix::fs::symlink(&secret_dir, root.join("linked")).unwrap();
+    std::fs::write(secret_dir.join("inner.export"), b"ROOT-ONLY-SECRET too").unwrap();
     nix::unistd::mkfifo(&root.join("pipe.export"), nix::sys::stat::Mode::S_IRWXU).unwrap();
     if is_root() {
         // /dev/zero's numbers: an endless source.
@@ -106,6 +108,14 @@ async fn exports_take_only_regular_files_never_through_a_symlink() {
     assert_eq!(exports.len(), 1, "{exports:?}");
     assert_eq!(exports_after.len(), 1, "{exports_after:?}");
     assert!(exports[0].original_path.ends_with("good.export"));
+    // The watcher did not follow the link into the other directory either.
+    let through: Vec<_> = file_events(&mut c)
+        .await
+        .into_iter()
+        .filter(|e| e.message.contains("linked/"))
+        .map(|e| e.message)
+        .collect();
+    assert!(through.is_empty(), "{through:?}");
     let archived = walk(&d.dir.path().join("exports"));
     assert_eq!(archived.len(), 1, "{archived:?}");
     for f in &archived {
@@ -226,7 +236,8 @@ async fn the_store_and_the_archive_are_kept_where_nobody_else_reaches() {
     std::fs::write(&their_file, b"theirs").unwrap();
     other.give(&their_file);
     type Arrange<'a> = Box<dyn Fn(&Path, &mut Config) + 'a>;
-    let cases: [(&str, Arrange); 3] = [
+    let mine = tempfile::tempdir().unwrap();
+    let cases: [(&str, Arrange); 4] = [
         (
             "symlink",
             Box::new(|root: &Path, c: &mut Config| {
@@ -247,6 +258,15 @@ async fn the_store_and_the_archive_are_kept_where_nobody_else_reaches() {
             Box::new(|root: &Path, c: &mut Config| {
                 std::os::unix::fs::symlink(theirs.path(), root.join("exports")).unwrap();
                 c.storage.export_dir = root.join("exports");
+            }),
+        ),
+        (
+            // Pointing somewhere of ours, but theirs to point elsewhere later.
+            "a symlink of another user's",
+            Box::new(|root: &Path, c: &mut Config| {
+                std::os::unix::fs::symlink(mine.path(), root.join("data")).unwrap();
+                other.give(&root.join("data"));
+                c.storage.sqlite_path = root.join("data/m.db");
             }),
         ),
     ];

@@ -383,6 +383,14 @@ fn the_pid_file_is_never_written_through_a_symlink_or_in_someone_else_s_director
     assert!(!status.success(), "{err}");
     assert!(err.contains("mon.pid"), "{err}");
     assert_eq!(std::fs::read(&precious).unwrap(), b"precious");
+    // A hard link to it under the pid file's name.
+    let linked = d.root.join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::fs::hard_link(&precious, linked.join("mon.pid")).unwrap();
+    let (status, err) = run(&linked);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("not a pid file of ours"), "{err}");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"precious");
     // Someone else's directory (as root: a second user made for the test).
     match coditect_testkit::fake::OtherUser::create() {
         None => eprintln!("the other-user case is skipped: it needs root"),

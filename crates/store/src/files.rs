@@ -100,15 +100,61 @@ pub fn private_database(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes sure nobody but us (and root) can swap what is in `dir`: `dir` and every directory
-/// above it must belong to us or to root, and any of them that others may write must be
-/// sticky (like `/tmp`, where nobody can rename or remove a file of someone else's).
-/// `dir` itself may be such a shared sticky directory only when `shared_ok` (a socket or a
-/// pid file is one name we create exclusively; a database or an archive is several names
-/// that must not be planted beside it). Symlinks on the way are resolved first and the
-/// canonical path is checked and returned, so a symlink into someone else's directory is
-/// refused. The error says which directory and why.
-pub fn check_trusted_dir(dir: &Path, shared_ok: bool) -> io::Result<PathBuf> {
+/// Makes `dir` (creating what is missing, 0700) a directory nobody but us and root can
+/// swap anything in, or says why it cannot be; its canonical path. The rule, after
+/// OpenSSH's StrictModes: the directory and every one above it belong to us or to root,
+/// and any that others may write is sticky (like `/tmp`, where nobody can rename or remove
+/// a name of someone else's) — `dir` itself may be such a shared directory only when
+/// `shared_ok` (a socket or a pid file is one name we create exclusively; a database or an
+/// archive is several names that must not be planted beside it). A symlink on the way must
+/// be ours or root's and sit in such a directory too (else its owner could point it
+/// elsewhere later); it is then followed, and the rule applies to where it leads. Nothing
+/// is created until the part that exists has passed.
+pub fn prepare_trusted_dir(dir: &Path, shared_ok: bool) -> io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = match dir.is_absolute() {
+        true => dir.to_path_buf(),
+        false => std::env::current_dir()?.join(dir),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    let mut existing = PathBuf::from("/");
+    let mut missing = PathBuf::new();
+    for c in absolute.components().skip(1) {
+        if !missing.as_os_str().is_empty() {
+            missing.push(c);
+            continue;
+        }
+        let next = existing.join(c);
+        match std::fs::symlink_metadata(&next) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(c),
+            Err(e) => return Err(e),
+            Ok(m) if m.file_type().is_symlink() => {
+                if m.uid() != me && m.uid() != 0 {
+                    return Err(refused(format!(
+                        "{} is a symlink of another user's (uid {}), who could point it anywhere",
+                        next.display(),
+                        m.uid()
+                    )));
+                }
+                check_trusted_chain(&existing, true)?;
+                existing = std::fs::canonicalize(&next)?;
+            }
+            Ok(_) => existing = next,
+        }
+    }
+    if missing.as_os_str().is_empty() {
+        return check_trusted_chain(&existing, shared_ok);
+    }
+    // Our new directories go into one nobody else can swap them out of.
+    let parent = check_trusted_chain(&existing, true)?;
+    let full = parent.join(&missing);
+    create_private_dir(&full)?;
+    check_trusted_chain(&full, shared_ok)
+}
+
+/// The canonical form of `dir`, once it and every directory above it pass the rule of
+/// [`prepare_trusted_dir`].
+fn check_trusted_chain(dir: &Path, shared_ok: bool) -> io::Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let canonical = std::fs::canonicalize(dir)?;
     let me = nix::unistd::geteuid().as_raw();

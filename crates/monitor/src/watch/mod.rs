@@ -400,22 +400,24 @@ impl Worker {
         // without a single inotify watch spent on it.
         self.walk(&watch, budget, true)?;
         // A changed watch on the same path replaces the old one.
+        let replaced = self
+            .watches
+            .iter()
+            .find(|w| w.spec.path == root)
+            .map(|w| w.spec.clone());
         self.remove(&root);
-        if let Err(e) = self.register(&watch.spec) {
-            self.unregister(&watch.spec);
-            return Err(e);
-        }
-        let current = match self.walk(&watch, budget, true) {
-            Ok((files, _)) => files,
-            Err(e) => {
-                self.unregister(&watch.spec);
-                return Err(e);
-            }
-        };
-        let baseline = match self.baseline(&root, current, resumed) {
+        let baseline = match self.install(&watch, budget, resumed) {
             Ok(b) => b,
             Err(e) => {
                 self.unregister(&watch.spec);
+                self.rewatch_overlapping(&root, watch.spec.mode);
+                if let Some(old) = replaced {
+                    // Refused: the watch it was to replace goes on as it was.
+                    if let Err(again) = self.add(old, false) {
+                        self.stats.failed_watches.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(path = %root.display(), reason = again, "cannot restore the watch a refused one was to replace");
+                    }
+                }
                 return Err(e);
             }
         };
@@ -429,6 +431,19 @@ impl Worker {
             self.nominate(p, None, Some("offline"));
         }
         Ok(root)
+    }
+
+    /// Registers `watch` and takes its baseline.
+    #[allow(clippy::type_complexity)]
+    fn install(
+        &mut self,
+        watch: &Watch,
+        budget: usize,
+        resumed: bool,
+    ) -> Result<(Vec<(PathBuf, Stamp)>, Vec<PathBuf>), String> {
+        self.register(&watch.spec)?;
+        let (current, _) = self.walk(watch, budget, true)?;
+        self.baseline(&watch.spec.path, current, resumed)
     }
 
     /// What is known under a new watch, and what changed since a resumed one was last seen.
@@ -515,24 +530,7 @@ impl Worker {
         };
         let w = self.watches.remove(i);
         self.unregister(&w.spec);
-        // The kernel's watches are per directory: unwatching `root` also dropped those an
-        // enclosing or nested watch relied on. Ask again, and rescan for what happened in
-        // between.
-        let overlapping: Vec<WatchedPath> = self
-            .watches
-            .iter()
-            .filter(|o| o.spec.mode == WatchMode::Native && w.spec.mode == WatchMode::Native)
-            .filter(|o| o.spec.path.starts_with(root) || root.starts_with(&o.spec.path))
-            .map(|o| o.spec.clone())
-            .collect();
-        for o in &overlapping {
-            if let Err(e) = self.register(o) {
-                tracing::warn!(path = %o.path.display(), error = %e, "cannot watch again");
-            }
-        }
-        if !overlapping.is_empty() {
-            self.rescan();
-        }
+        self.rewatch_overlapping(root, w.spec.mode);
         let watches = &self.watches;
         let mut forgotten = Vec::new();
         self.known.retain(|p, _| {
@@ -550,6 +548,30 @@ impl Worker {
             tracing::warn!(error = %e, "cannot forget the files of a removed watch");
         }
         tracing::info!(path = %root.display(), "stopped watching");
+    }
+
+    /// The kernel's watches are per directory: unwatching `root` also dropped those an
+    /// enclosing or nested watch relied on. Ask again, and rescan for what happened in
+    /// between.
+    fn rewatch_overlapping(&mut self, root: &Path, mode: WatchMode) {
+        if mode != WatchMode::Native {
+            return;
+        }
+        let overlapping: Vec<WatchedPath> = self
+            .watches
+            .iter()
+            .filter(|o| o.spec.mode == WatchMode::Native)
+            .filter(|o| o.spec.path.starts_with(root) || root.starts_with(&o.spec.path))
+            .map(|o| o.spec.clone())
+            .collect();
+        for o in &overlapping {
+            if let Err(e) = self.register(o) {
+                tracing::warn!(path = %o.path.display(), error = %e, "cannot watch again");
+            }
+        }
+        if !overlapping.is_empty() {
+            self.rescan();
+        }
     }
 
     /// The recordable files under a watch now, visiting at most `budget` files and
@@ -593,8 +615,9 @@ impl Worker {
                 if strict {
                     return Err(why);
                 }
-                self.stats.over_limit.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(reason = %why, "scan cut short");
+                if self.stats.over_limit.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(reason = %why, "scan cut short");
+                }
                 return Ok((found, true));
             }
             if !e.file_type().is_dir()

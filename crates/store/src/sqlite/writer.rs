@@ -212,11 +212,8 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Box<dyn Job>>, stats: &Co
         tracing::error!(error = %e, jobs, "sqlite group commit failed; every job in it is refused");
     }
     let limit = stats.wal_limit.load(Ordering::Relaxed);
-    if limit > 0
-        && wal_size(conn) > limit
-        && let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-    {
-        tracing::warn!(error = %e, "sqlite checkpoint to bound the WAL failed");
+    if limit > 0 && wal_size(conn) > limit {
+        bound_wal(conn);
     }
     for job in group.drain(..) {
         job.finish(outcome.clone());
@@ -224,6 +221,26 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Box<dyn Job>>, stats: &Co
     metrics::histogram!("store_sqlite_group_jobs").record(jobs as f64);
     metrics::histogram!("store_sqlite_group_commit_seconds")
         .record(started.elapsed().as_secs_f64());
+}
+
+/// Checkpoints and truncates the WAL without waiting for readers: one holding a snapshot
+/// makes this attempt give up at once (the next commit tries again) instead of stalling
+/// every acknowledgement behind it for the busy timeout.
+fn bound_wal(conn: &Connection) {
+    let waited: i64 = conn
+        .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+        .unwrap_or(0);
+    let _ = conn.busy_timeout(std::time::Duration::ZERO);
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => {}
+        Ok(_) => tracing::debug!("a reader holds the WAL; it is bounded at a later commit"),
+        Err(e) => tracing::warn!(error = %e, "sqlite checkpoint to bound the WAL failed"),
+    }
+    let _ = conn.busy_timeout(std::time::Duration::from_millis(
+        u64::try_from(waited).unwrap_or(0),
+    ));
 }
 
 /// The size of the connection's WAL file (0 when there is none).
