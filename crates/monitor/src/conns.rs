@@ -58,9 +58,12 @@ impl Conns {
                 metrics::counter!("codi_ipc_connections_refused_total").increment(1);
                 return None;
             }
-        } else if s.count(false) >= self.max_unauthenticated {
+        } else if s.count(false) >= self.max_unauthenticated
             // A client that has proved nothing displaces only another like it.
-            s.evict_longest_idle(false, None);
+            && !s.evict_longest_idle(false, None)
+        {
+            metrics::counter!("codi_ipc_connections_refused_total").increment(1);
+            return None;
         }
         s.next += 1;
         let id = s.next;
