@@ -3,8 +3,8 @@
 //! - `GET /health` (public, for probes) and `GET /api/admin/health` (platform admins):
 //!   probe every component (stores) and report `healthy | degraded | unhealthy` with
 //!   per-component latency; 503 when unhealthy.
-//! - `GET /ready`: for load balancers; 200 once every store has been reached and migrated,
-//!   until shutdown begins. Cheap: no probe, just state. A PostgreSQL outage after that shows
+//! - `GET /ready`: for load balancers and scripts; 200 once every store has been reached and
+//!   migrated and the first admin (when configured) exists, until shutdown begins. Cheap: no probe, just state. A PostgreSQL outage after that shows
 //!   in `/health` but not here: every replica shares the one PostgreSQL, so taking them all
 //!   out of rotation would turn a degraded service into an outage.
 
@@ -67,6 +67,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
     if !state.gate().system().is_ready() {
         return not_ready("shared store not reachable or not migrated");
+    }
+    if !state.is_bootstrapped() {
+        return not_ready("creating the first admin");
     }
     Json(json!({"status": "ready"})).into_response()
 }

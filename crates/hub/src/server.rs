@@ -401,21 +401,33 @@ pub async fn retention_pass(state: &AppState, chunks_per_step: u32) {
 }
 
 /// Creates the first platform admin once the store is ready, if configured and needed.
+/// Creates the first admin once the stores are ready (retrying while the store refuses),
+/// then lets `/ready` answer 200.
 async fn bootstrap_when_ready(state: AppState) {
-    while !state.gate().system().is_ready() {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let config = state.config();
-    let result = crate::auth::bootstrap::run(
-        &state.gate().system(),
-        &state.auth().passwords,
-        state.gate().clock(),
-        config.bootstrap.as_ref(),
-        &config.bootstrap_tenant,
-    )
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "cannot create the first admin");
+    let mut wait = Duration::from_millis(100);
+    loop {
+        // Waiting for the stores is cheap and ends as soon as they are there.
+        while !state.gate().system().is_ready() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let config = state.config();
+        let result = crate::auth::bootstrap::run(
+            &state.gate().system(),
+            &state.auth().passwords,
+            state.gate().clock(),
+            config.bootstrap.as_ref(),
+            &config.bootstrap_tenant,
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                state.set_bootstrapped();
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot create the first admin; will retry"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 

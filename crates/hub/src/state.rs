@@ -28,6 +28,8 @@ struct Inner {
     metrics: PrometheusHandle,
     started: Instant,
     draining: AtomicBool,
+    /// The first-start work (the bootstrap admin) is done.
+    bootstrapped: AtomicBool,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
                 metrics,
                 started: Instant::now(),
                 draining: AtomicBool::new(false),
+                bootstrapped: AtomicBool::new(false),
             }),
         }
     }
@@ -94,6 +97,16 @@ impl AppState {
     /// True once shutdown began: readiness turns false so load balancers stop sending.
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    /// True once the first admin exists (or none was asked for): until then a client that
+    /// waits for readiness and then logs in could be refused.
+    pub fn is_bootstrapped(&self) -> bool {
+        self.inner.bootstrapped.load(Ordering::Acquire)
+    }
+
+    pub fn set_bootstrapped(&self) {
+        self.inner.bootstrapped.store(true, Ordering::Release);
     }
 
     pub fn start_draining(&self) {

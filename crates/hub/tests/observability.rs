@@ -100,3 +100,71 @@ fn the_alert_rules_are_valid_and_fire_when_they_should() {
     promtool(&["check", "rules", "alerts.yml"]);
     promtool(&["test", "rules", "alerts_test.yml"]);
 }
+
+/// Every series the hub exports after real traffic (logins good and bad, a refresh, a
+/// refusal, ingestion, a tail) passes `promtool check metrics`: HELP and TYPE for each,
+/// names and units as Prometheus expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_pass_promtool_after_traffic() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_t, admin, tokens) = app.tenant_with_admin("acme").await;
+    let post =
+        |path: &str, body: serde_json::Value| app.client.post(app.url(path)).json(&body).send();
+    let bad = post(
+        "/api/v1/auth/login",
+        json!({"email": admin.email, "password": "not the password"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 401);
+    let refreshed = post(
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": tokens.refresh}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refreshed.status(), 200);
+    let access = json(refreshed).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.get_as("/api/v1/tenants", "not-a-token").await.status(),
+        401
+    );
+    let ws = app.workspace(&access, "w").await;
+    let entries = vec![json!({"level": "info", "component": "a", "message": "m"})];
+    let res = app
+        .post_as(
+            "/api/logs/batch",
+            &access,
+            json!({"entries": entries, "workspace_id": ws}),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let text = app.get("/metrics").await.text().await.unwrap();
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/test installs the Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+}

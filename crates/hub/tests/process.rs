@@ -193,7 +193,13 @@ async fn postgres_down_at_start_then_up_then_restarted_is_survived_without_a_res
         "healthy once postgres is up: {:?}",
         hub.logs()
     );
-    assert_eq!(get_json(&hub.url("/ready")).await.0, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get_json(&hub.url("/ready")).await.0 == 200
+        })
+        .await,
+        "ready once postgres is up and the first start is done"
+    );
 
     // PostgreSQL restarts under a running hub: it recovers by itself.
     cluster.restart().unwrap();
@@ -221,4 +227,48 @@ async fn becomes_healthy(hub: &HubProcess) -> bool {
         status == 200 && body["status"] == "healthy"
     })
     .await
+}
+
+/// `/ready` answers 200 only once the bootstrap admin exists: a script that waits for it
+/// and then logs in is never refused. Hashing at production cost (the defaults) makes the
+/// first admin take a while to create; before, `/ready` was 200 meanwhile and the login 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_first_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (email, password) = ("first@example.com", "a long bootstrap passphrase");
+    let hub = HubProcess::spawn(
+        dir.path(),
+        &[],
+        &[
+            ("CODITECT_BOOTSTRAP_EMAIL", email),
+            ("CODITECT_BOOTSTRAP_PASSWORD", password),
+        ],
+    );
+    let mut saw_not_ready = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = get_json(&hub.url("/ready")).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        saw_not_ready.get_or_insert(body);
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let login = reqwest::Client::new()
+        .post(hub.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        login.status(),
+        200,
+        "ready, yet the first admin cannot log in"
+    );
+    if let Some(body) = saw_not_ready {
+        eprintln!("not ready meanwhile: {body}");
+        assert_eq!(body["status"], "not_ready");
+    }
 }

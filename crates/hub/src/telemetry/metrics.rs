@@ -157,6 +157,45 @@ fn describe() {
         "hub_background_restarts_total",
         "background tasks restarted after a panic, by task"
     );
+    // Identity and authorization.
+    describe_gauge!(
+        "auth_active_sessions",
+        "sessions that are neither expired nor revoked, across replicas"
+    );
+    describe_counter!(
+        "auth_logins_total",
+        "password logins, by result (success, failure, slowed, throttled)"
+    );
+    describe_counter!(
+        "auth_refreshes_total",
+        "refresh-token exchanges, by result (success, invalid, reused, rejected)"
+    );
+    describe_counter!(
+        "auth_token_validations_total",
+        "bearer credentials checked, by result"
+    );
+    describe_counter!(
+        "auth_stale_credentials_total",
+        "credentials refused because what they named changed (role, tenant, key revoked)"
+    );
+    describe_counter!(
+        "authz_denied_total",
+        "requests refused by authorization, by resource and action"
+    );
+    describe_counter!(
+        "audit_write_failures_total",
+        "audit events that could not be stored"
+    );
+    // Connections (the hub's own accept loop).
+    describe_gauge!("http_connections_open", "client connections open now");
+    describe_counter!(
+        "http_connections_refused_total",
+        "connections refused at accept, by reason (total cap, per-address cap)"
+    );
+    describe_counter!(
+        "http_connections_timed_out_total",
+        "connections closed for a slow header or an idle keep-alive, by reason"
+    );
     // Present from the start (at zero), so dashboards and alerts see them before any event.
     for protocol in ["native", "otlp", "loki"] {
         metrics::counter!("log_ingestion_total", "protocol" => protocol).increment(0);

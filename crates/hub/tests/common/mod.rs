@@ -257,6 +257,11 @@ pub async fn spawn_app_with(
     let server = tokio::spawn(hub.serve(async move {
         let _ = rx.await;
     }));
+    // Ready as a client would see it (first-start work done), like `/ready` says.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state.is_bootstrapped() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     TestApp {
         addr,
         client: reqwest::Client::new(),
