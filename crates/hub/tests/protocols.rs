@@ -28,6 +28,7 @@ both_backends!(
     otlp_retries_are_stored_once,
     loki_json_and_protobuf_are_stored,
     org_ids_must_match_the_credential,
+    entries_naming_no_workspace_go_to_the_tenant_s_default_one,
 );
 
 fn now_nanos() -> u64 {
@@ -284,20 +285,7 @@ async fn otlp_json_reports_partial_success_and_errors_per_spec(backend: Backend)
     let body = json(res).await;
     assert_eq!(body["code"], 3);
     assert_eq!(body["error"]["code"], "BAD_REQUEST");
-    // No workspace anywhere: nothing can be stored.
     let lost = request("x", vec![], vec![record(9, "where to?", vec![])]);
-    let res = post(
-        &app,
-        "/v1/logs",
-        &tokens.access,
-        "application/x-protobuf",
-        &[],
-        lost.encode_to_vec(),
-    )
-    .await;
-    assert_eq!(res.status(), 400);
-    let status = Status::decode(res.bytes().await.unwrap()).unwrap();
-    assert!(status.message.contains("no workspace"), "{status:?}");
     let res = app
         .client
         .post(app.url("/v1/logs"))
@@ -608,4 +596,109 @@ async fn the_opentelemetry_python_sdk_exports_to_the_hub() {
     assert_eq!(items[1]["span_id"].as_str().unwrap().len(), 16);
     assert_eq!(items[2]["level"], "warn");
     assert_eq!(items[0]["metadata"]["otel.scope"], "checkout");
+}
+
+/// A stock OpenTelemetry SDK or Loki shipper configured with only an endpoint and a user's
+/// credential: its entries go to the tenant's `default` workspace, made on first use (one,
+/// whoever sends first, never another tenant's); a header or resource attribute still wins.
+/// Once the default is deleted such entries are refused with the reason.
+async fn entries_naming_no_workspace_go_to_the_tenant_s_default_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (tenant, _admin, tokens) = app.tenant_with_admin("acme").await;
+    let (_t2, _admin2, other) = app.tenant_with_admin("globex").await;
+    let viewer = app
+        .seed_user(tenant, coditect_proto::Role::Viewer, false)
+        .await;
+    let viewer = app.login(&viewer).await;
+    let otlp = |token: String, body: &'static str, headers: Vec<(&'static str, String)>| {
+        let req = request("svc", vec![], vec![record(9, body, vec![])]);
+        let app = &app;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post(
+                app,
+                "/v1/logs",
+                &token,
+                "application/x-protobuf",
+                &h,
+                req.encode_to_vec(),
+            )
+            .await
+        }
+    };
+    // Who may not write logs makes no default workspace either.
+    assert_eq!(
+        otlp(viewer.access.clone(), "viewer", vec![]).await.status(),
+        403
+    );
+    assert_eq!(
+        otlp(tokens.access.clone(), "first", vec![]).await.status(),
+        200
+    );
+    assert_eq!(
+        otlp(tokens.access.clone(), "second", vec![]).await.status(),
+        200
+    );
+    assert_eq!(
+        otlp(other.access.clone(), "theirs", vec![]).await.status(),
+        200
+    );
+    let loki = app
+        .client
+        .post(app.url("/loki/api/v1/push"))
+        .bearer_auth(&tokens.access)
+        .json(&json!({"streams": [{"stream": {"job": "j"}, "values": [[now_nanos().to_string(), "from loki"]]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(loki.status(), 204);
+    let defaults = |token: String| {
+        let app = &app;
+        async move {
+            let page = app.get_json("/api/v1/workspaces", &token).await;
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["name"] == "default")
+                .map(|w| w["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let ours = defaults(tokens.access.clone()).await;
+    let theirs = defaults(other.access.clone()).await;
+    assert_eq!((ours.len(), theirs.len()), (1, 1), "{ours:?} {theirs:?}");
+    assert_ne!(ours[0], theirs[0]);
+    let items = search(&app, &tokens.access, &format!("workspace_id={}", ours[0])).await;
+    let messages: Vec<&str> = items
+        .iter()
+        .map(|i| i["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["first", "second", "from loki"]);
+    // The header still wins.
+    let named = app.workspace(&tokens.access, "named").await;
+    let res = otlp(
+        tokens.access.clone(),
+        "to the named one",
+        vec![("x-coditect-workspace-id", named.clone())],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let items = search(&app, &tokens.access, &format!("workspace_id={named}")).await;
+    assert_eq!(items.len(), 1);
+    // Deleted, it is not made again: entries naming none are refused, saying why.
+    let res = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/workspaces/{}", ours[0]),
+            &tokens.access,
+            None,
+        )
+        .await;
+    assert!(res.status().is_success(), "{}", res.status());
+    let res = otlp(tokens.access.clone(), "lost", vec![]).await;
+    assert_eq!(res.status(), 400);
+    let status = Status::decode(res.bytes().await.unwrap()).unwrap();
+    assert!(status.message.contains("no workspace"), "{status:?}");
+    assert!(status.message.contains("default"), "{status:?}");
 }

@@ -765,6 +765,71 @@ impl<'a> Scoped<'a> {
         Ok(())
     }
 
+    /// The tenant's default workspace, named [`DEFAULT_WORKSPACE`], for log entries that
+    /// name none (a stock OpenTelemetry SDK or Loki shipper configured with only an
+    /// endpoint and a credential): created on first use by anyone who may write logs in the
+    /// tenant. Its id is derived from the tenant's, so replicas racing to create it agree.
+    /// Once deleted it is not made again (its id stays reserved): entries must then name a
+    /// workspace.
+    pub async fn default_workspace(&self) -> Result<WorkspaceId, ApiError> {
+        let id = default_workspace_id(self.tenant());
+        match self.fetch_workspace(id).await {
+            Ok(_) => return Ok(id),
+            Err(e) if e.code() != coditect_proto::ErrorCode::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        let target = Target {
+            owner: None,
+            protected: false,
+            workspace: None,
+            id: Some(id.to_string()),
+        };
+        self.check(Resource::Logs, Action::Create, target).await?;
+        let workspace = Workspace {
+            tenant_id: self.tenant(),
+            id,
+            name: DEFAULT_WORKSPACE.to_string(),
+            owner_id: self.p.user_id,
+            created_at: self.now(),
+        };
+        match self
+            .gate
+            .store
+            .workspaces()
+            .create_workspace(&workspace)
+            .await
+        {
+            Ok(()) => {
+                self.gate.workspaces.put(&workspace);
+                self.audit(
+                    AuditEvent::by(
+                        self.p,
+                        "workspace.create",
+                        "workspace",
+                        Some(id.to_string()),
+                    )
+                    .detail("the tenant's default workspace, made on first use"),
+                )
+                .await;
+                Ok(id)
+            }
+            // Another request (or replica) made it first; or it was made and deleted.
+            Err(StoreError::Conflict(_)) => match self.fetch_workspace(id).await {
+                Ok(_) => Ok(id),
+                Err(_) => Err(ApiError::new(
+                    coditect_proto::ErrorCode::BadRequest,
+                    format!(
+                        "no workspace named and the tenant has no default one (a workspace \
+                         named {DEFAULT_WORKSPACE:?} exists, or the default was deleted): \
+                         send X-Coditect-Workspace-Id, set coditect.workspace.id, or use an \
+                         API key bound to a workspace"
+                    ),
+                )),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
     // ---- logs --------------------------------------------------------------------------
 
     /// Checks that the principal may write logs into `workspace` (which must be one of its
@@ -1090,6 +1155,22 @@ fn owned(owner: UserId, id: &dyn std::fmt::Display) -> Target {
         workspace: None,
         id: Some(id.to_string()),
     }
+}
+
+/// The name of the workspace that takes a tenant's entries that name none.
+pub const DEFAULT_WORKSPACE: &str = "default";
+
+/// The id of a tenant's default workspace: the same on every replica, never another
+/// tenant's (a UUIDv8 from SHA-256 of the tenant id).
+pub fn default_workspace_id(tenant: TenantId) -> WorkspaceId {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"coditect default workspace\0")
+        .chain_update(tenant.as_uuid().as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    WorkspaceId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
 }
 
 fn workspace_target(ws: &Workspace) -> Target {

@@ -114,7 +114,7 @@ pub async fn push(
     let _slot = state.logs().admit().await?;
     let limit = state.config().body_limit;
     let body = super::read_body(&headers, body, limit).await?;
-    let fallback = push::default_workspace(&principal, &headers)?;
+    let fallback = push::default_workspace(&state, &principal, &headers).await?;
     let ct = push::media_type(&headers);
     // The decoded request owns the strings the candidates borrow.
     let decoded;
@@ -146,7 +146,7 @@ pub async fn push(
                         .map(|p| (p.name.as_str(), p.value.as_str()))
                         .collect(),
                 });
-                add_stream(&mut groups, &labels, lines, fallback)?;
+                add_stream(&mut groups, &labels, lines, &fallback)?;
             }
         }
         "application/json" | "" => {
@@ -175,7 +175,7 @@ pub async fn push(
                             .collect(),
                     }
                 });
-                add_stream(&mut groups, &labels, lines, fallback)?;
+                add_stream(&mut groups, &labels, lines, &fallback)?;
             }
         }
         _ => {
@@ -225,7 +225,7 @@ fn add_stream<'a>(
     groups: &mut Groups<'a>,
     labels: &[(&'a str, &'a str)],
     lines: impl Iterator<Item = Line<'a>>,
-    fallback: Option<coditect_proto::WorkspaceId>,
+    fallback: &Result<coditect_proto::WorkspaceId, String>,
 ) -> Result<(), ApiError> {
     let workspace = push::pick_workspace(find(labels, &[WORKSPACE_LABEL]), fallback);
     let component = find(labels, &COMPONENT_LABELS).unwrap_or("unknown_service");

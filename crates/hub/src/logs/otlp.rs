@@ -153,12 +153,12 @@ async fn handle(
             .map_err(|e| ApiError::bad_request(format!("malformed OTLP protobuf: {e}")))?,
         Encoding::Json => parse_json(&body)?,
     };
-    let fallback = push::default_workspace(&principal, headers)?;
+    let fallback = push::default_workspace(state, &principal, headers).await?;
     let mut groups = Groups::default();
     for rl in &request.resource_logs {
         let attrs = rl.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
         let service = str_attr(attrs, "service.name").unwrap_or("unknown_service");
-        let workspace = push::pick_workspace(str_attr(attrs, "coditect.workspace.id"), fallback);
+        let workspace = push::pick_workspace(str_attr(attrs, "coditect.workspace.id"), &fallback);
         let resource = object(
             attrs
                 .iter()

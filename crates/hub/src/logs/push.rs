@@ -5,7 +5,8 @@
 //!
 //! An entry's workspace, first found wins: the entry's own (resource attribute or label
 //! `coditect.workspace.id` / `coditect_workspace_id`), the `X-Coditect-Workspace-Id`
-//! header, the workspace the API key is bound to.
+//! header, the workspace the API key is bound to, the tenant's default workspace (named
+//! `default`, made on first use).
 
 use super::entry::Candidate;
 use super::{BatchKey, Outcome, Part, Rejected, rank};
@@ -66,37 +67,45 @@ pub async fn check_org(
     ))
 }
 
-/// The workspace for entries that do not name one: the header, else the key's binding.
-pub fn default_workspace(
+/// The workspace for entries that do not name one: the header, else the key's binding,
+/// else the tenant's default workspace (made on first use; when it cannot be, entries that
+/// name none are rejected with the reason why).
+pub async fn default_workspace(
+    state: &AppState,
     principal: &Principal,
     headers: &HeaderMap,
-) -> Result<Option<WorkspaceId>, ApiError> {
-    match headers.get(WORKSPACE_HEADER) {
-        Some(v) => v
+) -> Result<Result<WorkspaceId, String>, ApiError> {
+    if let Some(v) = headers.get(WORKSPACE_HEADER) {
+        return v
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request("X-Coditect-Workspace-Id is not a workspace id")),
-        None => Ok(principal.workspace),
+            .map(Ok)
+            .ok_or_else(|| ApiError::bad_request("X-Coditect-Workspace-Id is not a workspace id"));
+    }
+    if let Some(w) = principal.workspace {
+        return Ok(Ok(w));
+    }
+    match state.gate().scoped(principal).default_workspace().await {
+        Ok(w) => Ok(Ok(w)),
+        // Not allowed to write logs at all, or the store cannot be reached: the request
+        // is answered as such, not entry by entry.
+        Err(e) if matches!(e.code(), ErrorCode::Unavailable | ErrorCode::AccessDenied) => Err(e),
+        Err(e) => Ok(Err(format!("no workspace: {}", e.message()))),
     }
 }
 
 /// The workspace of entries that may name their own (`named`), else `fallback`.
 pub fn pick_workspace(
     named: Option<&str>,
-    fallback: Option<WorkspaceId>,
+    fallback: &Result<WorkspaceId, String>,
 ) -> Result<WorkspaceId, String> {
     match named {
         Some(text) => text
             .trim()
             .parse()
             .map_err(|_| format!("workspace id {text:?} is not a UUID")),
-        None => fallback.ok_or_else(|| {
-            "no workspace: send X-Coditect-Workspace-Id, set the resource attribute \
-             coditect.workspace.id, or use an API key bound to a workspace"
-                .to_string()
-        }),
+        None => fallback.clone(),
     }
 }
 
@@ -223,18 +232,13 @@ mod tests {
     #[test]
     fn workspaces_resolve_in_order() {
         let ws = WorkspaceId::new();
-        assert_eq!(pick_workspace(None, Some(ws)), Ok(ws));
+        assert_eq!(pick_workspace(None, &Ok(ws)), Ok(ws));
         let named = WorkspaceId::new();
-        assert_eq!(
-            pick_workspace(Some(&named.to_string()), Some(ws)),
-            Ok(named)
-        );
-        assert!(pick_workspace(Some("nope"), Some(ws)).is_err());
-        assert!(
-            pick_workspace(None, None)
-                .unwrap_err()
-                .contains("no workspace")
-        );
+        assert_eq!(pick_workspace(Some(&named.to_string()), &Ok(ws)), Ok(named));
+        assert!(pick_workspace(Some("nope"), &Ok(ws)).is_err());
+        let none = Err("no workspace: why".to_string());
+        assert_eq!(pick_workspace(None, &none), none);
+        assert_eq!(pick_workspace(Some(&named.to_string()), &none), Ok(named));
     }
 
     #[test]
