@@ -59,15 +59,7 @@ async fn login_never_sends_credentials_across_a_redirect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_read_up_to_a_limit() {
     for chunked in [false, true] {
-        let hub = FakeHttp::start(move |_| match chunked {
-            false => Answer::Endless(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10737418240\r\n\r\n".into(),
-            ),
-            true => Answer::EndlessChunked(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".into(),
-            ),
-        })
-        .await;
+        let hub = FakeHttp::start(move |_| Answer::endless("200 OK", chunked)).await;
         let sb = Sandbox::new();
         let r = sb
             .run_with(

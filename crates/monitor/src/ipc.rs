@@ -564,9 +564,10 @@ async fn answer(ipc: &Ipc, frame: Frame, authenticated: &mut bool) -> (Message, 
             start_monitoring(ipc, id, w).await
         }
         Payload::StopMonitoring { path } => {
-            match ipc.store.watch_remove(Watcher::canonical(&path)).await {
+            let path = Watcher::canonical(&path);
+            match ipc.store.watch_remove(path.clone()).await {
                 Ok(true) => {
-                    ipc.watcher.remove(Watcher::canonical(&path));
+                    ipc.watcher.remove(path);
                     ack(id, AckStatus::Accepted, 0)
                 }
                 Ok(false) => error(ErrorCode::NotFound, "that path is not watched".into()),

@@ -361,10 +361,8 @@ async fn pseudo_file_systems_are_refused_without_a_trace() {
         "refused watches hold no inotify watch"
     );
     assert_eq!(status(&mut c, "watcher").await.status, "healthy");
-    match c.call(Payload::ListMonitoring).await {
-        Payload::Monitoring { paths } => assert_eq!(paths.len(), 1),
-        other => panic!("{other:?}"),
-    }
+    let paths = watch_list(&mut c).await;
+    assert_eq!(paths.len(), 1);
     d.stop().await;
 }
 
@@ -380,17 +378,13 @@ async fn the_store_is_never_watched_under_another_name() {
     let mut c = d.client().await;
     accepted(&watch(&mut c, &alias, &[], None, WatchMode::Native).await);
     accepted(&watch(&mut c, &dotdot, &[], None, WatchMode::Polling).await);
-    match c.call(Payload::ListMonitoring).await {
-        Payload::Monitoring { paths } => {
-            // One directory, one watch, under its real name.
-            assert_eq!(paths.len(), 1, "{paths:?}");
-            assert_eq!(
-                paths[0].path,
-                std::fs::canonicalize(d.dir.path().join("data")).unwrap()
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    // One directory, one watch, under its real name.
+    let paths = watch_list(&mut c).await;
+    assert_eq!(paths.len(), 1, "{paths:?}");
+    assert_eq!(
+        paths[0].path,
+        std::fs::canonicalize(d.dir.path().join("data")).unwrap()
+    );
     for i in 0..50 {
         accepted(
             &c.call(Payload::LogEntry(entry(Level::Info, &format!("write {i}"))))
@@ -411,10 +405,8 @@ async fn the_store_is_never_watched_under_another_name() {
         })
         .await,
     );
-    match c.call(Payload::ListMonitoring).await {
-        Payload::Monitoring { paths } => assert!(paths.is_empty(), "{paths:?}"),
-        other => panic!("{other:?}"),
-    }
+    let paths = watch_list(&mut c).await;
+    assert!(paths.is_empty(), "{paths:?}");
     d.stop().await;
 }
 
@@ -463,10 +455,8 @@ async fn watches_are_bounded() {
     let s = status(&mut c, "watcher").await;
     assert_eq!(s.status, "degraded", "{s:?}");
     assert!(s.detail.unwrap().contains("max_watched_files"));
-    match c.call(Payload::ListMonitoring).await {
-        Payload::Monitoring { paths } => assert_eq!(paths.len(), 3),
-        other => panic!("{other:?}"),
-    }
+    let paths = watch_list(&mut c).await;
+    assert_eq!(paths.len(), 3);
     d.stop().await;
 }
 
@@ -681,15 +671,7 @@ async fn sync_never_follows_a_redirect() {
 #[tokio::test]
 async fn sync_reads_a_bounded_answer() {
     for chunked in [false, true] {
-        let hub = FakeHttp::start(move |_| match chunked {
-            false => Answer::Endless(
-                "HTTP/1.1 202 Accepted\r\ncontent-length: 10737418240\r\n\r\n".into(),
-            ),
-            true => Answer::EndlessChunked(
-                "HTTP/1.1 202 Accepted\r\ntransfer-encoding: chunked\r\n\r\n".into(),
-            ),
-        })
-        .await;
+        let hub = FakeHttp::start(move |_| Answer::endless("202 Accepted", chunked)).await;
         let d = spawn_with(tempfile::tempdir().unwrap(), false, syncing(&hub.url())).await;
         let mut c = d.client().await;
         accepted(&c.call(Payload::LogEntry(entry(Level::Info, "kept"))).await);

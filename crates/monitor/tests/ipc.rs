@@ -318,14 +318,10 @@ async fn sessions_and_watches_persist() {
     // After a restart, the watch is still there and the session still open.
     let d = spawn_in(dir, false).await;
     let mut c = d.client().await;
-    match c.call(Payload::ListMonitoring).await {
-        Payload::Monitoring { paths } => {
-            assert_eq!(paths.len(), 1);
-            assert_eq!(paths[0].path, watched);
-            assert_eq!(paths[0].patterns, vec!["**/*.rs", "!target/**"]);
-        }
-        other => panic!("{other:?}"),
-    }
+    let paths = watch_list(&mut c).await;
+    assert_eq!(paths.len(), 1);
+    assert_eq!(paths[0].path, watched);
+    assert_eq!(paths[0].patterns, vec!["**/*.rs", "!target/**"]);
     accepted(
         &c.call(Payload::SessionEnd {
             session_id: "s-9".into(),
@@ -333,10 +329,8 @@ async fn sessions_and_watches_persist() {
         .await,
     );
     accepted(&c.call(Payload::StopMonitoring { path: watched }).await);
-    match c.call(Payload::ListMonitoring).await {
-        Payload::Monitoring { paths } => assert!(paths.is_empty()),
-        other => panic!("{other:?}"),
-    }
+    let paths = watch_list(&mut c).await;
+    assert!(paths.is_empty());
     d.stop().await;
 }
 

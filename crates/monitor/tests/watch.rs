@@ -130,10 +130,8 @@ async fn bad_watch_requests_are_refused_clearly() {
     assert_eq!(error_code(&r), ErrorCode::BadRequest);
     let r = watch(&mut c, d.dir.path(), &[], Some("nobody"), WatchMode::Native).await;
     assert_eq!(error_code(&r), ErrorCode::NotFound);
-    match c.call(Payload::ListMonitoring).await {
-        Payload::Monitoring { paths } => assert!(paths.is_empty(), "{paths:?}"),
-        other => panic!("{other:?}"),
-    }
+    let paths = watch_list(&mut c).await;
+    assert!(paths.is_empty(), "{paths:?}");
     d.stop().await;
 }
 
@@ -245,10 +243,8 @@ async fn polling_mode_sees_changes_without_kernel_events() {
     std::fs::write(root.join("existing.txt"), "1").unwrap();
     let mut c = d.client().await;
     accepted(&watch(&mut c, &root, &[], None, WatchMode::Polling).await);
-    match c.call(Payload::ListMonitoring).await {
-        Payload::Monitoring { paths } => assert_eq!(paths[0].mode, WatchMode::Polling),
-        other => panic!("{other:?}"),
-    }
+    let paths = watch_list(&mut c).await;
+    assert_eq!(paths[0].mode, WatchMode::Polling);
     std::fs::write(root.join("new.txt"), "2").unwrap();
     let events = wait_events(&mut c, 1).await;
     assert_eq!(events.len(), 1, "{events:?}");

@@ -21,11 +21,25 @@ pub struct Recorded {
 pub enum Answer {
     /// These bytes (status line, headers, body), then the connection closes.
     Raw(String),
-    /// This head, then body bytes for as long as the client reads them.
-    Endless(String),
-    /// This head (which says `transfer-encoding: chunked`), then 64 KiB chunks for as long
-    /// as the client reads them.
-    EndlessChunked(String),
+    /// This head, then body bytes for as long as the client reads them: raw (`chunked`
+    /// false, after a huge `content-length`) or as 64 KiB chunks. See [`Answer::endless`].
+    Endless { head: String, chunked: bool },
+}
+
+impl Answer {
+    /// `HTTP/1.1 {status}` whose body never ends: declared as 10 GiB, or chunked.
+    pub fn endless(status: &str, chunked: bool) -> Answer {
+        let framing = match chunked {
+            true => "transfer-encoding: chunked",
+            false => "content-length: 10737418240",
+        };
+        Answer::Endless {
+            head: format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{framing}\r\n\r\n"
+            ),
+            chunked,
+        }
+    }
 }
 
 pub struct FakeHttp {
@@ -54,20 +68,18 @@ impl FakeHttp {
                         Answer::Raw(text) => {
                             let _ = s.write_all(text.as_bytes()).await;
                         }
-                        Answer::Endless(head) => {
+                        Answer::Endless { head, chunked } => {
                             if s.write_all(head.as_bytes()).await.is_err() {
                                 return;
                             }
-                            let chunk = vec![b'x'; 64 * 1024];
-                            while s.write_all(&chunk).await.is_ok() {}
-                        }
-                        Answer::EndlessChunked(head) => {
-                            if s.write_all(head.as_bytes()).await.is_err() {
-                                return;
+                            let mut chunk = Vec::with_capacity(64 * 1024 + 16);
+                            if chunked {
+                                chunk.extend_from_slice(b"10000\r\n");
                             }
-                            let mut chunk = b"10000\r\n".to_vec();
                             chunk.extend(std::iter::repeat_n(b'x', 64 * 1024));
-                            chunk.extend_from_slice(b"\r\n");
+                            if chunked {
+                                chunk.extend_from_slice(b"\r\n");
+                            }
                             while s.write_all(&chunk).await.is_ok() {}
                         }
                     }

@@ -292,3 +292,13 @@ pub async fn exports_until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// What the daemon says it watches.
+pub async fn watch_list<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Client<S>,
+) -> Vec<coditect_proto::ipc::WatchedPath> {
+    match c.call(Payload::ListMonitoring).await {
+        Payload::Monitoring { paths } => paths,
+        other => panic!("{other:?}"),
+    }
+}
