@@ -143,14 +143,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let signature =
         base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)?;
     let jwks = warm.state.auth().keys.jwks();
-    let jwk = &jwks["keys"][0];
-    let b64 = |v: &serde_json::Value| -> anyhow::Result<Vec<u8>> {
+    let jwk = jwks
+        .keys
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no signing key"))?;
+    let b64 = |v: &str| -> anyhow::Result<Vec<u8>> {
         Ok(base64::Engine::decode(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            v.as_str().unwrap_or_default(),
+            v,
         )?)
     };
-    let (n, e) = (b64(&jwk["n"])?, b64(&jwk["e"])?);
+    let (n, e) = (b64(&jwk.n)?, b64(&jwk.e)?);
     let bare = time_sync(args.validations, || {
         let key = aws_lc_rs::signature::RsaPublicKeyComponents { n: &n, e: &e };
         key.verify(

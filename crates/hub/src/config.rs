@@ -466,28 +466,34 @@ pub enum Invocation {
     Serve(Box<Config>),
     /// Administer the store of a (possibly running) hub, then exit.
     Admin(Box<Config>, crate::admin::AdminCommand),
+    /// Print the API's OpenAPI document, then exit.
+    OpenApi,
 }
 
 /// The command-line interface: one flag per setting, plus `--config`.
 pub fn command() -> Command {
-    let mut cmd = Command::new("coditect-hub")
-        .version(env!("CARGO_PKG_VERSION"))
-        .about("CODITECT hub: the central server of the CODITECT control plane")
-        .long_about(
-            "CODITECT hub: the central server of the CODITECT control plane.\n\n\
+    let mut cmd =
+        Command::new("coditect-hub")
+            .version(env!("CARGO_PKG_VERSION"))
+            .about("CODITECT hub: the central server of the CODITECT control plane")
+            .long_about(
+                "CODITECT hub: the central server of the CODITECT control plane.\n\n\
              Every option can also be set in a TOML file (--config FILE, keys as shown in \
              brackets) or in the environment (CODITECT_*). Precedence: defaults < file < \
              environment < flags. An invalid value stops the hub with exit code 2.",
-        )
-        .arg(
-            Arg::new("config")
-                .long("config")
-                .value_name("FILE")
-                .help("TOML configuration file [env: CODITECT_CONFIG]")
-                .global(true)
-                .action(ArgAction::Set),
-        )
-        .subcommand(crate::admin::command());
+            )
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .value_name("FILE")
+                    .help("TOML configuration file [env: CODITECT_CONFIG]")
+                    .global(true)
+                    .action(ArgAction::Set),
+            )
+            .subcommand(crate::admin::command())
+            .subcommand(Command::new("openapi").about(
+                "Print the OpenAPI 3.1 document of the API (as served at /api/openapi.json)",
+            ));
     for s in SETTINGS {
         let default = s
             .default
@@ -528,6 +534,7 @@ impl Config {
                 let config = Config::from_matches(admin_leaf(admin), env).map_err(invalid)?;
                 Ok(Invocation::Admin(Box::new(config), cmd))
             }
+            Some(("openapi", _)) => Ok(Invocation::OpenApi),
             _ => Config::from_matches(&matches, env)
                 .map(|c| Invocation::Serve(Box::new(c)))
                 .map_err(invalid),
@@ -969,7 +976,7 @@ mod tests {
         let argv = std::iter::once("coditect-hub").chain(args.iter().copied());
         match Config::from_args(argv, &lookup) {
             Ok(Invocation::Serve(c)) => Ok(*c),
-            Ok(Invocation::Admin(..)) => Err("unexpected admin command".into()),
+            Ok(Invocation::Admin(..) | Invocation::OpenApi) => Err("unexpected subcommand".into()),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -8,23 +8,45 @@
 //!   in `/health` but not here: every replica shares the one PostgreSQL, so taking them all
 //!   out of rotation would turn a degraded service into an outage.
 
+use crate::http::openapi::Routes;
 use crate::state::AppState;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use coditect_proto::{HealthReport, HealthStatus};
-use serde_json::json;
+use serde::Serialize;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/admin/health", get(admin_health))
-        .route("/ready", get(ready))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(health))
+        .route(routes!(admin_health))
+        .route(routes!(ready))
 }
 
-/// The same report, for platform admins (the admin namespace is authenticated).
+/// The answer of `/ready`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// Why not, when not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+/// The health report, for platform admins (the admin namespace is authenticated).
+#[utoipa::path(
+    get,
+    path = "/api/admin/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Healthy or degraded", body = HealthReport),
+        (status = 403, description = "Not a platform admin"),
+        (status = 503, description = "Unhealthy: a critical component is down", body = HealthReport),
+    )
+)]
 async fn admin_health(
     State(state): State<AppState>,
     principal: crate::authz::Principal,
@@ -37,6 +59,18 @@ async fn admin_health(
     Ok(health(State(state)).await)
 }
 
+/// Probes every component (the stores) and reports each with its latency. Public, for
+/// probes; never carries internal details.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Healthy or degraded", body = HealthReport),
+        (status = 503, description = "Unhealthy: a critical component is down", body = HealthReport),
+    )
+)]
 async fn health(State(state): State<AppState>) -> Response {
     let components = state.gate().system().probe().await;
     let status = HealthStatus::of(&components);
@@ -54,11 +88,26 @@ async fn health(State(state): State<AppState>) -> Response {
     (code, Json(report)).into_response()
 }
 
+/// Whether this replica should get traffic: every store reached and migrated, the first
+/// admin created, not shutting down. No probe, just state.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready, and why", body = Readiness),
+    )
+)]
 async fn ready(State(state): State<AppState>) -> Response {
-    let not_ready = |reason: &str| {
+    let not_ready = |reason: &'static str| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": reason})),
+            Json(Readiness {
+                status: "not_ready",
+                reason: Some(reason),
+            }),
         )
             .into_response()
     };
@@ -71,5 +120,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     if !state.is_bootstrapped() {
         return not_ready("creating the first admin");
     }
-    Json(json!({"status": "ready"})).into_response()
+    Json(Readiness {
+        status: "ready",
+        reason: None,
+    })
+    .into_response()
 }

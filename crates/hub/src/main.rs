@@ -8,6 +8,17 @@ fn main() -> ExitCode {
         Ok(invocation) => invocation,
         Err(e) => e.exit(),
     };
+    if let Invocation::OpenApi = invocation {
+        use std::io::Write;
+        let doc = coditect_hub::http::openapi::document_json();
+        return match std::io::stdout().write_all(doc) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("coditect-hub openapi: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,6 +45,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Invocation::OpenApi => ExitCode::SUCCESS,
         Invocation::Admin(config, command) => {
             // Only warnings and errors: the command prints its own result.
             telemetry::logging::init(config.log_format, "warn");

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// What a principal may do inside its tenant (see the hub's RBAC table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Tenant administrator.
@@ -50,8 +50,9 @@ impl FromStr for Role {
 }
 
 /// An e-mail address, trimmed and lower-cased; well-formed by construction.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, format = Email, max_length = 254)]
 pub struct Email(String);
 
 impl Email {
@@ -89,7 +90,7 @@ impl<'de> Deserialize<'de> for Email {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatus {
     Active,

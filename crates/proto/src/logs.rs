@@ -5,7 +5,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Severity, in increasing order (so `level >= Level::Warn` means "warnings and worse").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Trace,

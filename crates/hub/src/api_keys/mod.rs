@@ -7,24 +7,24 @@
 
 use crate::auth::secrets;
 use crate::authz::{NewApiKey, Principal};
+use crate::http::openapi::Routes;
 use crate::http::{ApiError, Json, Path, check_instant};
 use crate::state::AppState;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use coditect_proto::{ApiKeyId, Role, TenantId, UserId, WorkspaceId};
 use coditect_store::ApiKey;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/api-keys", get(list).post(create))
-        .route("/api/v1/api-keys/{id}", delete(revoke))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(list, create))
+        .route(routes!(revoke))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ApiKeyView {
     id: ApiKeyId,
     tenant_id: TenantId,
@@ -57,9 +57,12 @@ impl From<ApiKey> for ApiKeyView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci shipper", "role": "service"}))]
 struct CreateKey {
+    /// 1 to 64 letters, digits, spaces, `-`, `_` or `.`, not starting or ending with a space.
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
     /// Default `service`: enough to ship logs.
     role: Option<Role>,
@@ -69,7 +72,7 @@ struct CreateKey {
     expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedKey {
     /// The key itself: shown here once, never again.
     key: String,
@@ -77,6 +80,19 @@ struct CreatedKey {
     view: ApiKeyView,
 }
 
+/// Mints an API key; the key is in this answer only. Its role must be covered by both the
+/// caller's and its owner's.
+#[utoipa::path(
+    post,
+    path = "/api/v1/api-keys",
+    tag = "api-keys",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "Created; `key` is shown this once", body = CreatedKey),
+        (status = 403, description = "Not allowed to mint this key"),
+        (status = 404, description = "No such owner or workspace in the caller's tenant"),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -108,15 +124,44 @@ async fn create(
     ))
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+struct ApiKeyList {
+    items: Vec<ApiKeyView>,
+}
+
+/// The caller's API keys (every key of the tenant for administrators); never the keys
+/// themselves.
+#[utoipa::path(
+    get,
+    path = "/api/v1/api-keys",
+    tag = "api-keys",
+    responses(
+        (status = 200, description = "The keys", body = ApiKeyList),
+        (status = 403, description = "The caller may not list keys"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<ApiKeyList>, ApiError> {
     let keys = state.gate().scoped(&principal).list_api_keys().await?;
-    let items: Vec<ApiKeyView> = keys.into_iter().map(ApiKeyView::from).collect();
-    Ok(axum::Json(serde_json::json!({ "items": items })))
+    Ok(axum::Json(ApiKeyList {
+        items: keys.into_iter().map(ApiKeyView::from).collect(),
+    }))
 }
 
+/// Revokes an API key (its owner or an administrator); it stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/api-keys/{id}",
+    tag = "api-keys",
+    params(("id" = ApiKeyId, Path, description = "The key")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 403, description = "Neither its owner nor an administrator"),
+        (status = 404, description = "No such key in the caller's tenant"),
+    )
+)]
 async fn revoke(
     State(state): State<AppState>,
     principal: Principal,

@@ -3,33 +3,42 @@
 //! `cursor`, `limit` (≤ 1000).
 
 use crate::authz::{AuditFilter, Principal};
+use crate::http::openapi::Routes;
 use crate::http::{ApiError, Query, check_instant};
 use crate::state::AppState;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use coditect_proto::{AuditId, TenantId};
 use coditect_store::AuditRecord;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/audit", get(list))
+pub fn routes() -> Routes {
+    Routes::new().route(routes!(list))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
+    /// Another tenant's trail (platform admins).
     tenant_id: Option<TenantId>,
+    /// Only this actor's records (a user id, an API key id, or an e-mail address).
     actor: Option<String>,
+    /// Only this action, e.g. `auth.login`.
     action: Option<String>,
+    /// From this instant (RFC 3339, years 1970 to 9999).
     since: Option<DateTime<Utc>>,
+    /// Until this instant (RFC 3339, years 1970 to 9999; not before `since`).
     until: Option<DateTime<Utc>>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Records per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct AuditView {
     id: AuditId,
     tenant_id: TenantId,
@@ -66,12 +75,23 @@ impl From<AuditRecord> for AuditView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct AuditPage {
     items: Vec<AuditView>,
     next_cursor: Option<String>,
 }
 
+/// The audit trail, newest first (administrators).
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of records", body = AuditPage),
+        (status = 403, description = "Not an administrator (or another tenant, and not a platform admin)"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,

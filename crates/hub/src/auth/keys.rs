@@ -249,24 +249,45 @@ impl KeyRing {
     }
 
     /// The JSON Web Key Set of every key that may verify a token now.
-    pub fn jwks(&self) -> serde_json::Value {
+    pub fn jwks(&self) -> Jwks {
         let mut keys: Vec<Arc<VerifyingKey>> = self.verifying_set().values().cloned().collect();
         keys.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.kid.cmp(&b.kid)));
-        let keys: Vec<serde_json::Value> = keys
+        let keys = keys
             .iter()
-            .map(|k| {
-                serde_json::json!({
-                    "kty": "RSA",
-                    "use": "sig",
-                    "alg": ALG,
-                    "kid": k.kid,
-                    "n": URL_SAFE_NO_PAD.encode(&k.n),
-                    "e": URL_SAFE_NO_PAD.encode(&k.e),
-                })
+            .map(|k| Jwk {
+                kty: "RSA",
+                use_: "sig",
+                alg: ALG,
+                kid: k.kid.clone(),
+                n: URL_SAFE_NO_PAD.encode(&k.n),
+                e: URL_SAFE_NO_PAD.encode(&k.e),
             })
             .collect();
-        serde_json::json!({ "keys": keys })
+        Jwks { keys }
     }
+}
+
+/// The public keys that verify access tokens (RFC 7517 JWK Set), newest first.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// One RSA signing key's public half.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Jwk {
+    #[schema(example = "RSA")]
+    pub kty: &'static str,
+    #[serde(rename = "use")]
+    #[schema(example = "sig")]
+    pub use_: &'static str,
+    #[schema(example = "RS256")]
+    pub alg: &'static str,
+    pub kid: String,
+    /// Modulus, base64url.
+    pub n: String,
+    /// Exponent, base64url.
+    pub e: String,
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {

@@ -17,13 +17,12 @@ pub mod tokens;
 
 use crate::authz::{AuditEvent, Principal, RequestMeta, Via};
 use crate::config::AuthConfig;
+use crate::http::openapi::Routes;
 use crate::http::{ApiError, Json};
 use crate::state::AppState;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use coditect_proto::{
     Email, ErrorCode, Role, SessionId, SessionStatus, TenantId, UserId, WorkspaceId,
 };
@@ -34,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use throttle::{Subject, Throttle, Verdict};
 use tokens::TokenSettings;
+use utoipa_axum::routes;
 
 /// Everything authentication needs besides the store.
 pub struct Auth {
@@ -76,16 +76,17 @@ impl Auth {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/auth/refresh", post(refresh))
-        .route("/api/v1/auth/logout", post(logout))
-        .route("/.well-known/jwks.json", get(jwks))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(login))
+        .route(routes!(refresh))
+        .route(routes!(logout))
+        .route(routes!(jwks))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "dev@example.com", "password": "correct horse battery staple"}))]
 struct LoginRequest {
     email: Email,
     password: String,
@@ -93,13 +94,14 @@ struct LoginRequest {
     workspace_id: Option<WorkspaceId>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"refresh_token": "cdr_…"}))]
 struct RefreshRequest {
     refresh_token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserSummary {
     pub id: UserId,
     pub email: Email,
@@ -107,11 +109,15 @@ pub struct UserSummary {
     pub role: Role,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TokenResponse {
+    /// A JWT (RS256) to send as `Authorization: Bearer …`.
     access_token: String,
+    /// Spent by `POST /api/v1/auth/refresh`; presenting it twice ends the session.
     refresh_token: String,
+    #[schema(example = "Bearer")]
     token_type: &'static str,
+    /// Seconds the access token is valid for.
     expires_in: u64,
     session_id: SessionId,
     user: UserSummary,
@@ -119,6 +125,20 @@ struct TokenResponse {
 
 const BAD_LOGIN: &str = "invalid email or password";
 
+/// Logs in with an e-mail address and password: a new session, an access token and a
+/// refresh token. Failures are throttled per account and address.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    security(()),
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = TokenResponse),
+        (status = 401, description = "Invalid e-mail address or password (the same answer for both)"),
+        (status = 429, description = "Too many failed attempts; see Retry-After"),
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -315,6 +335,18 @@ fn token_response(
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response())
 }
 
+/// Trades a refresh token for a new pair; the old one is spent.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "auth",
+    security(()),
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new token pair", body = TokenResponse),
+        (status = 401, description = "Invalid, expired or already spent refresh token"),
+    )
+)]
 async fn refresh(
     State(state): State<AppState>,
     meta: RequestMeta,
@@ -391,6 +423,16 @@ async fn refresh(
     }
 }
 
+/// Ends the caller's session (its tokens stop working at once).
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 400, description = "An API key has no session to log out of"),
+    )
+)]
 async fn logout(
     State(state): State<AppState>,
     principal: Principal,
@@ -408,6 +450,14 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The public keys that verify access tokens.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "auth",
+    security(()),
+    responses((status = 200, description = "The JWK Set", body = keys::Jwks))
+)]
 async fn jwks(State(state): State<AppState>) -> Response {
     (
         [(header::CACHE_CONTROL, "public, max-age=60")],

@@ -928,6 +928,10 @@ impl<'a> Scoped<'a> {
             }
             _ => {}
         }
+        // A workspace that is not the tenant's is "not found", as for the tail.
+        if let Some(w) = query.workspace_id {
+            self.fetch_workspace(w).await?;
+        }
         let target = Target {
             owner: None,
             protected: false,

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod openapi;
 
 pub use error::ApiError;
 pub use extract::{Json, Path, Query, check_instant};
@@ -36,23 +37,16 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(config.body_limit));
 
-    Router::new()
-        .merge(crate::health::routes())
-        .merge(crate::telemetry::metrics::routes())
-        .merge(crate::auth::routes())
-        .merge(crate::sessions::routes())
-        .merge(crate::users::routes())
-        .merge(crate::tenants::routes())
-        .merge(crate::api_keys::routes())
-        .merge(crate::workspaces::routes())
-        .merge(crate::audit::routes())
-        .merge(crate::logs::routes())
-        .merge(crate::live::routes())
-        .merge(extra)
+    routes(extra).layer(stack).with_state(state)
+}
+
+/// Every route: the API (each described in the OpenAPI document, see [`openapi`]), the
+/// test-only `extra`, and the fallbacks.
+pub fn routes(extra: Router<AppState>) -> Router<AppState> {
+    let (api, _) = openapi::api().split_for_parts();
+    api.merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(stack)
-        .with_state(state)
 }
 
 async fn not_found(req: Request) -> ApiError {

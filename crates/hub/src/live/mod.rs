@@ -19,33 +19,31 @@ pub mod filter;
 pub mod hub;
 
 use crate::authz::{Principal, RequestMeta, Scoped, Via};
+use crate::http::openapi::Routes;
 use crate::http::{ApiError, Query};
 use crate::state::AppState;
-use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coditect_proto::{ErrorCode, Level, SessionId, TenantId, WorkspaceId};
 use coditect_store::logs::decode;
 use filter::Filter;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use utoipa_axum::routes;
 
 const PING_EVERY: Duration = Duration::from_secs(20);
 const DEAD_AFTER: Duration = Duration::from_secs(60);
 const SUBPROTOCOL: &str = "coditect.v1";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/ws/logs", get(tail))
-        .route("/api/v1/ws-tickets", post(ticket))
+pub fn routes() -> Routes {
+    Routes::new().route(routes!(tail)).route(routes!(ticket))
 }
 
 /// Where a tail stands: just after this entry (tenant-scoped chunk seq and position).
@@ -72,6 +70,26 @@ impl TailCursor {
     }
 }
 
+/// A one-time WebSocket ticket.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Ticket {
+    /// Pass as `?ticket=` to `GET /ws/logs`; good for one upgrade.
+    ticket: String,
+    /// Seconds it is valid for.
+    expires_in: i64,
+}
+
+/// Mints a WebSocket ticket for the caller's session (browsers cannot set headers on a
+/// WebSocket).
+#[utoipa::path(
+    post,
+    path = "/api/v1/ws-tickets",
+    tag = "live",
+    responses(
+        (status = 200, description = "A ticket", body = Ticket),
+        (status = 400, description = "API keys authenticate the WebSocket with a header instead"),
+    )
+)]
 async fn ticket(State(state): State<AppState>, principal: Principal) -> Result<Response, ApiError> {
     let Via::Session(session) = principal.via else {
         return Err(ApiError::bad_request(
@@ -90,21 +108,35 @@ async fn ticket(State(state): State<AppState>, principal: Principal) -> Result<R
         now,
     )
     .map_err(ApiError::internal)?;
-    let body = serde_json::json!({ "ticket": ticket, "expires_in": claims.exp - claims.iat });
+    let body = Ticket {
+        ticket,
+        expires_in: claims.exp - claims.iat,
+    };
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TailParams {
+    /// A ticket from `POST /api/v1/ws-tickets`, instead of a header (or of the
+    /// `bearer.<token>` subprotocol).
     ticket: Option<String>,
+    /// Only this workspace's entries.
     workspace_id: Option<WorkspaceId>,
+    /// Only this level (not with `min_level`).
     level: Option<Level>,
+    /// This level and worse (not with `level`).
     min_level: Option<Level>,
+    /// Only this component.
     component: Option<String>,
+    /// Only this session's entries.
     session_id: Option<SessionId>,
+    /// Text the message must contain (any case).
     q: Option<String>,
+    /// Resume after this entry (the `cursor` of the last one received).
     cursor: Option<String>,
+    /// Every tenant's entries (platform admins; cannot resume).
     all_tenants: Option<bool>,
 }
 
@@ -140,6 +172,21 @@ async fn authenticate(
     crate::auth::principal::authenticate(state, headers, meta).await
 }
 
+/// The live tail: a WebSocket (subprotocol `coditect.v1`) carrying each new entry that
+/// matches, as JSON text messages, after the backlog since `cursor`.
+#[utoipa::path(
+    get,
+    path = "/ws/logs",
+    tag = "live",
+    params(TailParams),
+    responses(
+        (status = 101, description = "Switching to the WebSocket"),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed parameter"),
+        (status = 403, description = "The caller may not read these logs"),
+        (status = 404, description = "No such workspace in the caller's tenant"),
+        (status = 429, description = "Too many tails for this tenant; see Retry-After"),
+    )
+)]
 async fn tail(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -35,25 +35,41 @@ impl Default for EntryLimits {
 }
 
 /// One native entry, borrowed from the request body.
-#[derive(Deserialize)]
-struct EntryIn<'a> {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct EntryIn<'a> {
+    /// RFC 3339 (default: when the hub received it); at most 7 days old, 1 hour ahead.
     #[serde(borrow)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     timestamp: Option<Cow<'a, str>>,
+    /// A level name in any case (`warning`, `err`, `critical` … are understood too).
     #[serde(borrow)]
+    #[schema(value_type = String, example = "info")]
     level: Cow<'a, str>,
+    /// Where the entry comes from (at most 256 bytes).
     #[serde(borrow)]
+    #[schema(value_type = String)]
     component: Cow<'a, str>,
     #[serde(borrow)]
+    #[schema(value_type = String)]
     message: Cow<'a, str>,
+    /// Structured fields: an object of at most 16 KiB and 32 levels.
     #[serde(borrow)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<&'a RawValue>,
+    /// The entry's id, for deduplication (default: derived from the batch key or minted).
     #[serde(borrow)]
+    #[schema(value_type = Option<String>, format = Uuid)]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
+    #[schema(value_type = Option<String>, format = Uuid)]
     session_id: Option<Cow<'a, str>>,
+    /// W3C trace id: 32 hex digits.
     #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
     trace_id: Option<Cow<'a, str>>,
+    /// W3C span id: 16 hex digits.
     #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
     span_id: Option<Cow<'a, str>>,
 }
 

@@ -21,7 +21,7 @@ use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use coditect_proto::{ErrorCode, Level};
+use coditect_proto::{ErrorCode, Level, WorkspaceId};
 use prost::Message;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -73,15 +73,25 @@ pub mod proto {
     }
 }
 
-#[derive(Deserialize)]
+/// Loki's JSON push body.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"streams": [{
+    "stream": {"service_name": "api", "level": "info"},
+    "values": [["1733000000000000000", "request handled"]],
+}]}))]
 struct PushJson {
     streams: Vec<StreamJson>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct StreamJson {
+    /// The stream's labels: `service_name` (or `component`, `app`, `job`, `service`) names
+    /// the component, `level` (or `detected_level`, `severity`, `lvl`) the level,
+    /// `coditect_workspace_id` the workspace; the others become metadata.
     #[serde(default)]
     stream: BTreeMap<String, String>,
+    /// `[unix nanoseconds as a string, line]` or `[nanoseconds, line, {structured metadata}]`.
+    #[schema(value_type = Vec<Vec<Value>>)]
     values: Vec<ValueJson>,
 }
 
@@ -104,6 +114,31 @@ const COMPONENT_LABELS: [&str; 5] = ["service_name", "component", "app", "job", 
 const LEVEL_LABELS: [&str; 4] = ["level", "detected_level", "severity", "lvl"];
 const WORKSPACE_LABEL: &str = "coditect_workspace_id";
 
+/// Loki's push API, for Promtail, Grafana Alloy, Vector, Fluent Bit and Loki clients.
+#[utoipa::path(
+    post,
+    path = "/loki/api/v1/push",
+    tag = "logs",
+    request_body(
+        description = "JSON, or snappy-compressed protobuf (`application/x-protobuf`); optionally gzip on top",
+        content(
+            (PushJson = "application/json"),
+            (crate::http::openapi::Binary = "application/x-protobuf"),
+        ),
+    ),
+    params(
+        ("X-Scope-OrgID" = Option<String>, Header, description = "The tenant, which must be the credential's (id or name)"),
+        ("X-Coditect-Workspace-Id" = Option<WorkspaceId>, Header, description = "The workspace of streams that name none (default: the tenant's default workspace)"),
+    ),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "Malformed, or some entries were rejected (the others are stored)"),
+        (status = 403, description = "The caller may not write to this workspace or tenant"),
+        (status = 404, description = "No such workspace in the caller's tenant"),
+        (status = 413, description = "Over the body limit"),
+        (status = 415, description = "Neither JSON nor protobuf, or an unsupported Content-Encoding"),
+    )
+)]
 pub async fn push(
     State(state): State<AppState>,
     principal: Principal,

@@ -20,14 +20,13 @@ pub mod otlp;
 pub mod push;
 
 use crate::authz::{Principal, Receipt, Scoped};
+use crate::http::openapi::Routes;
 use crate::http::{ApiError, Path, Query, check_instant};
 use crate::state::AppState;
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use coditect_proto::{ErrorCode, Level, SessionId, TenantId, WorkspaceId};
 use coditect_store::logs::BatchReceipt;
@@ -38,21 +37,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::io::Read;
 use std::time::Instant;
+use utoipa_axum::routes;
 
 /// Most entries one native batch may carry.
 pub const MAX_BATCH: usize = 1000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/logs/batch", post(batch))
-        .route("/api/logs", get(search_logs))
-        .route("/api/logs/{id}", get(get_log))
-        .route("/v1/logs", post(otlp::export))
-        .route("/loki/api/v1/push", post(loki::push))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(batch))
+        .route(routes!(search_logs))
+        .route(routes!(get_log))
+        .route(routes!(otlp::export))
+        .route(routes!(loki::push))
 }
 
 /// An entry refused, and why.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Rejected {
     pub index: usize,
     pub reason: String,
@@ -312,15 +312,40 @@ fn rank(s: Stored) -> u8 {
     }
 }
 
-#[derive(Deserialize)]
+/// A batch of entries for one workspace. Entries are checked one by one: a bad one is
+/// reported in `rejected` and the others are stored.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "workspace_id": "0193a5e2-7c1f-7000-8000-000000000000",
+    "entries": [{"level": "info", "component": "api", "message": "request handled"}],
+}))]
 struct BatchIn<'a> {
     #[serde(borrow)]
+    #[schema(value_type = Vec<entry::EntryIn>, min_items = 1, max_items = 1000)]
     entries: Vec<&'a RawValue>,
     workspace_id: WorkspaceId,
+    /// The sender's version, for the log.
     #[serde(borrow)]
     #[allow(dead_code)] // informational; kept in the schema
+    #[schema(value_type = Option<String>)]
     client_version: Option<std::borrow::Cow<'a, str>>,
+    /// Idempotency key (or the `Idempotency-Key` header): the same batch sent again is
+    /// answered with the first answer and stored once. 1 to 128 printable ASCII characters.
+    #[schema(min_length = 1, max_length = 128)]
     batch_id: Option<String>,
+}
+
+/// The answer to a stored batch: everything in it not listed in `rejected` is durable.
+#[derive(Serialize, utoipa::ToSchema)]
+struct BatchAnswer<'a> {
+    /// Entries stored.
+    processed: usize,
+    rejected: &'a [Rejected],
+    /// Where the entries are durable: `local` (the embedded store), `dual` (the shared one,
+    /// and searchable), `local_only` or `cloud_only`.
+    #[schema(example = "dual")]
+    storage: &'static str,
+    batch_id: &'a str,
 }
 
 fn check_batch_id(id: &str) -> Result<(), ApiError> {
@@ -334,6 +359,25 @@ fn check_batch_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Stores a batch of entries (the native protocol of codi-monitor). Answered once every
+/// accepted entry is durable.
+#[utoipa::path(
+    post,
+    path = "/api/logs/batch",
+    tag = "logs",
+    request_body(content = BatchIn, content_type = "application/json",
+        description = "May be gzip-compressed (`Content-Encoding: gzip`)"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Idempotency key, when the body has no batch_id")),
+    responses(
+        (status = 202, description = "Stored (or, with header `idempotent-replayed: true`, stored before)", body = BatchAnswer),
+        (status = 400, description = "Malformed, or every entry was rejected"),
+        (status = 403, description = "The caller may not write to this workspace"),
+        (status = 404, description = "No such workspace in the caller's tenant"),
+        (status = 409, description = "The idempotency key was used for other content"),
+        (status = 413, description = "Over the body limit or over 1000 entries"),
+        (status = 415, description = "An unsupported Content-Encoding"),
+    )
+)]
 async fn batch(
     State(state): State<AppState>,
     principal: Principal,
@@ -398,12 +442,12 @@ async fn batch(
             accepted.rejected.len()
         )));
     };
-    let body = serde_json::json!({
-        "processed": accepted.processed,
-        "rejected": accepted.rejected,
-        "storage": stored.durability.as_str(),
-        "batch_id": accepted.batch_id,
-    });
+    let body = BatchAnswer {
+        processed: accepted.processed,
+        rejected: &accepted.rejected,
+        storage: stored.durability.as_str(),
+        batch_id: &accepted.batch_id,
+    };
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
@@ -429,7 +473,7 @@ fn replayed_answer(state: &AppState, first: &str) -> Response {
 /// An entry as the API shows it. `metadata` is the stored JSON text, written out as it
 /// is: serialize views directly (never into a `serde_json::Value`, which refuses
 /// deeply nested data).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LogView {
     pub id: uuid::Uuid,
     /// RFC 3339, always with microseconds, in UTC: sorts as text too.
@@ -437,10 +481,14 @@ pub struct LogView {
     pub level: Level,
     pub component: String,
     pub message: String,
+    /// The structured fields sent with the entry, as sent.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
     pub session_id: Option<SessionId>,
     pub workspace_id: WorkspaceId,
+    /// 32 hex digits.
     pub trace_id: Option<String>,
+    /// 16 hex digits.
     pub span_id: Option<String>,
 }
 
@@ -468,20 +516,41 @@ impl From<Found> for LogView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SearchParams {
+    /// Only this workspace's entries (default: every workspace the caller may read).
     workspace_id: Option<WorkspaceId>,
+    /// Only this level (not with `min_level`).
     level: Option<Level>,
+    /// This level and worse (not with `level`).
     min_level: Option<Level>,
+    /// Only this component.
     component: Option<String>,
+    /// Only this session's entries.
     session_id: Option<SessionId>,
+    /// From this instant (RFC 3339, years 1970 to 9999).
     since: Option<DateTime<Utc>>,
+    /// Until this instant (RFC 3339, years 1970 to 9999; not before `since`).
     until: Option<DateTime<Utc>>,
+    /// Words the message must contain (any case), at most 16 of at most 256 bytes.
     q: Option<String>,
+    /// Entries per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    order: Option<String>,
+    /// Newest first (`desc`, the default) or oldest first.
+    #[param(inline)]
+    order: Option<SortOrder>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum SortOrder {
+    Asc,
+    Desc,
 }
 
 /// `level` (exactly) or `min_level` (and worse), as search and tail take them.
@@ -497,20 +566,31 @@ pub fn level_filter(
     }
 }
 
+/// Searches the entries of the caller's tenant, newest first by default.
+#[utoipa::path(
+    get,
+    path = "/api/logs",
+    tag = "logs",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "A page of entries", body = LogPage),
+        (status = 403, description = "The caller may not read this workspace's logs"),
+        (status = 404, description = "No such workspace in the caller's tenant"),
+    )
+)]
 async fn search_logs(
     State(state): State<AppState>,
     principal: Principal,
     Query(p): Query<SearchParams>,
-) -> Result<axum::Json<Page>, ApiError> {
+) -> Result<axum::Json<LogPage>, ApiError> {
     let level = level_filter(p.level, p.min_level)?;
     let limit = match p.limit.unwrap_or(100) {
         n @ 1..=1000 => n,
         _ => return Err(ApiError::bad_request("limit must be between 1 and 1000")),
     };
-    let order = match p.order.as_deref() {
-        None | Some("desc") => Order::Desc,
-        Some("asc") => Order::Asc,
-        Some(_) => return Err(ApiError::bad_request("order must be asc or desc")),
+    let order = match p.order {
+        None | Some(SortOrder::Desc) => Order::Desc,
+        Some(SortOrder::Asc) => Order::Asc,
     };
     let cursor = p
         .cursor
@@ -549,7 +629,7 @@ async fn search_logs(
         cursor,
     };
     let (found, next) = state.gate().scoped(&principal).search_logs(query).await?;
-    Ok(axum::Json(Page {
+    Ok(axum::Json(LogPage {
         items: found.into_iter().map(LogView::from).collect(),
         next_cursor: next.map(|c| c.encode()),
     }))
@@ -557,12 +637,24 @@ async fn search_logs(
 
 /// A page of search results. Serialized straight from the views (never through
 /// `serde_json::Value`), so stored metadata is copied as text whatever its depth.
-#[derive(Serialize)]
-struct Page {
+#[derive(Serialize, utoipa::ToSchema)]
+struct LogPage {
     items: Vec<LogView>,
     next_cursor: Option<String>,
 }
 
+/// One entry of the caller's tenant.
+#[utoipa::path(
+    get,
+    path = "/api/logs/{id}",
+    tag = "logs",
+    params(("id" = uuid::Uuid, Path, description = "The entry")),
+    responses(
+        (status = 200, description = "The entry", body = LogView),
+        (status = 403, description = "The caller may not read this workspace's logs"),
+        (status = 404, description = "No such entry in the caller's tenant"),
+    )
+)]
 async fn get_log(
     State(state): State<AppState>,
     principal: Principal,

@@ -24,7 +24,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use coditect_proto::{ErrorCode, ErrorEnvelope, Level, SessionId};
+use coditect_proto::{ErrorCode, ErrorEnvelope, Level, SessionId, WorkspaceId};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -121,6 +121,41 @@ fn error(e: ApiError, encoding: Encoding) -> Response {
     res
 }
 
+/// OpenTelemetry's OTLP/HTTP logs export, for any OpenTelemetry SDK or Collector.
+/// Errors are answered in the request's encoding: the envelope (plus `code` and `message`
+/// of `google.rpc.Status`) in JSON, a `google.rpc.Status` in protobuf.
+#[utoipa::path(
+    post,
+    path = "/v1/logs",
+    tag = "logs",
+    extensions(("x-coditect-errors" = json!("in-request-encoding"))),
+    request_body(
+        description = "An ExportLogsServiceRequest; optionally gzip-compressed",
+        content(
+            (Object = "application/json", example = json!({"resourceLogs": [{
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "api"}}]},
+                "scopeLogs": [{"logRecords": [{"severityText": "INFO", "body": {"stringValue": "request handled"}}]}],
+            }]})),
+            (crate::http::openapi::Binary = "application/x-protobuf"),
+        ),
+    ),
+    params(
+        ("X-Scope-OrgID" = Option<String>, Header, description = "The tenant, which must be the credential's (id or name)"),
+        ("X-Coditect-Workspace-Id" = Option<WorkspaceId>, Header, description = "The workspace of resources that name none (default: the tenant's default workspace)"),
+    ),
+    responses(
+        (status = 200, description = "Stored; `partialSuccess` counts records rejected",
+            content((Object = "application/json"), (crate::http::openapi::Binary = "application/x-protobuf"))),
+        (status = 400, description = "Malformed, or every record was rejected"),
+        (status = 401, description = "No credential, or one that is not valid"),
+        (status = 403, description = "The caller may not write to this workspace or tenant"),
+        (status = 404, description = "No such workspace in the caller's tenant"),
+        (status = 413, description = "Over the body limit"),
+        (status = 415, description = "Neither JSON nor protobuf, or an unsupported Content-Encoding"),
+        (status = 429, description = "Over the tenant's ingestion rate; see Retry-After"),
+        (status = 503, description = "Unavailable for now; safe to retry"),
+    )
+)]
 pub async fn export(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,

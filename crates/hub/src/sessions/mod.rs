@@ -1,25 +1,23 @@
 //! `GET /api/v1/sessions/{id}` and `DELETE /api/v1/sessions/{id}` (owner or admin).
 
 use crate::authz::Principal;
+use crate::http::openapi::Routes;
 use crate::http::{ApiError, Path};
 use crate::state::AppState;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use coditect_proto::{SessionId, SessionStatus, TenantId, UserId, WorkspaceId};
 use coditect_store::Session;
 use serde::Serialize;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/sessions/{id}",
-        get(get_session).delete(end_session),
-    )
+pub fn routes() -> Routes {
+    Routes::new().route(routes!(get_session, end_session))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     id: SessionId,
     tenant_id: TenantId,
@@ -54,6 +52,18 @@ impl From<Session> for SessionView {
     }
 }
 
+/// One session: the caller's own, or any of the tenant's for administrators.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = SessionId, Path, description = "The session")),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 403, description = "Another user's session, and the caller is no administrator"),
+        (status = 404, description = "No such session in the caller's tenant"),
+    )
+)]
 async fn get_session(
     State(state): State<AppState>,
     principal: Principal,
@@ -63,6 +73,19 @@ async fn get_session(
     Ok(Json(session.into()))
 }
 
+/// Ends a session (the caller's own, or any of the tenant's for administrators): its
+/// tokens stop working at once.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = SessionId, Path, description = "The session")),
+    responses(
+        (status = 204, description = "Ended (or already ended)"),
+        (status = 403, description = "Another user's session, and the caller is no administrator"),
+        (status = 404, description = "No such session in the caller's tenant"),
+    )
+)]
 async fn end_session(
     State(state): State<AppState>,
     principal: Principal,

@@ -213,12 +213,23 @@ fn describe() {
 
 /// `GET /metrics` (for scrapers) and `GET /api/admin/metrics` (platform admins):
 /// Prometheus text exposition.
-pub fn routes() -> axum::Router<crate::state::AppState> {
-    axum::Router::new()
-        .route("/metrics", axum::routing::get(render))
-        .route("/api/admin/metrics", axum::routing::get(admin_render))
+pub fn routes() -> crate::http::openapi::Routes {
+    use utoipa_axum::routes;
+    crate::http::openapi::Routes::new()
+        .route(routes!(render))
+        .route(routes!(admin_render))
 }
 
+/// The metrics, for platform admins.
+#[utoipa::path(
+    get,
+    path = "/api/admin/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4"),
+        (status = 403, description = "Not a platform admin"),
+    )
+)]
 async fn admin_render(
     state: axum::extract::State<crate::state::AppState>,
     principal: crate::authz::Principal,
@@ -232,6 +243,17 @@ async fn admin_render(
     Ok(render(state).await.into_response())
 }
 
+/// The metrics, for scrapers (Prometheus text exposition; public like `/health`: put it
+/// behind your network's boundary, or scrape `/api/admin/metrics`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4"),
+    )
+)]
 async fn render(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
 ) -> impl axum::response::IntoResponse {

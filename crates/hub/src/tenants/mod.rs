@@ -2,25 +2,25 @@
 //! `GET /api/v1/tenants/{id}` (one's own, or any for platform admins).
 
 use crate::authz::Principal;
+use crate::http::openapi::Routes;
 use crate::http::{ApiError, Json, Path, Query};
 use crate::state::AppState;
 use crate::users::PageQuery;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use coditect_proto::TenantId;
 use coditect_store::Tenant;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/tenants", get(list).post(create))
-        .route("/api/v1/tenants/{id}", get(get_one))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(list, create))
+        .route(routes!(get_one))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TenantView {
     id: TenantId,
     name: String,
@@ -37,9 +37,12 @@ impl From<Tenant> for TenantView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "acme"}))]
 struct CreateTenant {
+    /// 1 to 64 letters, digits, spaces, `-`, `_` or `.`, not starting or ending with a space.
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
 }
 
@@ -60,6 +63,18 @@ pub fn check_name(name: &str, what: &str) -> Result<String, ApiError> {
     }
 }
 
+/// Creates a tenant (platform admins).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created", body = TenantView),
+        (status = 403, description = "Not a platform admin"),
+        (status = 409, description = "The name is taken"),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -70,12 +85,23 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(tenant.into())))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TenantPage {
     items: Vec<TenantView>,
     next_cursor: Option<String>,
 }
 
+/// Every tenant (platform admins).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of tenants", body = TenantPage),
+        (status = 403, description = "Not a platform admin"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -92,6 +118,17 @@ async fn list(
     }))
 }
 
+/// One tenant: the caller's own, or any for platform admins.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}",
+    tag = "tenants",
+    params(("id" = TenantId, Path, description = "The tenant")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantView),
+        (status = 404, description = "No such tenant (or not the caller's)"),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     principal: Principal,

@@ -11,31 +11,28 @@ use crate::auth::password::Passwords;
 use crate::auth::throttle::{Subject, Verdict};
 use crate::authz::NewUser;
 use crate::authz::Principal;
+use crate::http::openapi::Routes;
 use crate::http::{ApiError, Json, Path, Query};
 use crate::state::AppState;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use coditect_proto::{Email, ErrorCode, Role, TenantId, UserId};
 use coditect_store::User;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/users", get(list).post(create))
-        .route("/api/v1/users/me", get(me))
-        .route("/api/v1/users/me/password", post(change_password))
-        .route("/api/v1/users/{id}", get(get_one).patch(update))
-        .route(
-            "/api/v1/users/{id}/login-throttle",
-            axum::routing::delete(clear_login_throttle),
-        )
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(list, create))
+        .route(routes!(me))
+        .route(routes!(change_password))
+        .route(routes!(get_one, update))
+        .route(routes!(clear_login_throttle))
 }
 
 /// A user as the API shows it: never its password hash.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserView {
     id: UserId,
     tenant_id: TenantId,
@@ -62,18 +59,34 @@ impl From<User> for UserView {
     }
 }
 
-#[derive(Deserialize)]
+/// Paging of a list: at most `limit` items after `cursor`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Items per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct UserPage {
     items: Vec<UserView>,
     next_cursor: Option<String>,
 }
 
+/// The users of the caller's tenant (administrators).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of users", body = UserPage),
+        (status = 403, description = "Not an administrator"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -90,11 +103,13 @@ async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "dev@example.com", "password": "correct horse battery staple", "role": "member"}))]
 struct CreateUser {
     email: Email,
-    /// Absent for service accounts (they authenticate with API keys only).
+    /// Absent for service accounts (they authenticate with API keys only). At least 12
+    /// characters.
     password: Option<String>,
     role: Role,
     tenant_id: Option<TenantId>,
@@ -102,6 +117,20 @@ struct CreateUser {
     platform_admin: bool,
 }
 
+/// Creates a user (administrators; platform admins may name another tenant and create
+/// platform admins).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 403, description = "Not allowed to create this user"),
+        (status = 404, description = "No such tenant"),
+        (status = 409, description = "The e-mail address is taken"),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -137,6 +166,13 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 
+/// The caller.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/me",
+    tag = "users",
+    responses((status = 200, description = "The caller", body = UserView))
+)]
 async fn me(
     State(state): State<AppState>,
     principal: Principal,
@@ -146,6 +182,18 @@ async fn me(
     ))
 }
 
+/// One user of the caller's tenant (oneself, or anyone for administrators).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    params(("id" = UserId, Path, description = "The user")),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 403, description = "Another user, and the caller is no administrator"),
+        (status = 404, description = "No such user in the caller's tenant"),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
@@ -156,13 +204,28 @@ async fn get_one(
     ))
 }
 
-#[derive(Deserialize)]
+/// At least one of the two.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"disabled": true}))]
 struct UpdateUser {
     role: Option<Role>,
     disabled: Option<bool>,
 }
 
+/// Changes a user's role or disables it (administrators; disabling ends its sessions).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    params(("id" = UserId, Path, description = "The user")),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "Changed", body = UserView),
+        (status = 403, description = "Not allowed to change this user"),
+        (status = 404, description = "No such user in the caller's tenant"),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -182,13 +245,27 @@ async fn update(
     Ok(axum::Json(user.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"current_password": "correct horse battery staple", "new_password": "another long passphrase"}))]
 struct ChangePassword {
     current_password: String,
     new_password: String,
 }
 
+/// Changes the caller's own password (ends its other sessions). Wrong guesses are
+/// throttled like logins.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/me/password",
+    tag = "users",
+    request_body = ChangePassword,
+    responses(
+        (status = 204, description = "Changed"),
+        (status = 403, description = "The current password is wrong, or the caller is not a person"),
+        (status = 429, description = "Too many wrong guesses; see Retry-After"),
+    )
+)]
 async fn change_password(
     State(state): State<AppState>,
     principal: Principal,
@@ -237,6 +314,17 @@ async fn change_password(
 
 /// `DELETE /api/v1/users/{id}/login-throttle`: forgives the user's failed logins (from
 /// every address, on every replica: the others read the reset from the store).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{id}/login-throttle",
+    tag = "users",
+    params(("id" = UserId, Path, description = "The user")),
+    responses(
+        (status = 204, description = "Forgiven"),
+        (status = 403, description = "Not an administrator"),
+        (status = 404, description = "No such user in the caller's tenant"),
+    )
+)]
 async fn clear_login_throttle(
     State(state): State<AppState>,
     principal: Principal,

@@ -3,25 +3,25 @@
 //! attaches running environments to them later.
 
 use crate::authz::Principal;
+use crate::http::openapi::Routes;
 use crate::http::{ApiError, Json, Path, Query};
 use crate::state::AppState;
 use crate::users::PageQuery;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use coditect_proto::{TenantId, UserId, WorkspaceId};
 use coditect_store::Workspace;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/workspaces", get(list).post(create))
-        .route("/api/v1/workspaces/{id}", get(get_one).delete(remove))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(routes!(list, create))
+        .route(routes!(get_one, remove))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct WorkspaceView {
     id: WorkspaceId,
     tenant_id: TenantId,
@@ -42,12 +42,27 @@ impl From<Workspace> for WorkspaceView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "api-server"}))]
 struct CreateWorkspace {
+    /// 1 to 64 letters, digits, spaces, `-`, `_` or `.`, not starting or ending with a space.
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
 }
 
+/// Creates a workspace in the caller's tenant, owned by the caller.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workspaces",
+    tag = "workspaces",
+    request_body = CreateWorkspace,
+    responses(
+        (status = 201, description = "Created", body = WorkspaceView),
+        (status = 403, description = "The caller may not create workspaces"),
+        (status = 409, description = "The name is taken in this tenant"),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -62,12 +77,23 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(ws.into())))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct WorkspacePage {
     items: Vec<WorkspaceView>,
     next_cursor: Option<String>,
 }
 
+/// The workspaces of the caller's tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces",
+    tag = "workspaces",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of workspaces", body = WorkspacePage),
+        (status = 403, description = "The caller may not list workspaces"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -84,6 +110,18 @@ async fn list(
     }))
 }
 
+/// One workspace of the caller's tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces/{id}",
+    tag = "workspaces",
+    params(("id" = WorkspaceId, Path, description = "The workspace")),
+    responses(
+        (status = 200, description = "The workspace", body = WorkspaceView),
+        (status = 403, description = "The caller may not see this workspace"),
+        (status = 404, description = "No such workspace in the caller's tenant"),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
@@ -99,6 +137,18 @@ async fn get_one(
     ))
 }
 
+/// Deletes a workspace (its owner or an administrator).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/workspaces/{id}",
+    tag = "workspaces",
+    params(("id" = WorkspaceId, Path, description = "The workspace")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Neither its owner nor an administrator"),
+        (status = 404, description = "No such workspace in the caller's tenant"),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     principal: Principal,

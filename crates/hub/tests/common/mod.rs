@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod api_doc;
+
 use axum::Router;
 use coditect_hub::clock::Clock;
 use coditect_hub::{AppState, Config, Hub, StartError};
