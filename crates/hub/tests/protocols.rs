@@ -527,27 +527,11 @@ async fn org_ids_must_match_the_credential(backend: Backend) {
     assert_eq!(res.status(), 404);
 }
 
-/// The Python interpreter of the venv `scripts/test` creates with the third-party clients.
-fn test_python() -> String {
-    std::env::var("CODITECT_TEST_PYTHON").unwrap_or_else(|_| {
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../target/test-venv/bin/python"
-        )
-        .to_string()
-    })
-}
-
 /// The official OpenTelemetry Python SDK, configured only by the standard environment
 /// variables the README shows, exports to the hub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opentelemetry_python_sdk_exports_to_the_hub() {
-    let python = test_python();
-    assert!(
-        std::path::Path::new(&python).exists(),
-        "{python} is missing: scripts/test creates it (python3 -m venv target/test-venv and \
-         pip install -r crates/hub/tests/clients/requirements.txt)"
-    );
+    let python = common::test_python();
     let app = spawn_app(Backend::Sqlite).await;
     let (_t, _admin, tokens) = app.tenant_with_admin("acme").await;
     let ws = app.workspace(&tokens.access, "shop").await;

@@ -4,7 +4,7 @@
 
 use crate::authz::{AuditFilter, Principal};
 use crate::http::openapi::Routes;
-use crate::http::{ApiError, Query, check_instant};
+use crate::http::{ApiError, FilterText, Query, check_instant};
 use crate::state::AppState;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -24,9 +24,9 @@ struct AuditParams {
     /// Another tenant's trail (platform admins).
     tenant_id: Option<TenantId>,
     /// Only this actor's records (a user id, an API key id, or an e-mail address).
-    actor: Option<String>,
+    actor: Option<FilterText>,
     /// Only this action, e.g. `auth.login`.
-    action: Option<String>,
+    action: Option<FilterText>,
     /// From this instant (RFC 3339, years 1970 to 9999).
     since: Option<DateTime<Utc>>,
     /// Until this instant (RFC 3339, years 1970 to 9999; not before `since`).
@@ -89,7 +89,8 @@ struct AuditPage {
     params(AuditParams),
     responses(
         (status = 200, description = "A page of records", body = AuditPage),
-        (status = 403, description = "Not an administrator (or another tenant, and not a platform admin)"),
+        (status = 403, description = "Not an administrator"),
+        (status = 404, description = "No such tenant, or another tenant and the caller is no platform admin"),
     )
 )]
 async fn list(
@@ -109,8 +110,8 @@ async fn list(
         .scoped(&principal)
         .list_audit(AuditFilter {
             tenant: p.tenant_id,
-            actor_id: p.actor,
-            action: p.action,
+            actor_id: p.actor.map(FilterText::into_inner),
+            action: p.action.map(FilterText::into_inner),
             since,
             until,
             cursor: p.cursor,

@@ -118,3 +118,64 @@ pub fn check_instant(
         other => Ok(other),
     }
 }
+
+/// Text a client filters by (an audit actor or action, a component, search words): at
+/// most [`FilterText::MAX`] bytes, no control characters (PostgreSQL refuses NUL in text,
+/// and such text is never a real value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterText(String);
+
+impl FilterText {
+    pub const MAX: usize = 4096;
+
+    pub fn parse(text: String) -> Result<FilterText, String> {
+        if text.len() > Self::MAX {
+            Err(format!("at most {} bytes", Self::MAX))
+        } else if text.chars().any(char::is_control) {
+            Err("no control characters".into())
+        } else {
+            Ok(FilterText(text))
+        }
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FilterText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        FilterText::parse(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl utoipa::PartialSchema for FilterText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .max_length(Some(Self::MAX))
+            // Unicode category Cc, as `char::is_control`.
+            .pattern(Some("^[^\\x00-\\x1f\\x7f-\\x9f]*$"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FilterText {}
+
+#[cfg(test)]
+mod tests {
+    use super::FilterText;
+
+    #[test]
+    fn filter_text_refuses_control_characters_and_length() {
+        assert!(FilterText::parse("api server-1 ÉTÉ".into()).is_ok());
+        for bad in ["a\0b", "tab\there", "\u{85}", "\u{7f}"] {
+            assert!(FilterText::parse(bad.into()).is_err(), "{bad:?}");
+        }
+        assert!(FilterText::parse("x".repeat(FilterText::MAX + 1)).is_err());
+    }
+}

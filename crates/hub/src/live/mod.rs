@@ -20,7 +20,7 @@ pub mod hub;
 
 use crate::authz::{Principal, RequestMeta, Scoped, Via};
 use crate::http::openapi::Routes;
-use crate::http::{ApiError, Query};
+use crate::http::{ApiError, FilterText, Query};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -129,11 +129,11 @@ struct TailParams {
     /// This level and worse (not with `level`).
     min_level: Option<Level>,
     /// Only this component.
-    component: Option<String>,
+    component: Option<FilterText>,
     /// Only this session's entries.
     session_id: Option<SessionId>,
     /// Text the message must contain (any case).
-    q: Option<String>,
+    q: Option<FilterText>,
     /// Resume after this entry (the `cursor` of the last one received).
     cursor: Option<String>,
     /// Every tenant's entries (platform admins; cannot resume).
@@ -209,9 +209,12 @@ async fn tail(
     let filter = Filter {
         workspace,
         level,
-        component: p.component,
+        component: p.component.map(FilterText::into_inner),
         session: p.session_id,
-        contains: p.q.map(|q| q.to_lowercase()).filter(|q| !q.is_empty()),
+        contains: p
+            .q
+            .map(|q| q.as_str().to_lowercase())
+            .filter(|q| !q.is_empty()),
     };
     let tenant = (!all_tenants).then_some(principal.tenant_id);
     let slot = state

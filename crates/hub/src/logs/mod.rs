@@ -21,7 +21,7 @@ pub mod push;
 
 use crate::authz::{Principal, Receipt, Scoped};
 use crate::http::openapi::Routes;
-use crate::http::{ApiError, Path, Query, check_instant};
+use crate::http::{ApiError, FilterText, Path, Query, check_instant};
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -527,7 +527,7 @@ struct SearchParams {
     /// This level and worse (not with `level`).
     min_level: Option<Level>,
     /// Only this component.
-    component: Option<String>,
+    component: Option<FilterText>,
     /// Only this session's entries.
     session_id: Option<SessionId>,
     /// From this instant (RFC 3339, years 1970 to 9999).
@@ -535,7 +535,7 @@ struct SearchParams {
     /// Until this instant (RFC 3339, years 1970 to 9999; not before `since`).
     until: Option<DateTime<Utc>>,
     /// Words the message must contain (any case), at most 16 of at most 256 bytes.
-    q: Option<String>,
+    q: Option<FilterText>,
     /// Entries per page (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -605,7 +605,8 @@ async fn search_logs(
         return Err(ApiError::bad_request("since must not be after until"));
     }
     let terms: Vec<String> =
-        p.q.as_deref()
+        p.q.as_ref()
+            .map(FilterText::as_str)
             .unwrap_or_default()
             .split_whitespace()
             .map(str::to_string)
@@ -619,7 +620,7 @@ async fn search_logs(
         tenant_id: TenantId::NONE,
         workspace_id: p.workspace_id,
         level,
-        component: p.component,
+        component: p.component.map(FilterText::into_inner),
         session_id: p.session_id,
         since: since.map(|t| t.timestamp_micros()),
         until: until.map(|t| t.timestamp_micros()),

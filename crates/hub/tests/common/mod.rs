@@ -215,6 +215,24 @@ impl Drop for TestApp {
     }
 }
 
+/// The Python of the project's test virtualenv (`target/test-venv`, made by
+/// `scripts/test`), where the third-party clients the suite drives are installed.
+pub fn test_python() -> String {
+    let python = std::env::var("CODITECT_TEST_PYTHON").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/test-venv/bin/python"
+        )
+        .to_string()
+    });
+    assert!(
+        Path::new(&python).exists(),
+        "{python} is missing: scripts/test creates it (python3 -m venv target/test-venv and \
+         pip install -r crates/hub/tests/clients/requirements.txt)"
+    );
+    python
+}
+
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}, Router::new()).await
 }
