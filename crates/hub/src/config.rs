@@ -85,6 +85,13 @@ pub const SETTINGS: &[Setting] = &[
         "Log filter (tracing directives such as info or coditect_hub=debug,info); RUST_LOG wins when set",
     ),
     setting(
+        "otel_endpoint",
+        "otel-endpoint",
+        "CODITECT_OTEL_ENDPOINT",
+        None,
+        "Export the hub's own traces over OTLP/HTTP to this collector (http://HOST:4318; /v1/traces is added); also on when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set; absent = off",
+    ),
+    setting(
         "body_limit",
         "body-limit",
         "CODITECT_BODY_LIMIT",
@@ -410,7 +417,82 @@ pub struct Config {
     pub bootstrap: Option<Bootstrap>,
     pub bootstrap_tenant: String,
     pub logs: LogsConfig,
+    /// Where the hub's own traces go; `None`: not exported.
+    pub otel: Option<OtelConfig>,
     sources: BTreeMap<&'static str, Source>,
+}
+
+/// Trace export. Headers, timeout, batching and sampling follow the standard `OTEL_*`
+/// variables, which the OpenTelemetry SDK reads itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtelConfig {
+    /// The traces URL (`…/v1/traces`), from `--otel-endpoint`; `None`: the SDK takes it
+    /// from `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// `coditect-hub` unless `OTEL_SERVICE_NAME` names the service.
+    pub service_name: Option<String>,
+}
+
+impl OtelConfig {
+    /// The export settings from the flag and the standard environment; `Ok(None)` when
+    /// export is off.
+    fn resolve(
+        flag: Option<(String, Source)>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<OtelConfig>, ConfigError> {
+        let invalid = |from: Source, shown: &str, allowed: String| ConfigError::Invalid {
+            key: "otel_endpoint",
+            from,
+            shown: format!("{shown:?}"),
+            allowed,
+        };
+        let disabled = env("OTEL_SDK_DISABLED")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+            || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
+        let from_env = [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .into_iter()
+        .find_map(|k| env(k).filter(|v| !v.trim().is_empty()).map(|v| (k, v)));
+        if disabled || (flag.is_none() && from_env.is_none()) {
+            return Ok(None);
+        }
+        // This build's exporter speaks plain HTTP: a collector next to the hub forwards
+        // over TLS.
+        let plain = |url: &str| {
+            let rest = url.trim().strip_prefix("http://").ok_or_else(|| {
+                format!("an http:// URL (export to a local collector, which may forward over TLS), not {url}")
+            })?;
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(format!("an http://HOST:PORT URL, not {url}"));
+            }
+            Ok(())
+        };
+        if let Some((key, value)) = &from_env {
+            plain(value).map_err(|e| invalid(Source::Env(key), value, e))?;
+        }
+        let endpoint = match flag {
+            Some((url, from)) => {
+                plain(&url).map_err(|e| invalid(from, &url, e))?;
+                let base = url.trim().trim_end_matches('/');
+                Some(if base.ends_with("/v1/traces") {
+                    base.to_string()
+                } else {
+                    format!("{base}/v1/traces")
+                })
+            }
+            None => None,
+        };
+        let service_name = env("OTEL_SERVICE_NAME")
+            .filter(|v| !v.trim().is_empty())
+            .is_none()
+            .then(|| "coditect-hub".to_string());
+        Ok(Some(OtelConfig {
+            endpoint,
+            service_name,
+        }))
+    }
 }
 
 /// Log pipeline settings.
@@ -591,7 +673,7 @@ impl Config {
                 raw.values.insert(s.key, (value, source));
             }
         }
-        raw.build()
+        raw.build(env)
     }
 
     /// Where the value of `key` came from.
@@ -739,7 +821,7 @@ impl Raw {
             .ok_or_else(|| ConfigError::Usage(format!("{key} has no value")))
     }
 
-    fn build(self) -> Result<Config, ConfigError> {
+    fn build(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let duration = |min: Duration, max: Duration| {
             move |s: &str| {
                 let allowed = || {
@@ -898,6 +980,7 @@ impl Raw {
                     })?
                     .unwrap_or_default(),
             },
+            otel: OtelConfig::resolve(self.values.get("otel_endpoint").cloned(), env)?,
             sources: self.values.into_iter().map(|(k, (_, src))| (k, src)).collect(),
         })
     }

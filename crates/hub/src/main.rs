@@ -31,12 +31,24 @@ fn main() -> ExitCode {
     };
     match invocation {
         Invocation::Serve(config) => {
-            telemetry::logging::init(config.log_format, &config.log_level);
+            // Built outside the runtime: the exporter's blocking HTTP client must be.
+            let traces = match config.otel.as_ref().map(telemetry::traces::Traces::start) {
+                None => None,
+                Some(Ok(traces)) => Some(traces),
+                Some(Err(e)) => {
+                    eprintln!("coditect-hub: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::logging::init(config.log_format, &config.log_level, traces.as_ref());
             telemetry::logging::install_panic_hook();
             let result = runtime.block_on(async {
                 let hub = Hub::start(*config).await?;
                 hub.serve(shutdown_signal()).await
             });
+            if let Some(traces) = &traces {
+                traces.shutdown();
+            }
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -48,7 +60,7 @@ fn main() -> ExitCode {
         Invocation::OpenApi => ExitCode::SUCCESS,
         Invocation::Admin(config, command) => {
             // Only warnings and errors: the command prints its own result.
-            telemetry::logging::init(config.log_format, "warn");
+            telemetry::logging::init(config.log_format, "warn", None);
             let result =
                 runtime.block_on(admin::run(*config, command, || admin::read_password(&env)));
             match result {

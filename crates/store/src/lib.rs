@@ -24,6 +24,7 @@ pub mod sessions;
 pub mod signing_keys;
 pub mod sqlite;
 pub mod tenants;
+mod trace;
 pub mod users;
 pub mod workspaces;
 

@@ -38,8 +38,35 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .to_owned();
     req.extensions_mut().insert(RequestId(id.clone()));
     // ERROR level: the span (and so the request id) exists whatever the log filter, so
-    // even a warn-only log keeps the id on its lines.
-    let span = tracing::error_span!("request", request_id = %id, method, route = %route);
+    // even a warn-only log keeps the id on its lines. Exported as an OpenTelemetry server
+    // span (named by the route template) when traces are on.
+    let span = if crate::telemetry::traces::exporting() {
+        tracing::error_span!(
+            "request",
+            request_id = %id,
+            method,
+            route = %route,
+            trace_id = tracing::field::Empty,
+            otel.name = %format!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method,
+            http.route = %route,
+            url.path = %req.uri().path(),
+            http.response.status_code = tracing::field::Empty,
+        )
+    } else {
+        tracing::error_span!(
+            "request",
+            request_id = %id,
+            method,
+            route = %route,
+            trace_id = tracing::field::Empty,
+        )
+    };
+    if let Some(trace_id) = crate::telemetry::traces::continue_trace(&span, req.headers()) {
+        span.record("trace_id", trace_id);
+    }
 
     let in_flight = InFlight::enter();
     let mut res = next.run(req).instrument(span.clone()).await;
@@ -49,6 +76,10 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         res.headers_mut().insert(REQUEST_ID, value);
     }
     let status = res.status().as_u16();
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     let elapsed = started.elapsed();
     let labels = [
         ("method", method.to_string()),

@@ -2,41 +2,51 @@
 //! else from the `log_level` setting. Messages are lower-case without trailing
 //! punctuation; values travel as fields.
 
+use super::traces::Traces;
 use crate::config::LogFormat;
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-/// Installs the global subscriber writing to stderr. Safe to call more than once (later
-/// calls are no-ops), which keeps in-process test servers simple.
-pub fn init(format: LogFormat, level: &str) {
-    init_with_writer(format, level, std::io::stderr);
+/// Installs the global subscriber writing to stderr, and exporting spans when `traces`
+/// is given. Safe to call more than once (later calls are no-ops), which keeps in-process
+/// test servers simple.
+pub fn init(format: LogFormat, level: &str, traces: Option<&Traces>) {
+    init_with_writer(format, level, std::io::stderr, traces);
 }
 
 /// Like [`init`], writing wherever `writer` says (tests capture logs this way).
-pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W)
+pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W, traces: Option<&Traces>)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    // The log's filter applies to the log only: the trace exporter has its own.
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::builder().parse(v).ok())
         .or_else(|| EnvFilter::builder().parse(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let _ = match format {
-        LogFormat::Text => builder
+    let log: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(traces.map(Traces::layer))
+        .try_init();
 }
 
 /// Routes panics through the log (inside the current request's span, so they carry its

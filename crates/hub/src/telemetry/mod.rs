@@ -1,4 +1,5 @@
-//! Logs and metrics: how the hub reports on itself.
+//! Logs, metrics and traces: how the hub reports on itself.
 
 pub mod logging;
 pub mod metrics;
+pub mod traces;

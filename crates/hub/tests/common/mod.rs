@@ -260,6 +260,7 @@ pub async fn spawn_app_with(
         coditect_hub::config::LogFormat::Json,
         &config.log_level,
         || Capture,
+        None,
     );
     let clock = Clock::system();
     let hub = Hub::start_with_clock(config, clock.clone())

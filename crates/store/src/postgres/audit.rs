@@ -5,6 +5,7 @@ use crate::audit::{AuditQuery, AuditRecord, AuditStore};
 use async_trait::async_trait;
 use coditect_proto::{AuditId, TenantId};
 use tokio_postgres::Row;
+use tracing::Instrument;
 
 const COLUMNS: &str = "tenant_id, audit_id, at, actor_type, actor_id, action, resource_type,
     resource_id, result, ip, user_agent, request_id, detail";
@@ -30,37 +31,42 @@ fn record_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
 #[async_trait]
 impl AuditStore for PgStore {
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let stmt = tx
-            .prepare(&format!(
-                "INSERT INTO audit_log ({COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-            ))
-            .await?;
-        for r in records {
-            tx.execute(
-                &stmt,
-                &[
-                    &r.tenant_id.as_uuid(),
-                    &r.id.as_uuid(),
-                    &r.at,
-                    &r.actor_type,
-                    &r.actor_id,
-                    &r.action,
-                    &r.resource_type,
-                    &r.resource_id,
-                    &r.result,
-                    &r.ip,
-                    &r.user_agent,
-                    &r.request_id,
-                    &r.detail,
-                ],
-            )
-            .await?;
+        let span = crate::trace::call("postgresql", "append_audit", None);
+        async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let stmt = tx
+                .prepare(&format!(
+                    "INSERT INTO audit_log ({COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                ))
+                .await?;
+            for r in records {
+                tx.execute(
+                    &stmt,
+                    &[
+                        &r.tenant_id.as_uuid(),
+                        &r.id.as_uuid(),
+                        &r.at,
+                        &r.actor_type,
+                        &r.actor_id,
+                        &r.action,
+                        &r.resource_type,
+                        &r.resource_id,
+                        &r.result,
+                        &r.ip,
+                        &r.user_agent,
+                        &r.request_id,
+                        &r.detail,
+                    ],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
         }
-        tx.commit().await?;
-        Ok(())
+        .instrument(span)
+        .await
     }
 
     async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {

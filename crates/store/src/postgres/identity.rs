@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use coditect_proto::{ApiKeyId, Email, SessionId, TenantId, UserId, WorkspaceId};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tracing::Instrument;
 use uuid::Uuid;
 
 const USER_COLUMNS: &str = "tenant_id, user_id, email, password_hash, role, platform_admin, disabled, created_at, updated_at";
@@ -194,38 +195,43 @@ const END_SESSION: &str =
 #[async_trait]
 impl SessionStore for PgStore {
     async fn create_session(&self, s: &Session, refresh_hash: &[u8]) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let workspace = s.workspace_id.map(|w| w.as_uuid());
-        let params: [&(dyn ToSql + Sync); 12] = [
-            &s.tenant_id.as_uuid(),
-            &s.id.as_uuid(),
-            &s.user_id.as_uuid(),
-            &s.status.as_str(),
-            &s.created_at,
-            &s.last_access_at,
-            &s.expires_at,
-            &s.ended_at,
-            &s.end_reason,
-            &s.ip,
-            &s.user_agent,
-            &workspace,
-        ];
-        tx.execute(
-            &format!(
-                "INSERT INTO sessions ({SESSION_COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-            ),
-            &params,
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO refresh_tokens (tenant_id, session_id, token_hash, issued_at) VALUES ($1, $2, $3, $4)",
-            &[&s.tenant_id.as_uuid(), &s.id.as_uuid(), &refresh_hash, &s.created_at],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let span = crate::trace::call("postgresql", "create_session", None);
+        async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let workspace = s.workspace_id.map(|w| w.as_uuid());
+            let params: [&(dyn ToSql + Sync); 12] = [
+                &s.tenant_id.as_uuid(),
+                &s.id.as_uuid(),
+                &s.user_id.as_uuid(),
+                &s.status.as_str(),
+                &s.created_at,
+                &s.last_access_at,
+                &s.expires_at,
+                &s.ended_at,
+                &s.end_reason,
+                &s.ip,
+                &s.user_agent,
+                &workspace,
+            ];
+            tx.execute(
+                &format!(
+                    "INSERT INTO sessions ({SESSION_COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ),
+                &params,
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO refresh_tokens (tenant_id, session_id, token_hash, issued_at) VALUES ($1, $2, $3, $4)",
+                &[&s.tenant_id.as_uuid(), &s.id.as_uuid(), &refresh_hash, &s.created_at],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     async fn get_session(
@@ -308,80 +314,85 @@ impl SessionStore for PgStore {
         now: DateTime<Utc>,
         idle_cutoff: DateTime<Utc>,
     ) -> Result<RefreshOutcome, StoreError> {
-        let (t, s): (Uuid, Uuid) = (tenant.as_uuid(), id.as_uuid());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // The session row lock serializes concurrent refreshes of one session.
-        let Some(row) = tx
-            .query_opt(
-                &format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions
-                     WHERE tenant_id = $1 AND session_id = $2 FOR UPDATE"
-                ),
-                &[&t, &s],
-            )
-            .await?
-        else {
-            return Ok(RefreshOutcome::Rejected);
-        };
-        let session = session_from_row(&row)?;
-        let used = tx
-            .query_opt(
-                "SELECT used_at FROM refresh_tokens
-                 WHERE tenant_id = $1 AND session_id = $2 AND token_hash = $3",
-                &[&t, &s, &presented],
-            )
-            .await?
-            .map(|r| r.col::<Option<DateTime<Utc>>>(0))
-            .transpose()?;
-        let outcome = match used {
-            None => RefreshOutcome::Rejected,
-            Some(Some(_)) => {
-                let ended = tx
-                    .query_opt(
-                        &format!("{END_SESSION} RETURNING {SESSION_COLUMNS}"),
-                        &[&t, &s, &now, &"refresh_token_reused"],
-                    )
-                    .await?
-                    .as_ref()
-                    .map(session_from_row)
-                    .transpose()?;
-                RefreshOutcome::Reused(ended.unwrap_or(session))
-            }
-            Some(None) if !session.is_live(now, idle_cutoff) => RefreshOutcome::Rejected,
-            Some(None) => {
-                tx.execute(
-                    "UPDATE refresh_tokens SET used_at = $4
+        let span = crate::trace::call("postgresql", "rotate_refresh", None);
+        async {
+            let (t, s): (Uuid, Uuid) = (tenant.as_uuid(), id.as_uuid());
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // The session row lock serializes concurrent refreshes of one session.
+            let Some(row) = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {SESSION_COLUMNS} FROM sessions
+                         WHERE tenant_id = $1 AND session_id = $2 FOR UPDATE"
+                    ),
+                    &[&t, &s],
+                )
+                .await?
+            else {
+                return Ok(RefreshOutcome::Rejected);
+            };
+            let session = session_from_row(&row)?;
+            let used = tx
+                .query_opt(
+                    "SELECT used_at FROM refresh_tokens
                      WHERE tenant_id = $1 AND session_id = $2 AND token_hash = $3",
-                    &[&t, &s, &presented, &now],
+                    &[&t, &s, &presented],
                 )
-                .await?;
-                tx.execute(
-                    "INSERT INTO refresh_tokens (tenant_id, session_id, token_hash, issued_at)
-                     VALUES ($1, $2, $3, $4)",
-                    &[&t, &s, &next, &now],
-                )
-                .await?;
-                tx.execute(
-                    "DELETE FROM refresh_tokens
-                     WHERE tenant_id = $1 AND session_id = $2 AND used_at < $3",
-                    &[&t, &s, &(now - crate::sessions::REUSE_MEMORY)],
-                )
-                .await?;
-                let touched = tx
-                    .query_one(
-                        &format!(
-                            "UPDATE sessions SET last_access_at = greatest(last_access_at, $3)
-                             WHERE tenant_id = $1 AND session_id = $2 RETURNING {SESSION_COLUMNS}"
-                        ),
-                        &[&t, &s, &now],
+                .await?
+                .map(|r| r.col::<Option<DateTime<Utc>>>(0))
+                .transpose()?;
+            let outcome = match used {
+                None => RefreshOutcome::Rejected,
+                Some(Some(_)) => {
+                    let ended = tx
+                        .query_opt(
+                            &format!("{END_SESSION} RETURNING {SESSION_COLUMNS}"),
+                            &[&t, &s, &now, &"refresh_token_reused"],
+                        )
+                        .await?
+                        .as_ref()
+                        .map(session_from_row)
+                        .transpose()?;
+                    RefreshOutcome::Reused(ended.unwrap_or(session))
+                }
+                Some(None) if !session.is_live(now, idle_cutoff) => RefreshOutcome::Rejected,
+                Some(None) => {
+                    tx.execute(
+                        "UPDATE refresh_tokens SET used_at = $4
+                         WHERE tenant_id = $1 AND session_id = $2 AND token_hash = $3",
+                        &[&t, &s, &presented, &now],
                     )
                     .await?;
-                RefreshOutcome::Rotated(session_from_row(&touched)?)
-            }
-        };
-        tx.commit().await?;
-        Ok(outcome)
+                    tx.execute(
+                        "INSERT INTO refresh_tokens (tenant_id, session_id, token_hash, issued_at)
+                         VALUES ($1, $2, $3, $4)",
+                        &[&t, &s, &next, &now],
+                    )
+                    .await?;
+                    tx.execute(
+                        "DELETE FROM refresh_tokens
+                         WHERE tenant_id = $1 AND session_id = $2 AND used_at < $3",
+                        &[&t, &s, &(now - crate::sessions::REUSE_MEMORY)],
+                    )
+                    .await?;
+                    let touched = tx
+                        .query_one(
+                            &format!(
+                                "UPDATE sessions SET last_access_at = greatest(last_access_at, $3)
+                                 WHERE tenant_id = $1 AND session_id = $2 RETURNING {SESSION_COLUMNS}"
+                            ),
+                            &[&t, &s, &now],
+                        )
+                        .await?;
+                    RefreshOutcome::Rotated(session_from_row(&touched)?)
+                }
+            };
+            tx.commit().await?;
+            Ok(outcome)
+        }
+        .instrument(span)
+        .await
     }
 
     async fn purge_sessions(

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use coditect_proto::{TenantId, WorkspaceId};
 use std::collections::HashSet;
 use tokio_postgres::Row;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// The channel live tails listen on.
@@ -83,111 +84,116 @@ async fn chunk_seq(
 #[async_trait]
 impl LogStore for PgStore {
     async fn append_chunk(&self, chunk: &EncodedChunk) -> Result<Appended, StoreError> {
-        let tenant = chunk.tenant_id.as_uuid();
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // A replay of a chunk that is already stored (the outbox after a lost answer) stops
-        // here without touching the id index.
-        if let Some(seq) = chunk_seq(&tx, tenant, chunk.chunk_id).await? {
-            return Ok(Appended {
-                seq,
-                duplicates: 0,
-                replayed: true,
-            });
-        }
-        // The id index first, outside the tenant's seq lock: it is most of the work and
-        // needs no order. Ids go in sorted so that two appends sharing ids wait for each
-        // other instead of deadlocking; a conflicting id of an append still in flight
-        // waits for its outcome.
-        let positions: Vec<i32> = (0..chunk.ids.len() as i32).collect();
-        let inserted: HashSet<i32> = tx
-            .query(
-                "INSERT INTO log_ids (tenant_id, id, chunk_id, pos)
-                 SELECT $1, u.id, $2, u.pos FROM unnest($3::uuid[], $4::int[]) AS u(id, pos)
-                 ORDER BY u.id
-                 ON CONFLICT DO NOTHING RETURNING pos",
-                &[&tenant, &chunk.chunk_id, &chunk.ids, &positions],
-            )
-            .await?
-            .iter()
-            .map(|r| r.col::<i32>(0))
-            .collect::<Result<_, _>>()?;
-        // Taking the next seq locks the tenant's row until commit, so appends of one tenant
-        // commit in seq order (what tail cursors rely on). Under the lock, a replay that
-        // raced the original is seen for sure; rolling back gives the seq back.
-        let seq: i64 = tx
-            .query_one(
-                "INSERT INTO log_seqs (tenant_id, last_seq) VALUES ($1, 1)
-                 ON CONFLICT (tenant_id) DO UPDATE SET last_seq = log_seqs.last_seq + 1
-                 RETURNING last_seq",
-                &[&tenant],
-            )
-            .await?
-            .col(0)?;
-        if let Some(seq) = chunk_seq(&tx, tenant, chunk.chunk_id).await? {
-            return Ok(Appended {
-                seq,
-                duplicates: 0,
-                replayed: true,
-            });
-        }
-        let skip: Vec<u32> = positions
-            .iter()
-            .filter(|p| !inserted.contains(p))
-            .map(|p| *p as u32)
-            .collect();
-        let m = &chunk.meta;
-        tx.execute(
-            "INSERT INTO log_chunks (tenant_id, seq, chunk_id, workspace_id, min_ts, max_ts, count,
-                levels, components, sessions, skip, received_at, data, bloom)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-            &[
-                &tenant,
-                &seq,
-                &chunk.chunk_id,
-                &chunk.workspace_id.as_uuid(),
-                &m.min_ts,
-                &m.max_ts,
-                &(m.count as i32),
-                &i16::from(m.levels),
-                &components_to_text(&m.components),
-                &sessions_to_blob(&m.sessions),
-                &skip_to_blob(&skip),
-                &chunk.received_at,
-                &chunk.data,
-                &chunk.bloom,
-            ],
-        )
-        .await?;
-        if let Some(batch) = &chunk.batch {
+        let span = crate::trace::call("postgresql", "append_chunk", None);
+        async {
+            let tenant = chunk.tenant_id.as_uuid();
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // A replay of a chunk that is already stored (the outbox after a lost answer) stops
+            // here without touching the id index.
+            if let Some(seq) = chunk_seq(&tx, tenant, chunk.chunk_id).await? {
+                return Ok(Appended {
+                    seq,
+                    duplicates: 0,
+                    replayed: true,
+                });
+            }
+            // The id index first, outside the tenant's seq lock: it is most of the work and
+            // needs no order. Ids go in sorted so that two appends sharing ids wait for each
+            // other instead of deadlocking; a conflicting id of an append still in flight
+            // waits for its outcome.
+            let positions: Vec<i32> = (0..chunk.ids.len() as i32).collect();
+            let inserted: HashSet<i32> = tx
+                .query(
+                    "INSERT INTO log_ids (tenant_id, id, chunk_id, pos)
+                     SELECT $1, u.id, $2, u.pos FROM unnest($3::uuid[], $4::int[]) AS u(id, pos)
+                     ORDER BY u.id
+                     ON CONFLICT DO NOTHING RETURNING pos",
+                    &[&tenant, &chunk.chunk_id, &chunk.ids, &positions],
+                )
+                .await?
+                .iter()
+                .map(|r| r.col::<i32>(0))
+                .collect::<Result<_, _>>()?;
+            // Taking the next seq locks the tenant's row until commit, so appends of one tenant
+            // commit in seq order (what tail cursors rely on). Under the lock, a replay that
+            // raced the original is seen for sure; rolling back gives the seq back.
+            let seq: i64 = tx
+                .query_one(
+                    "INSERT INTO log_seqs (tenant_id, last_seq) VALUES ($1, 1)
+                     ON CONFLICT (tenant_id) DO UPDATE SET last_seq = log_seqs.last_seq + 1
+                     RETURNING last_seq",
+                    &[&tenant],
+                )
+                .await?
+                .col(0)?;
+            if let Some(seq) = chunk_seq(&tx, tenant, chunk.chunk_id).await? {
+                return Ok(Appended {
+                    seq,
+                    duplicates: 0,
+                    replayed: true,
+                });
+            }
+            let skip: Vec<u32> = positions
+                .iter()
+                .filter(|p| !inserted.contains(p))
+                .map(|p| *p as u32)
+                .collect();
+            let m = &chunk.meta;
             tx.execute(
-                "INSERT INTO log_receipts (tenant_id, batch_id, workspace_id, actor, fingerprint,
-                    response, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO log_chunks (tenant_id, seq, chunk_id, workspace_id, min_ts, max_ts, count,
+                    levels, components, sessions, skip, received_at, data, bloom)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 &[
                     &tenant,
-                    &batch.batch_id,
+                    &seq,
+                    &chunk.chunk_id,
                     &chunk.workspace_id.as_uuid(),
-                    &batch.actor,
-                    &batch.fingerprint,
-                    &batch.response,
+                    &m.min_ts,
+                    &m.max_ts,
+                    &(m.count as i32),
+                    &i16::from(m.levels),
+                    &components_to_text(&m.components),
+                    &sessions_to_blob(&m.sessions),
+                    &skip_to_blob(&skip),
                     &chunk.received_at,
+                    &chunk.data,
+                    &chunk.bloom,
                 ],
             )
             .await?;
+            if let Some(batch) = &chunk.batch {
+                tx.execute(
+                    "INSERT INTO log_receipts (tenant_id, batch_id, workspace_id, actor, fingerprint,
+                        response, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT DO NOTHING",
+                    &[
+                        &tenant,
+                        &batch.batch_id,
+                        &chunk.workspace_id.as_uuid(),
+                        &batch.actor,
+                        &batch.fingerprint,
+                        &batch.response,
+                        &chunk.received_at,
+                    ],
+                )
+                .await?;
+            }
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&LOG_CHANNEL, &format!("{tenant}:{seq}")],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Appended {
+                seq,
+                duplicates: skip.len() as u32,
+                replayed: false,
+            })
         }
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&LOG_CHANNEL, &format!("{tenant}:{seq}")],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Appended {
-            seq,
-            duplicates: skip.len() as u32,
-            replayed: false,
-        })
+        .instrument(span)
+        .await
     }
 
     async fn find_batch(
@@ -310,38 +316,43 @@ impl LogStore for PgStore {
         cutoff: i64,
         max_chunks: u32,
     ) -> Result<u64, StoreError> {
-        let t = tenant.as_uuid();
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let doomed = tx
-            .query(
-                "SELECT seq, chunk_id, data FROM log_chunks WHERE tenant_id = $1 AND max_ts < $2
-                 ORDER BY max_ts LIMIT $3",
-                &[&t, &cutoff, &i64::from(max_chunks)],
-            )
-            .await?;
-        for row in &doomed {
-            let seq: i64 = row.col(0)?;
-            let chunk_id: Uuid = row.col(1)?;
-            let data: Vec<u8> = row.col(2)?;
-            let ids: Vec<Uuid> = decode(&data)
-                .unwrap_or_default()
-                .iter()
-                .map(|r| r.id)
-                .collect();
-            tx.execute(
-                "DELETE FROM log_ids WHERE tenant_id = $1 AND id = ANY($2) AND chunk_id = $3",
-                &[&t, &ids, &chunk_id],
-            )
-            .await?;
-            tx.execute(
-                "DELETE FROM log_chunks WHERE tenant_id = $1 AND seq = $2",
-                &[&t, &seq],
-            )
-            .await?;
+        let span = crate::trace::call("postgresql", "delete_before", None);
+        async {
+            let t = tenant.as_uuid();
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let doomed = tx
+                .query(
+                    "SELECT seq, chunk_id, data FROM log_chunks WHERE tenant_id = $1 AND max_ts < $2
+                     ORDER BY max_ts LIMIT $3",
+                    &[&t, &cutoff, &i64::from(max_chunks)],
+                )
+                .await?;
+            for row in &doomed {
+                let seq: i64 = row.col(0)?;
+                let chunk_id: Uuid = row.col(1)?;
+                let data: Vec<u8> = row.col(2)?;
+                let ids: Vec<Uuid> = decode(&data)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| r.id)
+                    .collect();
+                tx.execute(
+                    "DELETE FROM log_ids WHERE tenant_id = $1 AND id = ANY($2) AND chunk_id = $3",
+                    &[&t, &ids, &chunk_id],
+                )
+                .await?;
+                tx.execute(
+                    "DELETE FROM log_chunks WHERE tenant_id = $1 AND seq = $2",
+                    &[&t, &seq],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(doomed.len() as u64)
         }
-        tx.commit().await?;
-        Ok(doomed.len() as u64)
+        .instrument(span)
+        .await
     }
 
     async fn forget_batches(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
+use tracing::Instrument;
 
 /// Connection settings for the shared store. `url` holds a secret (the password): it is
 /// never logged nor shown; use [`PgConfig::target`] to name the server.
@@ -228,9 +229,14 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await?;
-        Ok(client.execute(&stmt, params).await?)
+        let span = crate::trace::call("postgresql", crate::trace::verb(sql), Some(sql));
+        async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await?;
+            Ok(client.execute(&stmt, params).await?)
+        }
+        .instrument(span)
+        .await
     }
 
     pub(crate) async fn query(
@@ -238,9 +244,14 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await?;
-        Ok(client.query(&stmt, params).await?)
+        let span = crate::trace::call("postgresql", crate::trace::verb(sql), Some(sql));
+        async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await?;
+            Ok(client.query(&stmt, params).await?)
+        }
+        .instrument(span)
+        .await
     }
 
     pub(crate) async fn query_opt(
@@ -248,9 +259,14 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Option<tokio_postgres::Row>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await?;
-        Ok(client.query_opt(&stmt, params).await?)
+        let span = crate::trace::call("postgresql", crate::trace::verb(sql), Some(sql));
+        async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await?;
+            Ok(client.query_opt(&stmt, params).await?)
+        }
+        .instrument(span)
+        .await
     }
 
     pub async fn probe(&self) -> ComponentHealth {

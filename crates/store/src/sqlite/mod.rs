@@ -179,7 +179,9 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        self.inner.writer.write(work).await
+        use tracing::Instrument;
+        let span = crate::trace::call("sqlite", "write", None);
+        self.inner.writer.write(work).instrument(span).await
     }
 
     /// Runs `work` on a pooled read-only connection.
@@ -188,7 +190,9 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        self.inner.readers.read(work).await
+        use tracing::Instrument;
+        let span = crate::trace::call("sqlite", "read", None);
+        self.inner.readers.read(work).instrument(span).await
     }
 
     /// Probes both paths: a read, and a (no-op) trip through the writer queue, whose
