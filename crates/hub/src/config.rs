@@ -339,6 +339,110 @@ pub const SETTINGS: &[Setting] = &[
         Some("default"),
         "Name of the first tenant, created with the first admin",
     ),
+    setting(
+        "public_url",
+        "public-url",
+        "CODITECT_PUBLIC_URL",
+        None,
+        "The hub's URL as browsers reach it (e.g. https://hub.example.com); needed for SSO redirects",
+    ),
+    setting(
+        "sso_oidc_issuer",
+        "sso-oidc-issuer",
+        "CODITECT_SSO_OIDC_ISSUER",
+        None,
+        "OpenID Connect issuer for single sign-on (its /.well-known/openid-configuration is read); absent = off",
+    ),
+    setting(
+        "sso_oidc_client_id",
+        "sso-oidc-client-id",
+        "CODITECT_SSO_OIDC_CLIENT_ID",
+        None,
+        "The hub's client id at the OpenID Connect provider",
+    ),
+    Setting {
+        secret: true,
+        ..setting(
+            "sso_oidc_client_secret",
+            "sso-oidc-client-secret",
+            "CODITECT_SSO_OIDC_CLIENT_SECRET",
+            None,
+            "The hub's client secret at the OpenID Connect provider (or sso_oidc_client_secret_file)",
+        )
+    },
+    setting(
+        "sso_oidc_client_secret_file",
+        "sso-oidc-client-secret-file",
+        "CODITECT_SSO_OIDC_CLIENT_SECRET_FILE",
+        None,
+        "File holding the OpenID Connect client secret",
+    ),
+    setting(
+        "sso_github_client_id",
+        "sso-github-client-id",
+        "CODITECT_SSO_GITHUB_CLIENT_ID",
+        None,
+        "Client id of the hub's GitHub OAuth app; absent = GitHub login off",
+    ),
+    Setting {
+        secret: true,
+        ..setting(
+            "sso_github_client_secret",
+            "sso-github-client-secret",
+            "CODITECT_SSO_GITHUB_CLIENT_SECRET",
+            None,
+            "Client secret of the hub's GitHub OAuth app (or sso_github_client_secret_file)",
+        )
+    },
+    setting(
+        "sso_github_client_secret_file",
+        "sso-github-client-secret-file",
+        "CODITECT_SSO_GITHUB_CLIENT_SECRET_FILE",
+        None,
+        "File holding the GitHub client secret",
+    ),
+    setting(
+        "sso_github_url",
+        "sso-github-url",
+        "CODITECT_SSO_GITHUB_URL",
+        Some("https://github.com"),
+        "GitHub's web URL (GitHub Enterprise Server: https://HOST)",
+    ),
+    setting(
+        "sso_github_api_url",
+        "sso-github-api-url",
+        "CODITECT_SSO_GITHUB_API_URL",
+        Some("https://api.github.com"),
+        "GitHub's API URL (GitHub Enterprise Server: https://HOST/api/v3)",
+    ),
+    setting(
+        "sso_allowed_domains",
+        "sso-allowed-domains",
+        "CODITECT_SSO_ALLOWED_DOMAINS",
+        None,
+        "Comma-separated e-mail domains that may log in by SSO (e.g. example.com); absent = any",
+    ),
+    setting(
+        "sso_provision",
+        "sso-provision",
+        "CODITECT_SSO_PROVISION",
+        Some("true"),
+        "Create an account on the first SSO login of a verified, allowed address (false: only existing accounts)",
+    ),
+    setting(
+        "sso_tenant",
+        "sso-tenant",
+        "CODITECT_SSO_TENANT",
+        Some("default"),
+        "Tenant of accounts created on first SSO login (made if missing)",
+    ),
+    setting(
+        "sso_default_role",
+        "sso-default-role",
+        "CODITECT_SSO_DEFAULT_ROLE",
+        Some("member"),
+        "Role of accounts created on first SSO login: member or viewer",
+    ),
 ];
 
 /// Where a value came from, for error messages.
@@ -419,7 +523,41 @@ pub struct Config {
     pub logs: LogsConfig,
     /// Where the hub's own traces go; `None`: not exported.
     pub otel: Option<OtelConfig>,
+    /// Single sign-on; `None`: no external login.
+    pub sso: Option<SsoConfig>,
     sources: BTreeMap<&'static str, Source>,
+}
+
+/// External login: OpenID Connect and/or GitHub, and what happens on a first login.
+#[derive(Debug, Clone)]
+pub struct SsoConfig {
+    /// The hub's public URL, without a trailing slash: redirects come back to
+    /// `{public_url}/api/v1/auth/sso/{provider}/callback`.
+    pub public_url: String,
+    pub oidc: Option<OidcProviderConfig>,
+    pub github: Option<GithubProviderConfig>,
+    /// Lower-case e-mail domains that may log in; empty: any.
+    pub allowed_domains: Vec<String>,
+    pub provision: bool,
+    pub tenant: String,
+    pub default_role: coditect_proto::Role,
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcProviderConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct GithubProviderConfig {
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// `https://github.com`, without a trailing slash.
+    pub web_url: String,
+    /// `https://api.github.com`, without a trailing slash.
+    pub api_url: String,
 }
 
 /// Trace export. Headers, timeout, batching and sampling follow the standard `OTEL_*`
@@ -981,6 +1119,7 @@ impl Raw {
                     .unwrap_or_default(),
             },
             otel: OtelConfig::resolve(self.values.get("otel_endpoint").cloned(), env)?,
+            sso: self.sso()?,
             sources: self.values.into_iter().map(|(k, (_, src))| (k, src)).collect(),
         })
     }
@@ -1007,6 +1146,105 @@ fn whole(s: &str, min: u32, max: u32) -> Result<u32, String> {
 
 impl Raw {
     /// Both bootstrap values or neither: half a first admin is a mistake worth stopping for.
+    /// A client secret given directly or in a file (trimmed), never both.
+    fn client_secret(
+        &self,
+        key: &'static str,
+        file_key: &'static str,
+    ) -> Result<Option<Secret>, ConfigError> {
+        let direct = self.parse(key, |s| non_empty(s).map(Secret::new))?;
+        let from_file = self.parse(file_key, |path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("a readable file ({e})"))
+                .and_then(|s| non_empty(s.trim()).map_err(|_| "a file holding the secret".into()))
+                .map(Secret::new)
+        })?;
+        match (direct, from_file) {
+            (Some(_), Some(_)) => Err(ConfigError::Usage(format!(
+                "give {key} or {file_key}, not both"
+            ))),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
+
+    fn sso(&self) -> Result<Option<SsoConfig>, ConfigError> {
+        let url = |s: &str| {
+            let ok = (s.starts_with("https://") || s.starts_with("http://"))
+                && s.len() > "https://".len()
+                && !s.contains(char::is_whitespace);
+            if ok {
+                Ok(s.trim_end_matches('/').to_string())
+            } else {
+                Err("an http(s):// URL".to_string())
+            }
+        };
+        let oidc = match (
+            self.parse("sso_oidc_issuer", url)?,
+            self.parse("sso_oidc_client_id", non_empty)?,
+            self.client_secret("sso_oidc_client_secret", "sso_oidc_client_secret_file")?,
+        ) {
+            (None, None, None) => None,
+            (Some(issuer), Some(client_id), Some(client_secret)) => Some(OidcProviderConfig {
+                issuer,
+                client_id,
+                client_secret,
+            }),
+            _ => {
+                return Err(ConfigError::Usage(
+                    "OpenID Connect login needs sso_oidc_issuer, sso_oidc_client_id and a client secret".into(),
+                ));
+            }
+        };
+        let github = match (
+            self.parse("sso_github_client_id", non_empty)?,
+            self.client_secret("sso_github_client_secret", "sso_github_client_secret_file")?,
+        ) {
+            (None, None) => None,
+            (Some(client_id), Some(client_secret)) => Some(GithubProviderConfig {
+                client_id,
+                client_secret,
+                web_url: self.required("sso_github_url", url)?,
+                api_url: self.required("sso_github_api_url", url)?,
+            }),
+            _ => {
+                return Err(ConfigError::Usage(
+                    "GitHub login needs sso_github_client_id and a client secret".into(),
+                ));
+            }
+        };
+        if oidc.is_none() && github.is_none() {
+            return Ok(None);
+        }
+        let public_url = self.parse("public_url", url)?.ok_or_else(|| {
+            ConfigError::Usage(
+                "single sign-on needs public_url (CODITECT_PUBLIC_URL): where the provider sends browsers back".into(),
+            )
+        })?;
+        Ok(Some(SsoConfig {
+            public_url,
+            oidc,
+            github,
+            allowed_domains: self
+                .parse("sso_allowed_domains", |s| {
+                    Ok(s.split(',')
+                        .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
+                        .filter(|d| !d.is_empty())
+                        .collect())
+                })?
+                .unwrap_or_default(),
+            provision: self.required("sso_provision", |s| {
+                s.parse::<bool>().map_err(|_| "true or false".to_string())
+            })?,
+            tenant: self.required("sso_tenant", non_empty)?,
+            default_role: self.required("sso_default_role", |s| {
+                match s.parse::<coditect_proto::Role>() {
+                    Ok(r @ (coditect_proto::Role::Member | coditect_proto::Role::Viewer)) => Ok(r),
+                    _ => Err("member or viewer (raise roles afterwards, as an admin)".to_string()),
+                }
+            })?,
+        }))
+    }
+
     fn bootstrap(&self) -> Result<Option<Bootstrap>, ConfigError> {
         let email = self.parse("bootstrap_email", coditect_proto::Email::parse)?;
         let password = self.parse("bootstrap_password", |s| {
@@ -1206,6 +1444,86 @@ mod tests {
         assert_eq!(parse_size("MiB"), None);
         assert_eq!(parse_size("-1"), None);
         assert_eq!(parse_size("99999999999999999999MiB"), None);
+    }
+
+    #[test]
+    fn single_sign_on_settings_hold_together() {
+        assert!(load(&[], &[]).unwrap().sso.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-a-file\n").unwrap();
+        let secret = secret.to_str().unwrap();
+        let c = load(
+            &[
+                "--public-url",
+                "https://hub.example.com/",
+                "--sso-oidc-issuer",
+                "https://login.example.com/realms/dev",
+                "--sso-oidc-client-id",
+                "hub",
+                "--sso-oidc-client-secret-file",
+                secret,
+                "--sso-allowed-domains",
+                "Example.com, @example.org",
+            ],
+            &[
+                ("CODITECT_SSO_GITHUB_CLIENT_ID", "gh"),
+                ("CODITECT_SSO_GITHUB_CLIENT_SECRET", "s"),
+            ],
+        )
+        .unwrap();
+        let sso = c.sso.unwrap();
+        assert_eq!(sso.public_url, "https://hub.example.com");
+        assert_eq!(sso.oidc.unwrap().client_secret.expose(), "from-a-file");
+        assert_eq!(sso.github.unwrap().api_url, "https://api.github.com");
+        assert_eq!(sso.allowed_domains, ["example.com", "example.org"]);
+        assert!(sso.provision);
+        assert_eq!(sso.default_role, coditect_proto::Role::Member);
+        for (args, says) in [
+            (vec!["--sso-github-client-id", "gh"], "client secret"),
+            (
+                vec![
+                    "--sso-github-client-id",
+                    "gh",
+                    "--sso-github-client-secret",
+                    "s",
+                ],
+                "public_url",
+            ),
+            (
+                vec![
+                    "--sso-oidc-issuer",
+                    "https://x.example",
+                    "--sso-oidc-client-id",
+                    "c",
+                    "--sso-oidc-client-secret",
+                    "s",
+                    "--sso-oidc-client-secret-file",
+                    secret,
+                ],
+                "not both",
+            ),
+            (
+                vec![
+                    "--public-url",
+                    "https://h.example",
+                    "--sso-github-client-id",
+                    "gh",
+                    "--sso-github-client-secret",
+                    "s",
+                    "--sso-default-role",
+                    "admin",
+                ],
+                "member or viewer",
+            ),
+            (vec!["--sso-oidc-issuer", "login.example.com"], "URL"),
+        ] {
+            let err = load(&args, &[]).unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+        // The secret is never echoed.
+        let err = load(&["--sso-github-client-secret", "hunter2-secret"], &[]).unwrap_err();
+        assert!(!err.contains("hunter2-secret"), "{err}");
     }
 
     #[test]

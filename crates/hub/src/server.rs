@@ -89,7 +89,16 @@ impl Hub {
                 return Err(e.into());
             }
         };
-        let auth = Auth::new(&config.auth, keys);
+        let mut auth = Auth::new(&config.auth, keys);
+        if let Some(sso) = config.sso.clone() {
+            match crate::auth::sso::Sso::new(sso) {
+                Ok(sso) => auth.sso = Some(sso),
+                Err(e) => {
+                    store.close().await;
+                    return Err(StartError::Config(ConfigError::Usage(e)));
+                }
+            }
+        }
         let gate = Gate::new(store, clock, config.auth.session_cache_ttl);
         let state = AppState::new(config, gate, auth, telemetry::metrics::handle());
         Ok(Hub {

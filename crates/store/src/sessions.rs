@@ -21,6 +21,8 @@ pub struct Session {
     pub user_agent: Option<String>,
     /// The workspace the session was opened for, if any.
     pub workspace_id: Option<WorkspaceId>,
+    /// How the user logged in: `password`, `oidc` or `github`.
+    pub login_method: String,
 }
 
 impl Session {
@@ -122,6 +124,24 @@ pub trait SessionStore: Send + Sync {
         ticket: uuid::Uuid,
         expires_at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    /// Keeps a step of an external login until `expires_at`, under `key` (a hash of its
+    /// one-time secret); `payload` is the step's own JSON. Conflict if the key is taken.
+    async fn put_login_flow(
+        &self,
+        key: &[u8],
+        payload: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Takes the step stored under `key` if it has not expired: once, atomically across
+    /// every replica (a second take finds nothing). Expired steps are deleted by
+    /// [`SessionStore::purge_sessions`].
+    async fn take_login_flow(
+        &self,
+        key: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Live sessions in all tenants.
     async fn count_live_sessions(

@@ -207,6 +207,13 @@ async fn sessions_conform() {
 }
 
 #[tokio::test]
+async fn login_flows_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::login_flows_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
 async fn api_keys_conform() {
     let store = ready_store(&fresh_database().await).await;
     common::api_keys_conform(&store).await;

@@ -318,6 +318,14 @@ async fn sessions_conform() {
 }
 
 #[tokio::test]
+async fn login_flows_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::login_flows_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
 async fn api_keys_conform() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;

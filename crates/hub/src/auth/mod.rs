@@ -12,6 +12,7 @@ pub mod keys;
 pub mod password;
 pub mod principal;
 pub mod secrets;
+pub mod sso;
 pub mod throttle;
 pub mod tokens;
 
@@ -46,6 +47,8 @@ pub struct Auth {
     pub idle_timeout: Duration,
     pub session_lifetime: Duration,
     pub max_failures: u32,
+    /// External login, when configured.
+    pub sso: Option<sso::Sso>,
 }
 
 impl Auth {
@@ -67,6 +70,7 @@ impl Auth {
             idle_timeout: config.session_idle_timeout,
             session_lifetime: config.session_lifetime,
             max_failures: config.login_max_failures,
+            sso: None,
         }
     }
 
@@ -82,6 +86,7 @@ pub fn routes() -> Routes {
         .route(routes!(refresh))
         .route(routes!(logout))
         .route(routes!(jwks))
+        .merge(sso::routes())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -233,6 +238,30 @@ async fn login(
         upgrade_hash(&state, &user, req.password);
     }
 
+    open_session(
+        &state,
+        &user,
+        &meta,
+        req.workspace_id,
+        "password",
+        "auth.login",
+    )
+    .await
+}
+
+/// Opens a session for `user` (who has just proved who they are by `method`), audits it
+/// as `action`, and answers with its tokens: the end of every way of logging in.
+pub async fn open_session(
+    state: &AppState,
+    user: &User,
+    meta: &RequestMeta,
+    workspace_id: Option<WorkspaceId>,
+    method: &str,
+    action: &'static str,
+) -> Result<Response, ApiError> {
+    let auth = state.auth();
+    let gate = state.gate();
+    let now = gate.clock().now();
     let session = Session {
         tenant_id: user.tenant_id,
         id: SessionId::new(),
@@ -246,7 +275,8 @@ async fn login(
         end_reason: None,
         ip: meta.ip.clone(),
         user_agent: meta.user_agent.clone(),
-        workspace_id: req.workspace_id,
+        workspace_id,
+        login_method: method.to_string(),
     };
     let refresh = secrets::mint(
         secrets::Kind::RefreshToken,
@@ -256,19 +286,19 @@ async fn login(
     gate.credentials()
         .start_session(&session, &refresh.hash)
         .await?;
-    let response = token_response(&state, &user, session.id, refresh.token)?;
+    let response = token_response(state, user, session.id, refresh.token)?;
     metrics::counter!("auth_logins_total", "result" => "success").increment(1);
     gate.auditor()
         .record(
             AuditEvent::anonymous(
                 user.tenant_id,
                 Some(user.id.to_string()),
-                "auth.login",
+                action,
                 "session",
                 Some(session.id.to_string()),
             )
             .as_user(user.tenant_id, user.id.to_string()),
-            &meta,
+            meta,
         )
         .await;
     Ok(response)

@@ -201,6 +201,67 @@ impl<'a> Credentials<'a> {
         self.gate.store.users().login_reset_at(tenant, user).await
     }
 
+    /// Keeps a step of an external login (see `auth::sso`) under a hash of its secret.
+    pub async fn put_login_flow(
+        &self,
+        key: &[u8],
+        payload: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.gate
+            .store
+            .sessions()
+            .put_login_flow(key, payload, expires_at)
+            .await
+    }
+
+    /// Takes a step of an external login, once.
+    pub async fn take_login_flow(
+        &self,
+        key: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        self.gate.store.sessions().take_login_flow(key, now).await
+    }
+
+    /// Creates the account of someone an identity provider vouched for (a verified
+    /// e-mail address the provisioning rule admits): in `tenant` (by name, made if
+    /// missing), with `role`, no password. Audited as `user.provision`.
+    pub async fn provision_user(
+        &self,
+        tenant: &str,
+        email: Email,
+        role: coditect_proto::Role,
+        provider: &str,
+        meta: &super::RequestMeta,
+    ) -> Result<User, StoreError> {
+        let tenant = self.gate.system().ensure_tenant(tenant).await?;
+        let now = self.gate.clock().now();
+        let user = User {
+            tenant_id: tenant.id,
+            id: coditect_proto::UserId::new(),
+            email,
+            password_hash: None,
+            role,
+            platform_admin: false,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        self.gate.store.users().create_user(&user).await?;
+        let event = super::AuditEvent::anonymous(
+            tenant.id,
+            Some(user.email.to_string()),
+            "user.provision",
+            "user",
+            Some(user.id.to_string()),
+        )
+        .as_user(tenant.id, user.id.to_string())
+        .detail(format!("first login through {provider}, role {role}"));
+        self.gate.auditor().record(event, meta).await;
+        Ok(user)
+    }
+
     pub async fn find_user(&self, email: &Email) -> Result<Option<User>, StoreError> {
         self.gate.store.users().find_user_by_email(email).await
     }

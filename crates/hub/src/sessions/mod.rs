@@ -31,6 +31,8 @@ pub struct SessionView {
     ip: Option<String>,
     user_agent: Option<String>,
     workspace_id: Option<WorkspaceId>,
+    /// How the user logged in: `password`, `oidc` or `github`.
+    login_method: String,
 }
 
 impl From<Session> for SessionView {
@@ -48,6 +50,7 @@ impl From<Session> for SessionView {
             ip: s.ip,
             user_agent: s.user_agent,
             workspace_id: s.workspace_id,
+            login_method: s.login_method,
         }
     }
 }

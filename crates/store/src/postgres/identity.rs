@@ -169,7 +169,7 @@ impl UserStore for PgStore {
 }
 
 const SESSION_COLUMNS: &str = "tenant_id, session_id, user_id, status, created_at, last_access_at,
-    expires_at, ended_at, end_reason, ip, user_agent, workspace_id";
+    expires_at, ended_at, end_reason, ip, user_agent, workspace_id, login_method";
 
 fn session_from_row(row: &Row) -> Result<Session, StoreError> {
     Ok(Session {
@@ -185,6 +185,7 @@ fn session_from_row(row: &Row) -> Result<Session, StoreError> {
         ip: row.col(9)?,
         user_agent: row.col(10)?,
         workspace_id: row.col::<Option<Uuid>>(11)?.map(WorkspaceId::from_uuid),
+        login_method: row.col(12)?,
     })
 }
 
@@ -200,7 +201,7 @@ impl SessionStore for PgStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             let workspace = s.workspace_id.map(|w| w.as_uuid());
-            let params: [&(dyn ToSql + Sync); 12] = [
+            let params: [&(dyn ToSql + Sync); 13] = [
                 &s.tenant_id.as_uuid(),
                 &s.id.as_uuid(),
                 &s.user_id.as_uuid(),
@@ -213,11 +214,12 @@ impl SessionStore for PgStore {
                 &s.ip,
                 &s.user_agent,
                 &workspace,
+                &s.login_method,
             ];
             tx.execute(
                 &format!(
                     "INSERT INTO sessions ({SESSION_COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
                 ),
                 &params,
             )
@@ -414,7 +416,37 @@ impl SessionStore for PgStore {
             &[&now],
         )
         .await?;
+        self.execute("DELETE FROM login_flows WHERE expires_at <= $1", &[&now])
+            .await?;
         Ok(deleted)
+    }
+
+    async fn put_login_flow(
+        &self,
+        key: &[u8],
+        payload: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO login_flows (flow_key, payload, expires_at) VALUES ($1, $2, $3)",
+            &[&key, &payload, &expires_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn take_login_flow(
+        &self,
+        key: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let row = self
+            .query_opt(
+                "DELETE FROM login_flows WHERE flow_key = $1 AND expires_at > $2 RETURNING payload",
+                &[&key, &now],
+            )
+            .await?;
+        row.map(|r| r.col(0)).transpose()
     }
 
     async fn spend_ticket(

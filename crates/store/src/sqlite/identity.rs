@@ -185,7 +185,7 @@ impl UserStore for SqliteStore {
 }
 
 const SESSION_COLUMNS: &str = "tenant_id, session_id, user_id, status, created_at, last_access_at,
-    expires_at, ended_at, end_reason, ip, user_agent, workspace_id";
+    expires_at, ended_at, end_reason, ip, user_agent, workspace_id, login_method";
 
 fn session_from_row(row: &Row<'_>) -> Result<Session, StoreError> {
     Ok(Session {
@@ -201,6 +201,7 @@ fn session_from_row(row: &Row<'_>) -> Result<Session, StoreError> {
         ip: row.get(9)?,
         user_agent: row.get(10)?,
         workspace_id: row.opt_uuid(11)?.map(WorkspaceId::from_uuid),
+        login_method: row.get(12)?,
     })
 }
 
@@ -251,7 +252,7 @@ impl SessionStore for SqliteStore {
         let hash = refresh_hash.to_vec();
         self.write(move |c| {
             c.prepare_cached(&format!(
-                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ))?
             .execute(params![
                 blob(s.tenant_id.as_uuid()),
@@ -266,6 +267,7 @@ impl SessionStore for SqliteStore {
                 s.ip,
                 s.user_agent,
                 s.workspace_id.map(|w| blob(w.as_uuid())),
+                s.login_method,
             ])?;
             c.prepare_cached(
                 "INSERT INTO refresh_tokens (tenant_id, session_id, token_hash, issued_at) VALUES (?1, ?2, ?3, ?4)",
@@ -451,7 +453,44 @@ impl SessionStore for SqliteStore {
                 ])?;
             c.prepare_cached("DELETE FROM ws_tickets_spent WHERE expires_at <= ?1")?
                 .execute(params![to_micros(now)])?;
+            c.prepare_cached("DELETE FROM login_flows WHERE expires_at <= ?1")?
+                .execute(params![to_micros(now)])?;
             Ok(deleted as u64)
+        })
+        .await
+    }
+
+    async fn put_login_flow(
+        &self,
+        key: &[u8],
+        payload: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (key, payload) = (key.to_vec(), payload.to_string());
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO login_flows (flow_key, payload, expires_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key, payload, to_micros(expires_at)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_login_flow(
+        &self,
+        key: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let key = key.to_vec();
+        self.write(move |c| {
+            let taken = c
+                .prepare_cached(
+                    "DELETE FROM login_flows WHERE flow_key = ?1 AND expires_at > ?2 RETURNING payload",
+                )?
+                .query_row(params![key, to_micros(now)], |r| r.get::<_, String>(0))
+                .optional()?;
+            Ok(taken)
         })
         .await
     }

@@ -212,7 +212,53 @@ fn session_of(user: &User, now: chrono::DateTime<Utc>) -> Session {
         ip: Some("127.0.0.1".into()),
         user_agent: Some("test".into()),
         workspace_id: Some(WorkspaceId::new()),
+        login_method: "oidc".into(),
     }
+}
+
+/// External-login steps: kept until they expire, taken once, purged when expired.
+pub async fn login_flows_conform(store: &dyn Engine) {
+    let now = Utc::now();
+    let key = uuid::Uuid::now_v7().as_bytes().to_vec();
+    store
+        .put_login_flow(&key, r#"{"step":1}"#, now + Duration::minutes(10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .put_login_flow(&key, "{}", now + Duration::minutes(10))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.take_login_flow(&key, now).await.unwrap().as_deref(),
+        Some(r#"{"step":1}"#)
+    );
+    assert_eq!(
+        store.take_login_flow(&key, now).await.unwrap(),
+        None,
+        "once"
+    );
+    let old = uuid::Uuid::now_v7().as_bytes().to_vec();
+    store
+        .put_login_flow(&old, "{}", now + Duration::seconds(1))
+        .await
+        .unwrap();
+    let later = now + Duration::seconds(2);
+    assert_eq!(
+        store.take_login_flow(&old, later).await.unwrap(),
+        None,
+        "expired"
+    );
+    store
+        .purge_sessions(later, later - Duration::days(1), later - Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_login_flow(&old, now).await.unwrap(),
+        None,
+        "purged"
+    );
 }
 
 pub async fn sessions_conform(store: &dyn Engine) {

@@ -1,0 +1,12 @@
+-- How each session was opened: `password`, `oidc` or `github`.
+ALTER TABLE sessions ADD COLUMN login_method text NOT NULL DEFAULT 'password';
+
+-- External logins in flight, keyed by a hash of their one-time key (the OAuth `state`,
+-- or the code a command-line client exchanges for its tokens): taken once, atomically,
+-- whichever replica the next step reaches; expired ones are purged with the sessions.
+CREATE TABLE login_flows (
+    flow_key   bytea       PRIMARY KEY,
+    payload    text        NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX login_flows_expiry ON login_flows (expires_at);
