@@ -204,6 +204,13 @@ pub struct LoginArgs {
     /// The workspace the session is for (e-mail login)
     #[arg(long, value_name = "ID", requires = "email")]
     pub workspace: Option<String>,
+    /// Log in in the browser with the hub's single sign-on (OpenID Connect or GitHub); the
+    /// URL is printed too, for machines without a browser ($BROWSER opens it when set)
+    #[arg(long, conflicts_with_all = ["email", "api_key"])]
+    pub sso: bool,
+    /// Which single sign-on, when the hub offers several (oidc, github)
+    #[arg(long, value_name = "NAME", requires = "sso")]
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -290,7 +290,7 @@ impl Hub {
     }
 }
 
-fn unreachable(base: &str, e: &reqwest::Error) -> CliError {
+pub(crate) fn unreachable(base: &str, e: &reqwest::Error) -> CliError {
     if e.is_connect() || e.is_timeout() || e.is_request() {
         CliError::new(
             Exit::HubUnreachable,
@@ -306,7 +306,11 @@ fn unreachable(base: &str, e: &reqwest::Error) -> CliError {
 
 /// The JSON body of a successful answer, or the error it stands for (`refused`: the message
 /// for 401).
-async fn json_or_error(base: &str, res: reqwest::Response, refused: String) -> Result<Value> {
+pub(crate) async fn json_or_error(
+    base: &str,
+    res: reqwest::Response,
+    refused: String,
+) -> Result<Value> {
     let status = res.status();
     if let Some(to) = hub_http::redirected_to(&res) {
         // Not followed: whatever the request carried (a password, a token) stays here.
@@ -353,6 +357,7 @@ pub async fn login(args: LoginArgs, config: &Config, out: Out) -> Result<()> {
     let http = http_client()?;
     let env_key = env("CODI_HUB_API_KEY");
     let credential = match (&args.email, args.api_key, env_key) {
+        _ if args.sso => crate::sso::login(&base, &http, args.provider.as_deref(), &out).await?,
         (Some(email), _, _) => {
             let password = match env("CODI_PASSWORD") {
                 Some(p) => p,
@@ -394,8 +399,8 @@ pub async fn login(args: LoginArgs, config: &Config, out: Out) -> Result<()> {
         }
         (None, false, None) => {
             return Err(CliError::usage(
-                "give --email EMAIL (password from CODI_PASSWORD or stdin) or --api-key \
-                 (key from CODI_HUB_API_KEY or stdin)",
+                "give --email EMAIL (password from CODI_PASSWORD or stdin), --api-key \
+                 (key from CODI_HUB_API_KEY or stdin) or --sso (in the browser)",
             ));
         }
     };

@@ -14,6 +14,7 @@ pub mod exit;
 pub mod hub;
 pub mod local;
 pub mod output;
+pub mod sso;
 pub mod tail;
 
 use args::{Cli, Command, Shell};

@@ -55,6 +55,12 @@ impl Out {
         }
     }
 
+    /// An instruction for the person at the terminal, on stderr, always (also with
+    /// `--json`: stdout stays the machine's).
+    pub fn tell(&self, text: &str) {
+        say!("codi2: {text}");
+    }
+
     /// A warning on stderr, always.
     pub fn warn(&self, text: &str) {
         say!("codi2: {text}");

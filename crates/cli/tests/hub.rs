@@ -424,3 +424,109 @@ async fn tail_follows_live_entries_across_a_hub_crash_and_restart() {
         .collect();
     assert_eq!(messages(&out), expected, "{:?}", err.lock().unwrap());
 }
+
+/// A hub offering GitHub login (the testkit's stand-in of GitHub) at an address it knows
+/// before it starts (its public URL).
+async fn sso_hub(dir: &std::path::Path) -> (HubProcess, coditect_testkit::github::GitHub) {
+    use coditect_testkit::github::{CLIENT_ID, CLIENT_SECRET, GitHub};
+    let gh = GitHub::start().await;
+    gh.user(
+        "octo",
+        json!([{"email": "octo@example.com", "primary": true, "verified": true, "visibility": "private"}]),
+    );
+    gh.next("octo");
+    let port = closed_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let api = format!("{}/api", gh.url);
+    let hub = HubProcess::start_at(
+        dir,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        &[
+            "--public-url",
+            &public,
+            "--sso-github-client-id",
+            CLIENT_ID,
+            "--sso-github-url",
+            &gh.url,
+            "--sso-github-api-url",
+            &api,
+        ],
+        &[("CODITECT_SSO_GITHUB_CLIENT_SECRET", CLIENT_SECRET)],
+    );
+    (hub, gh)
+}
+
+/// `codi2 login --sso` opens the browser on the hub's start URL; the browser (curl here,
+/// following every redirect: hub → GitHub → hub → codi2's loopback port) logs in; codi2
+/// redeems the one-time code with its PKCE verifier and keeps the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_single_sign_on_in_the_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, _gh) = sso_hub(dir.path()).await;
+    let url = hub.url("");
+    let sb = Sandbox::new();
+    let browser = sb.path().join("browser");
+    std::fs::write(&browser, "#!/bin/sh\nexec curl -s -L -o /dev/null \"$1\"\n").unwrap();
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = sb
+        .run_with(
+            &["--json", "login", "--hub", &url, "--sso"],
+            &[("BROWSER", browser.to_str().unwrap())],
+            None,
+        )
+        .await;
+    run.ok();
+    let answer = run.json_lines().pop().unwrap();
+    assert_eq!(answer["email"], "octo@example.com");
+    assert_eq!(answer["kind"], "session");
+    assert_eq!(mode(&sb.credentials()), 0o600);
+    // The session works for what follows, and logging out ends it.
+    sb.run(&["logs", "--hub", &url, "--limit", "1"]).await.ok();
+    sb.run(&["logout", "--hub", &url]).await.ok();
+}
+
+/// Without a browser the URL is printed; a person opens it anywhere on this machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_browser_the_login_url_is_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, _gh) = sso_hub(dir.path()).await;
+    let url = hub.url("");
+    let sb = Sandbox::new();
+    let mut cmd = sb.command(&["login", "--hub", &url, "--sso", "--provider", "github"]);
+    cmd.env("BROWSER", "/nonexistent/browser")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let start = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("codi2 prints the URL");
+        if let Some(u) = line
+            .trim()
+            .strip_prefix(&format!("{url}/api/v1/auth/sso/github/start?"))
+        {
+            break format!("{url}/api/v1/auth/sso/github/start?{u}");
+        }
+    };
+    // The person: a browser that follows the redirects back to codi2.
+    let page = reqwest::get(&start).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Logged in"));
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let out = sb
+        .run(&["--json", "logs", "--hub", &url, "--limit", "1"])
+        .await;
+    out.ok();
+
+    // Offered logins are named when the choice is wrong.
+    sb.run(&["login", "--hub", &url, "--sso", "--provider", "oidc"])
+        .await
+        .failed(2, "offers no oidc login; it offers: github");
+}

@@ -596,14 +596,14 @@ impl OtelConfig {
         if disabled || (flag.is_none() && from_env.is_none()) {
             return Ok(None);
         }
-        // This build's exporter speaks plain HTTP: a collector next to the hub forwards
-        // over TLS.
         let plain = |url: &str| {
-            let rest = url.trim().strip_prefix("http://").ok_or_else(|| {
-                format!("an http:// URL (export to a local collector, which may forward over TLS), not {url}")
-            })?;
-            if rest.is_empty() || rest.starts_with('/') {
-                return Err(format!("an http://HOST:PORT URL, not {url}"));
+            let url = url.trim();
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+                .ok_or_else(|| format!("an http(s)://HOST:PORT URL, not {url}"))?;
+            if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+                return Err(format!("an http(s)://HOST:PORT URL, not {url}"));
             }
             Ok(())
         };

@@ -7,11 +7,11 @@
 
 mod common;
 
-use axum::extract::{Form, Query, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Redirect};
+use axum::extract::{Form, Query};
+use axum::response::Redirect;
 use coditect_hub::config::{GithubProviderConfig, OidcProviderConfig, Secret, SsoConfig};
 use coditect_proto::Role;
+use coditect_testkit::github::GitHub;
 use common::{Backend, TestApp, assert_envelope, json, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -92,8 +92,8 @@ fn sso_config(oidc: Option<&Provider>, github: Option<&str>) -> SsoConfig {
             client_secret: Secret::new("the client secret"),
         }),
         github: github.map(|url| GithubProviderConfig {
-            client_id: "gh-client".into(),
-            client_secret: Secret::new("gh-secret"),
+            client_id: coditect_testkit::github::CLIENT_ID.into(),
+            client_secret: Secret::new(coditect_testkit::github::CLIENT_SECRET),
             web_url: url.to_string(),
             api_url: format!("{url}/api"),
         }),
@@ -532,110 +532,26 @@ async fn without_provisioning_expired_tokens_and_no_provider() {
     assert_envelope(res, 404, "NOT_FOUND").await;
 }
 
-/// A stand-in of GitHub's OAuth and API endpoints: authorize approves at once, the token
-/// endpoint checks client, code and PKCE verifier (and answers errors with 200, as GitHub
-/// does), the API serves the e-mail addresses of the token's user.
-#[derive(Clone, Default)]
-struct GitHub {
-    /// code → (login, code_challenge)
-    codes: Arc<Mutex<HashMap<String, (String, String)>>>,
-    /// token → login
-    tokens: Arc<Mutex<HashMap<String, String>>>,
-    /// login → e-mails
-    emails: Arc<Mutex<HashMap<String, Value>>>,
-    /// who the next authorization is
-    next: Arc<Mutex<String>>,
-}
-
-async fn gh_authorize(
-    State(gh): State<GitHub>,
-    Query(q): Query<HashMap<String, String>>,
-) -> impl IntoResponse {
-    assert_eq!(q["client_id"], "gh-client");
-    assert_eq!(q["code_challenge_method"], "S256");
-    assert!(q["scope"].contains("user:email"));
-    let code = uuid::Uuid::now_v7().simple().to_string();
-    let login = gh.next.lock().unwrap().clone();
-    gh.codes
-        .lock()
-        .unwrap()
-        .insert(code.clone(), (login, q["code_challenge"].clone()));
-    let redirect = &q["redirect_uri"];
-    Redirect::to(&format!("{redirect}?code={code}&state={}", q["state"]))
-}
-
-async fn gh_token(
-    State(gh): State<GitHub>,
-    headers: HeaderMap,
-    Form(f): Form<HashMap<String, String>>,
-) -> axum::Json<Value> {
-    assert_eq!(headers["accept"], "application/json");
-    if f["client_id"] != "gh-client" || f["client_secret"] != "gh-secret" {
-        return axum::Json(json!({"error": "incorrect_client_credentials"}));
-    }
-    let Some((login, challenge)) = gh.codes.lock().unwrap().remove(&f["code"]) else {
-        return axum::Json(json!({"error": "bad_verification_code",
-            "error_description": "The code passed is incorrect or expired."}));
-    };
-    let verified = {
-        use base64::Engine;
-        use sha2::Digest;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(sha2::Sha256::digest(f["code_verifier"].as_bytes()))
-    };
-    if verified != challenge {
-        return axum::Json(json!({"error": "bad_verification_code"}));
-    }
-    let token = format!("gho_{}", uuid::Uuid::now_v7().simple());
-    gh.tokens.lock().unwrap().insert(token.clone(), login);
-    axum::Json(
-        json!({"access_token": token, "token_type": "bearer", "scope": "read:user,user:email"}),
-    )
-}
-
-async fn gh_emails(State(gh): State<GitHub>, headers: HeaderMap) -> axum::response::Response {
-    assert_eq!(headers["accept"], "application/vnd.github+json");
-    assert!(headers.contains_key("user-agent"));
-    let token = headers["authorization"]
-        .to_str()
-        .unwrap()
-        .trim_start_matches("Bearer ")
-        .to_string();
-    let Some(login) = gh.tokens.lock().unwrap().get(&token).cloned() else {
-        return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
-    };
-    let emails = gh.emails.lock().unwrap()[&login].clone();
-    axum::Json(emails).into_response()
-}
-
 async fn github_logins_use_the_verified_primary_address(backend: Backend) {
-    let gh = GitHub::default();
-    gh.emails.lock().unwrap().insert(
-        "octo".into(),
+    let gh = GitHub::start().await;
+    gh.user(
+        "octo",
         json!([
             {"email": "octo@users.noreply.github.com", "primary": false, "verified": true, "visibility": null},
             {"email": "octo@example.com", "primary": true, "verified": true, "visibility": "private"},
         ]),
     );
-    gh.emails.lock().unwrap().insert(
-        "sloppy".into(),
+    gh.user(
+        "sloppy",
         json!([{"email": "sloppy@example.com", "primary": true, "verified": false, "visibility": null}]),
     );
-    let router = axum::Router::new()
-        .route("/login/oauth/authorize", axum::routing::get(gh_authorize))
-        .route("/login/oauth/access_token", axum::routing::post(gh_token))
-        .route("/api/user/emails", axum::routing::get(gh_emails))
-        .with_state(gh.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gh_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-
+    let gh_url = gh.url.clone();
     let config = sso_config(None, Some(&gh_url));
     let app = spawn_app_with(backend, |c| c.sso = Some(config), axum::Router::new()).await;
     let login = |who: &'static str| {
-        let (app, gh) = (&app, gh.clone());
+        let (app, gh) = (&app, &gh);
         async move {
-            *gh.next.lock().unwrap() = who.to_string();
+            gh.next(who);
             let b = browser();
             let res = b
                 .get(app.url("/api/v1/auth/sso/github/start"))
@@ -676,7 +592,7 @@ async fn github_logins_use_the_verified_primary_address(backend: Backend) {
     assert!(message.contains("not verified"), "{message}");
 
     // A code GitHub no longer knows: its 200-with-error answer is a refusal, not a crash.
-    *gh.next.lock().unwrap() = "octo".into();
+    gh.next("octo");
     let b = browser();
     let res = b
         .get(app.url("/api/v1/auth/sso/github/start"))
@@ -686,7 +602,7 @@ async fn github_logins_use_the_verified_primary_address(backend: Backend) {
     let at_github = location(&res);
     let res = b.get(&at_github).send().await.unwrap();
     let callback = at_hub(&app, &location(&res));
-    gh.codes.lock().unwrap().clear();
+    gh.forget_codes();
     let message = assert_envelope(b.get(&callback).send().await.unwrap(), 400, "BAD_REQUEST").await;
     assert!(message.contains("bad_verification_code"), "{message}");
 }

@@ -316,21 +316,38 @@ async fn without_an_endpoint_nothing_is_exported_and_logs_still_name_the_trace()
     assert!(lines.iter().all(|l| l["span"]["trace_id"] == TRACE));
 }
 
-/// The standard variables turn export on too, and a URL the exporter cannot use (https in
-/// this build) stops the hub with exit code 2 and says why.
-#[test]
-fn the_standard_variables_are_honoured_and_unusable_endpoints_refused() {
+/// The standard variables turn export on too, and a URL the exporter cannot use stops the
+/// hub with exit code 2 and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_variables_turn_export_on_and_bad_endpoints_are_refused() {
+    let (receiver, url) = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+        ("OTEL_SERVICE_NAME", "hub-eu-1"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let mut hub = HubProcess::spawn(dir.path(), &[], &env);
+    let res = reqwest::get(hub.url("/api/v1/users/me")).await.unwrap();
+    assert_eq!(res.status(), 401);
+    receiver
+        .wait_for("me span", |spans| {
+            spans
+                .iter()
+                .any(|(service, s)| s.name == "GET /api/v1/users/me" && service == "hub-eu-1")
+        })
+        .await;
+    hub.signal("TERM");
+    assert!(hub.wait_exit(Duration::from_secs(30)).is_some());
+
     let out = common::run_hub(
         &["--data-dir", "/nonexistent"],
-        &[(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "https://collector.example:4318",
-        )],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector.example:4318")],
     );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && err.contains("http://"),
+        err.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && err.contains("http(s)://"),
         "{err}"
     );
     let out = common::run_hub(&["--otel-endpoint", "collector:4318"], &[]);

@@ -119,6 +119,17 @@ impl HubProcess {
 
     /// Like [`HubProcess::start`] with more flags (`--auth-access-ttl`, …) and environment.
     pub fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> HubProcess {
+        HubProcess::start_at(dir, SocketAddr::from(([127, 0, 0, 1], 0)), args, env)
+    }
+
+    /// Like [`HubProcess::start_with`] on a given address (for a hub that must know its own
+    /// URL before it starts, e.g. `--public-url`).
+    pub fn start_at(
+        dir: &Path,
+        addr: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> HubProcess {
         let mut hub = HubProcess {
             child: None,
             data_dir: dir.to_path_buf(),
@@ -127,7 +138,7 @@ impl HubProcess {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr,
             lines: Arc::new(Mutex::new(Vec::new())),
             http: reqwest::Client::new(),
         };

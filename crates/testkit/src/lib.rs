@@ -7,6 +7,7 @@
 //! PostgreSQL start a private [`PgCluster`] instead.
 
 pub mod fake;
+pub mod github;
 pub mod hub;
 pub mod pg;
 
