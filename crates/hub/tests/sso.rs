@@ -115,6 +115,24 @@ fn location(res: &reqwest::Response) -> String {
     res.headers()["location"].to_str().unwrap().to_string()
 }
 
+/// The value of `name` in the query of `url`.
+fn param<'a>(url: &'a str, name: &str) -> &'a str {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+}
+
+async fn exchange(app: &TestApp, code: &str, verifier: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/auth/sso/exchange"))
+        .json(&json!({"code": code, "code_verifier": verifier}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The hub's own address for a URL the provider sent the browser to.
 fn at_hub(app: &TestApp, url: &str) -> String {
     url.replacen(PUBLIC_URL, &app.url(""), 1)
@@ -162,8 +180,8 @@ async fn oidc_login(app: &TestApp, sub: &str) -> reqwest::Response {
     browser().get(callback).send().await.unwrap()
 }
 
-async fn audit_actions(app: &TestApp, token: &str, action: &str) -> Vec<Value> {
-    app.get_json(&format!("/api/v1/audit?action={action}&limit=1000"), token)
+async fn audit_actions(app: &TestApp, token: &str, query: &str) -> Vec<Value> {
+    app.get_json(&format!("/api/v1/audit?{query}&limit=1000"), token)
         .await["items"]
         .as_array()
         .cloned()
@@ -264,21 +282,9 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
 
     // A code the provider already redeemed, brought back with a fresh state: the provider
     // refuses it.
-    let spent_code = callback
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
+    let spent_code = param(&callback, "code");
     let fresh = authorize(&app, "", "alice", |u| u).await;
-    let fresh_state = fresh
-        .split("state=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
+    let fresh_state = param(&fresh, "state");
     let replay = app.url(&format!(
         "/api/v1/auth/sso/oidc/callback?code={spent_code}&state={fresh_state}"
     ));
@@ -292,14 +298,7 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
 
     // An ID token that does not hold (its nonce is not the one this login sent): 401.
     let tampered = authorize(&app, "", "alice", |u| {
-        let nonce = u
-            .split("nonce=")
-            .nth(1)
-            .unwrap()
-            .split('&')
-            .next()
-            .unwrap()
-            .to_string();
+        let nonce = param(&u, "nonce").to_string();
         u.replace(&format!("nonce={nonce}"), "nonce=another-nonce")
     })
     .await;
@@ -314,14 +313,7 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
         .send()
         .await
         .unwrap();
-    let state = location(&start)
-        .split("state=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .to_string();
+    let state = param(&location(&start), "state").to_string();
     let denied = app.url(&format!(
         "/api/v1/auth/sso/oidc/callback?error=access_denied&state={state}"
     ));
@@ -332,15 +324,13 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
     let operator = app.seed_user(platform, Role::Admin, true).await;
     let op = app.login(&operator).await.access;
     let none = coditect_proto::TenantId::NONE;
-    let failed = app
-        .get_json(
-            &format!("/api/v1/audit?action=auth.sso_login&tenant_id={none}&limit=1000"),
-            &op,
-        )
-        .await;
-    let reasons: Vec<String> = failed["items"]
-        .as_array()
-        .unwrap()
+    let failed = audit_actions(
+        &app,
+        &op,
+        &format!("action=auth.sso_login&tenant_id={none}"),
+    )
+    .await;
+    let reasons: Vec<String> = failed
         .iter()
         .filter(|r| r["result"] == "failure")
         .map(|r| r["detail"].as_str().unwrap_or_default().to_string())
@@ -358,8 +348,28 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
             "no audited {reason}: {reasons:?}"
         );
     }
-    let people_admin_view = audit_actions(&app, &op, "user.provision").await;
-    let _ = people_admin_view;
+    let people = me["tenant_id"].as_str().unwrap();
+    let provisioned = audit_actions(
+        &app,
+        &op,
+        &format!("action=user.provision&tenant_id={people}"),
+    )
+    .await;
+    assert_eq!(
+        provisioned.len(),
+        1,
+        "alice's account, made once: {provisioned:?}"
+    );
+    let logins = audit_actions(
+        &app,
+        &op,
+        &format!("action=auth.sso_login&tenant_id={people}"),
+    )
+    .await;
+    assert!(
+        logins.iter().any(|r| r["result"] == "success"),
+        "{logins:?}"
+    );
     let logs = common::captured_logs();
     for line in &logs {
         let text = line.to_string();
@@ -389,47 +399,22 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
         "{handed}"
     );
     assert!(handed.ends_with("&state=cli-state"), "{handed}");
-    let code = handed
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
-    let wrong = app
-        .client
-        .post(app.url("/api/v1/auth/sso/exchange"))
-        .json(&json!({"code": code, "code_verifier": "not-the-verifier-not-the-verifier-not-the-verifier"}))
-        .send()
-        .await
-        .unwrap();
+    let code = param(&handed, "code");
+    let wrong = exchange(
+        &app,
+        code,
+        "not-the-verifier-not-the-verifier-not-the-verifier",
+    )
+    .await;
     assert_envelope(wrong, 400, "BAD_REQUEST").await;
     // The wrong verifier spent it: a thief cannot keep guessing.
     let callback = authorize(&app, &query, "alice", |u| u).await;
     let handed = location(&browser().get(&callback).send().await.unwrap());
-    let code = handed
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
-    let exchanged = app
-        .client
-        .post(app.url("/api/v1/auth/sso/exchange"))
-        .json(&json!({"code": code, "code_verifier": verifier}))
-        .send()
-        .await
-        .unwrap();
+    let code = param(&handed, "code");
+    let exchanged = exchange(&app, code, verifier).await;
     assert_eq!(exchanged.status(), 200);
     assert_eq!(json(exchanged).await["user"]["email"], "alice@example.com");
-    let twice = app
-        .client
-        .post(app.url("/api/v1/auth/sso/exchange"))
-        .json(&json!({"code": code, "code_verifier": verifier}))
-        .send()
-        .await
-        .unwrap();
+    let twice = exchange(&app, code, verifier).await;
     assert_envelope(twice, 400, "BAD_REQUEST").await;
     // Codes go to loopback addresses only.
     let res = browser()
@@ -450,14 +435,7 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
         .unwrap();
     // (The metadata is cached for a while: the start may still work; the exchange cannot.)
     if res.status() == StatusCode::SEE_OTHER {
-        let state = location(&res)
-            .split("state=")
-            .nth(1)
-            .unwrap()
-            .split('&')
-            .next()
-            .unwrap()
-            .to_string();
+        let state = param(&location(&res), "state").to_string();
         let res = browser()
             .get(app.url(&format!(
                 "/api/v1/auth/sso/oidc/callback?code=c&state={state}"
