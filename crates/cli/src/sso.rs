@@ -146,14 +146,19 @@ async fn wait_for_code(listener: &TcpListener, state: &str) -> Result<String> {
         let Ok((mut socket, _)) = listener.accept().await else {
             continue;
         };
+        // One request head, within 5 seconds in all: a connection that dribbles (or a
+        // browser's idle preconnect) cannot hold the port.
         let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            match tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-                _ => break,
+        let read_head = async {
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match socket.read(&mut buf).await {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), read_head).await;
         let text = String::from_utf8_lossy(&head);
         let target = text
             .lines()
@@ -179,6 +184,19 @@ async fn wait_for_code(listener: &TcpListener, state: &str) -> Result<String> {
             )
             .await;
             continue;
+        }
+        if let Some(error) = params.get("error") {
+            let why = params
+                .get("error_description")
+                .cloned()
+                .unwrap_or_else(|| error.clone());
+            let _ = answer(&mut socket, "200 OK", "The login failed: see the terminal.").await;
+            let message = format!("the hub refused the login: {why}");
+            return Err(if error == "ACCESS_DENIED" || error == "AUTH_REQUIRED" {
+                CliError::credentials(message)
+            } else {
+                CliError::failure(message)
+            });
         }
         let Some(code) = params.get("code").filter(|c| !c.is_empty()) else {
             let _ = answer(&mut socket, "400 Bad Request", "No code came back.").await;

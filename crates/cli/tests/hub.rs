@@ -434,6 +434,10 @@ async fn sso_hub(dir: &std::path::Path) -> (HubProcess, coditect_testkit::github
         "octo",
         json!([{"email": "octo@example.com", "primary": true, "verified": true, "visibility": "private"}]),
     );
+    gh.user(
+        "sloppy",
+        json!([{"email": "sloppy@example.com", "primary": true, "verified": false, "visibility": null}]),
+    );
     gh.next("octo");
     let port = closed_port();
     let public = format!("http://127.0.0.1:{port}");
@@ -450,6 +454,10 @@ async fn sso_hub(dir: &std::path::Path) -> (HubProcess, coditect_testkit::github
             &gh.url,
             "--sso-github-api-url",
             &api,
+            "--sso-provision",
+            "true",
+            "--sso-allowed-domains",
+            "example.com",
         ],
         &[("CODITECT_SSO_GITHUB_CLIENT_SECRET", CLIENT_SECRET)],
     );
@@ -461,13 +469,20 @@ async fn sso_hub(dir: &std::path::Path) -> (HubProcess, coditect_testkit::github
 /// redeems the one-time code with its PKCE verifier and keeps the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_with_single_sign_on_in_the_browser() {
-    let dir = tempfile::tempdir().unwrap();
-    let (hub, _gh) = sso_hub(dir.path()).await;
-    let url = hub.url("");
+    // The script is written before any process starts (a child forked meanwhile could
+    // hold it open: "text file busy").
     let sb = Sandbox::new();
     let browser = sb.path().join("browser");
-    std::fs::write(&browser, "#!/bin/sh\nexec curl -s -L -o /dev/null \"$1\"\n").unwrap();
+    // (`-b ''`: curl's cookie engine on, as a browser's: the hub binds the login to it.)
+    std::fs::write(
+        &browser,
+        "#!/bin/sh\nexec curl -s -L -b '' -o /dev/null \"$1\"\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, gh) = sso_hub(dir.path()).await;
+    let url = hub.url("");
     let run = sb
         .run_with(
             &["--json", "login", "--hub", &url, "--sso"],
@@ -483,6 +498,18 @@ async fn login_with_single_sign_on_in_the_browser() {
     // The session works for what follows, and logging out ends it.
     sb.run(&["logs", "--hub", &url, "--limit", "1"]).await.ok();
     sb.run(&["logout", "--hub", &url]).await.ok();
+
+    // A login the hub refuses comes back to codi2, which says why at once.
+    gh.next("sloppy");
+    let run = sb
+        .run_with(
+            &["login", "--hub", &url, "--sso"],
+            &[("BROWSER", browser.to_str().unwrap())],
+            None,
+        )
+        .await;
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("not verified"), "{run:#?}");
 }
 
 /// Without a browser the URL is printed; a person opens it anywhere on this machine.
@@ -512,7 +539,11 @@ async fn without_a_browser_the_login_url_is_printed() {
         }
     };
     // The person: a browser that follows the redirects back to codi2.
-    let page = reqwest::get(&start).await.unwrap();
+    let person = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let page = person.get(&start).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("Logged in"));
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())

@@ -426,8 +426,8 @@ pub const SETTINGS: &[Setting] = &[
         "sso_provision",
         "sso-provision",
         "CODITECT_SSO_PROVISION",
-        Some("true"),
-        "Create an account on the first SSO login of a verified, allowed address (false: only existing accounts)",
+        Some("false"),
+        "Create an account on the first SSO login of a verified address in sso_allowed_domains (which it then requires); false: only existing accounts",
     ),
     setting(
         "sso_tenant",
@@ -1215,6 +1215,23 @@ impl Raw {
         if oidc.is_none() && github.is_none() {
             return Ok(None);
         }
+        let allowed_domains: Vec<String> = self
+            .parse("sso_allowed_domains", |s| {
+                Ok(s.split(',')
+                    .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
+                    .filter(|d| !d.is_empty())
+                    .collect())
+            })?
+            .unwrap_or_default();
+        let provision = self.required("sso_provision", |s| {
+            s.parse::<bool>().map_err(|_| "true or false".to_string())
+        })?;
+        if provision && allowed_domains.is_empty() {
+            // Else anyone with an account at GitHub (or a public issuer) gets one here.
+            return Err(ConfigError::Usage(
+                "sso_provision makes accounts on first login only for the domains in sso_allowed_domains: give them".into(),
+            ));
+        }
         let public_url = self.parse("public_url", url)?.ok_or_else(|| {
             ConfigError::Usage(
                 "single sign-on needs public_url (CODITECT_PUBLIC_URL): where the provider sends browsers back".into(),
@@ -1224,17 +1241,8 @@ impl Raw {
             public_url,
             oidc,
             github,
-            allowed_domains: self
-                .parse("sso_allowed_domains", |s| {
-                    Ok(s.split(',')
-                        .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
-                        .filter(|d| !d.is_empty())
-                        .collect())
-                })?
-                .unwrap_or_default(),
-            provision: self.required("sso_provision", |s| {
-                s.parse::<bool>().map_err(|_| "true or false".to_string())
-            })?,
+            allowed_domains,
+            provision,
             tenant: self.required("sso_tenant", non_empty)?,
             default_role: self.required("sso_default_role", |s| {
                 match s.parse::<coditect_proto::Role>() {
@@ -1477,7 +1485,10 @@ mod tests {
         assert_eq!(sso.oidc.unwrap().client_secret.expose(), "from-a-file");
         assert_eq!(sso.github.unwrap().api_url, "https://api.github.com");
         assert_eq!(sso.allowed_domains, ["example.com", "example.org"]);
-        assert!(sso.provision);
+        assert!(
+            !sso.provision,
+            "accounts are made on first login only when asked"
+        );
         assert_eq!(sso.default_role, coditect_proto::Role::Member);
         for (args, says) in [
             (vec!["--sso-github-client-id", "gh"], "client secret"),
@@ -1517,6 +1528,19 @@ mod tests {
                 "member or viewer",
             ),
             (vec!["--sso-oidc-issuer", "login.example.com"], "URL"),
+            (
+                vec![
+                    "--public-url",
+                    "https://h.example",
+                    "--sso-github-client-id",
+                    "gh",
+                    "--sso-github-client-secret",
+                    "s",
+                    "--sso-provision",
+                    "true",
+                ],
+                "sso_allowed_domains",
+            ),
         ] {
             let err = load(&args, &[]).unwrap_err();
             assert!(err.contains(says), "{args:?}: {err}");

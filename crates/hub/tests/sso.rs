@@ -104,9 +104,14 @@ fn sso_config(oidc: Option<&Provider>, github: Option<&str>) -> SsoConfig {
     }
 }
 
+/// The test's browser: follows no redirect by itself, keeps cookies (one jar for the whole
+/// test binary, like one browser profile).
 fn browser() -> reqwest::Client {
+    static JAR: std::sync::OnceLock<Arc<reqwest::cookie::Jar>> = std::sync::OnceLock::new();
+    let jar = JAR.get_or_init(Default::default).clone();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .cookie_provider(jar)
         .build()
         .unwrap()
 }
@@ -272,6 +277,20 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
     let res = browser().get(&callback).send().await.unwrap();
     let message = assert_envelope(res, 400, "BAD_REQUEST").await;
     assert!(message.contains("state"), "{message}");
+    // A login started in one browser cannot be finished in another (login CSRF).
+    let elsewhere = authorize(&app, "", "alice", |u| u).await;
+    let other_browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = other_browser.get(&elsewhere).send().await.unwrap();
+    let message = assert_envelope(res, 400, "BAD_REQUEST").await;
+    assert!(message.contains("not started in this browser"), "{message}");
+    // …and that attempt did not spend it: the right browser still can.
+    assert_eq!(
+        browser().get(&elsewhere).send().await.unwrap().status(),
+        200
+    );
     let forged = app.url("/api/v1/auth/sso/oidc/callback?code=x&state=made-up");
     assert_envelope(
         browser().get(forged).send().await.unwrap(),
@@ -323,6 +342,11 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
     let platform = app.seed_tenant("ops").await;
     let operator = app.seed_user(platform, Role::Admin, true).await;
     let op = app.login(&operator).await.access;
+    // A platform admin never logs in through a provider that vouches for its address.
+    provider.user("op", &operator.email, true).await;
+    let res = oidc_login(&app, "op").await;
+    let message = assert_envelope(res, 403, "ACCESS_DENIED").await;
+    assert!(message.contains("platform admins"), "{message}");
     let none = coditect_proto::TenantId::NONE;
     let failed = audit_actions(
         &app,
@@ -339,9 +363,11 @@ async fn oidc_logins_provision_link_and_refuse_as_configured(backend: Backend) {
         "unverified e-mail",
         "domain not allowed",
         "state mismatch",
+        "browser mismatch",
         "invalid_grant",
         "nonce",
         "access_denied",
+        "platform admin",
     ] {
         assert!(
             reasons.iter().any(|r| r.contains(reason)),

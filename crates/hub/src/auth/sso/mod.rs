@@ -355,9 +355,13 @@ async fn start(
                     "code_challenge must be BASE64URL(SHA-256(code_verifier)): 43 characters",
                 ));
             }
+            let client_state = p.state.map(|s| s.into_inner());
+            if client_state.as_ref().is_some_and(|s| s.len() > 512) {
+                return Err(ApiError::bad_request("state is at most 512 bytes"));
+            }
             Some(Handoff {
                 return_to,
-                client_state: p.state.map(|s| s.into_inner()),
+                client_state,
                 code_challenge,
             })
         }
@@ -404,7 +408,41 @@ async fn start(
         .credentials()
         .put_login_flow(&flow_key(&secret), &payload, now + AUTHORIZE_TTL)
         .await?;
-    see_other(&location)
+    // The login belongs to this browser: the callback must come back with this cookie
+    // (RFC 6749 §10.12: no logging a victim in to an attacker's login, no one else
+    // finishing a login this browser started).
+    let mut res = see_other(&location)?;
+    let secure = if sso.config.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{}=1; Path=/api/v1/auth/sso; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        browser_cookie(&secret),
+        AUTHORIZE_TTL.num_seconds()
+    );
+    let cookie =
+        HeaderValue::from_str(&cookie).map_err(|_| ApiError::internal("an unusable cookie"))?;
+    res.headers_mut().append(header::SET_COOKIE, cookie);
+    Ok(res)
+}
+
+/// The name of the cookie that binds a login to the browser that started it: derived from
+/// the state, so one browser can have several logins under way.
+fn browser_cookie(state: &str) -> String {
+    let hash = Sha256::digest(format!("browser:{state}").as_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("coditect_sso_{hex}")
+}
+
+fn has_cookie(headers: &axum::http::HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(|c| c.trim().split_once('=').is_some_and(|(n, _)| n == name))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -430,8 +468,8 @@ struct CallbackParams {
     params(("provider" = Provider, Path, description = "Which provider"), CallbackParams),
     responses(
         (status = 200, description = "Logged in", body = super::TokenResponse),
-        (status = 303, description = "To the command-line client's return_to, with a one-time code"),
-        (status = 400, description = "Unknown, used or expired state, or a code the provider refused"),
+        (status = 303, description = "To the command-line client's return_to, with a one-time code, or with `error` and `error_description` when the login failed"),
+        (status = 400, description = "Unknown, used or expired state, a login started in another browser, or a code the provider refused"),
         (status = 401, description = "The provider's ID token is not valid for this hub"),
         (status = 403, description = "Refused: unverified e-mail address, domain not allowed, no account, account disabled, or the provider's own refusal"),
         (status = 404, description = "That provider is not configured"),
@@ -441,6 +479,7 @@ struct CallbackParams {
 async fn callback(
     State(state): State<AppState>,
     meta: RequestMeta,
+    headers: axum::http::HeaderMap,
     Path(provider): Path<Provider>,
     Query(p): Query<CallbackParams>,
 ) -> Result<Response, ApiError> {
@@ -458,6 +497,16 @@ async fn callback(
     let Some(secret) = p.state.filter(|s| !s.is_empty()) else {
         return Err(refused(ApiError::bad_request("state is missing"), "no state".into()).await);
     };
+    if !has_cookie(&headers, &browser_cookie(&secret)) {
+        // Checked before the state is taken: a stranger's request cannot spend it.
+        return Err(refused(
+            ApiError::bad_request(
+                "this login was not started in this browser (or its cookie expired): start again",
+            ),
+            "browser mismatch".into(),
+        )
+        .await);
+    }
     let now = state.gate().clock().now();
     let taken = state
         .gate()
@@ -476,99 +525,127 @@ async fn callback(
             .await);
         }
     };
-    if step.provider != provider {
-        return Err(refused(
-            ApiError::bad_request("this login was started with another provider"),
-            "state of another provider".into(),
-        )
-        .await);
-    }
-    if let Some(error) = p.error {
-        let why = format!("provider error {}", error.as_str());
-        let (api, why) = Failure::Denied(why).into_api();
-        return Err(refused(api, why).await);
-    }
-    let Some(code) = p.code.filter(|c| !c.is_empty()) else {
-        return Err(refused(ApiError::bad_request("code is missing"), "no code".into()).await);
-    };
-    let redirect_uri = sso.redirect_uri(provider);
-    let identity = match provider {
-        Provider::Oidc => match &sso.oidc {
-            Some(o) => {
-                o.identify(
-                    &sso.http,
-                    &redirect_uri,
-                    &code,
-                    &step.nonce,
-                    &step.pkce_verifier,
-                    now,
-                )
-                .await
-            }
-            None => return Err(unknown(provider)),
-        },
-        Provider::Github => match &sso.github {
-            Some(g) => {
-                g.identify(&sso.http, &redirect_uri, &code, &step.pkce_verifier)
-                    .await
-            }
-            None => return Err(unknown(provider)),
-        },
-    };
-    let identity = match identity {
-        Ok(identity) => identity,
-        Err(f) => {
-            let (api, why) = f.into_api();
+    // From here on a command-line client waits at its return_to: failures go there too,
+    // so it can say why instead of waiting.
+    let waiting = step.handoff.clone();
+    let result: Result<Response, ApiError> = async {
+        if step.provider != provider {
+            return Err(refused(
+                ApiError::bad_request("this login was started with another provider"),
+                "state of another provider".into(),
+            )
+            .await);
+        }
+        if let Some(error) = p.error {
+            let why = format!("provider error {}", error.as_str());
+            let (api, why) = Failure::Denied(why).into_api();
             return Err(refused(api, why).await);
         }
-    };
-    let user = match account(&state, sso, provider, &identity, &meta).await {
-        Ok(user) => user,
-        Err((api, why)) => {
-            return Err(refuse(&state, &meta, provider, Some(&identity.email), api, &why).await);
+        let Some(code) = p.code.filter(|c| !c.is_empty()) else {
+            return Err(refused(ApiError::bad_request("code is missing"), "no code".into()).await);
+        };
+        let redirect_uri = sso.redirect_uri(provider);
+        let identity = match provider {
+            Provider::Oidc => match &sso.oidc {
+                Some(o) => {
+                    o.identify(
+                        &sso.http,
+                        &redirect_uri,
+                        &code,
+                        &step.nonce,
+                        &step.pkce_verifier,
+                        now,
+                    )
+                    .await
+                }
+                None => return Err(unknown(provider)),
+            },
+            Provider::Github => match &sso.github {
+                Some(g) => {
+                    g.identify(&sso.http, &redirect_uri, &code, &step.pkce_verifier)
+                        .await
+                }
+                None => return Err(unknown(provider)),
+            },
+        };
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(f) => {
+                let (api, why) = f.into_api();
+                return Err(refused(api, why).await);
+            }
+        };
+        let user = match account(&state, sso, provider, &identity, &meta).await {
+            Ok(user) => user,
+            Err((api, why)) => {
+                return Err(
+                    refuse(&state, &meta, provider, Some(&identity.email), api, &why).await,
+                );
+            }
+        };
+        match step.handoff {
+            None => Ok(no_store(
+                super::open_session(
+                    &state,
+                    &user,
+                    &meta,
+                    None,
+                    &provider.to_string(),
+                    "auth.sso_login",
+                )
+                .await?,
+            )),
+            Some(handoff) => {
+                let code = random_secret();
+                let redeemable = Redeemable {
+                    tenant_id: user.tenant_id,
+                    user_id: user.id,
+                    provider,
+                    code_challenge: handoff.code_challenge,
+                };
+                let payload = serde_json::to_string(&redeemable).map_err(ApiError::internal)?;
+                state
+                    .gate()
+                    .credentials()
+                    .put_login_flow(&flow_key(&code), &payload, now + HANDOFF_TTL)
+                    .await?;
+                let mut location = format!(
+                    "{}{}code={code}",
+                    handoff.return_to,
+                    if handoff.return_to.contains('?') {
+                        '&'
+                    } else {
+                        '?'
+                    }
+                );
+                if let Some(s) = handoff.client_state {
+                    let s: String = url_escape(&s);
+                    location.push_str(&format!("&state={s}"));
+                }
+                see_other(&location)
+            }
         }
-    };
-    match step.handoff {
-        None => Ok(no_store(
-            super::open_session(
-                &state,
-                &user,
-                &meta,
-                None,
-                &provider.to_string(),
-                "auth.sso_login",
-            )
-            .await?,
-        )),
-        Some(handoff) => {
-            let code = random_secret();
-            let redeemable = Redeemable {
-                tenant_id: user.tenant_id,
-                user_id: user.id,
-                provider,
-                code_challenge: handoff.code_challenge,
-            };
-            let payload = serde_json::to_string(&redeemable).map_err(ApiError::internal)?;
-            state
-                .gate()
-                .credentials()
-                .put_login_flow(&flow_key(&code), &payload, now + HANDOFF_TTL)
-                .await?;
+    }
+    .await;
+    match (result, waiting) {
+        (Err(error), Some(handoff)) => {
             let mut location = format!(
-                "{}{}code={code}",
+                "{}{}error={}&error_description={}",
                 handoff.return_to,
                 if handoff.return_to.contains('?') {
                     '&'
                 } else {
                     '?'
-                }
+                },
+                url_escape(error.code().as_str()),
+                url_escape(error.message()),
             );
             if let Some(s) = handoff.client_state {
-                let s: String = url_escape(&s);
-                location.push_str(&format!("&state={s}"));
+                location.push_str(&format!("&state={}", url_escape(&s)));
             }
             see_other(&location)
         }
+        (result, _) => result,
     }
 }
 
@@ -600,12 +677,17 @@ async fn account(
             why.to_string(),
         )
     };
-    let email = Email::parse(&identity.email).map_err(|_| {
-        denied(
-            "the provider gave no usable e-mail address".into(),
-            "no e-mail",
-        )
-    })?;
+    // Plain ASCII only: lower-casing must not fold a look-alike (a Kelvin sign for a K)
+    // onto someone else's address.
+    let email = Some(identity.email.as_str())
+        .filter(|e| e.is_ascii())
+        .and_then(|e| Email::parse(e).ok())
+        .ok_or_else(|| {
+            denied(
+                "the provider gave no usable e-mail address".into(),
+                "no e-mail",
+            )
+        })?;
     if !identity.email_verified {
         return Err(denied(
             format!("{email} is not verified at the identity provider: verify it there first"),
@@ -630,17 +712,36 @@ async fn account(
             "this account is disabled".into(),
             "account disabled",
         )),
+        Some(user) if user.platform_admin => Err(denied(
+            "platform admins log in with their password, not through an identity provider".into(),
+            "platform admin",
+        )),
         Some(user) => Ok(user),
-        None if sso.config.provision => credentials
+        None if sso.config.provision => match credentials
             .provision_user(
                 &sso.config.tenant,
-                email,
+                email.clone(),
                 sso.config.default_role,
                 &provider.to_string(),
                 meta,
             )
             .await
-            .map_err(|e| (ApiError::from(e), "store".to_string())),
+        {
+            Ok(user) => Ok(user),
+            // A first login of the same address at the same time (another tab, another
+            // replica) made it: use that one.
+            Err(coditect_store::StoreError::Conflict(_)) => credentials
+                .find_user(&email)
+                .await
+                .map_err(|e| (ApiError::from(e), "store".to_string()))?
+                .ok_or_else(|| {
+                    (
+                        ApiError::unavailable("retry the login", 1),
+                        "race".to_string(),
+                    )
+                }),
+            Err(e) => Err((ApiError::from(e), "store".to_string())),
+        },
         None => Err(denied(
             format!(
                 "there is no account for {email}, and this hub creates none on first login: ask an administrator"

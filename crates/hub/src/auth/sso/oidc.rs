@@ -209,10 +209,12 @@ impl Oidc {
             Err(first) => {
                 // The provider may have rotated its keys since they were read: once more
                 // with fresh ones, then the first answer stands.
-                let fresh = self.client(self.metadata(http, true).await?, redirect_uri)?;
+                let bad = || Failure::BadToken(first.to_string());
+                let metadata = self.metadata(http, true).await.map_err(|_| bad())?;
+                let fresh = self.client(metadata, redirect_uri).map_err(|_| bad())?;
                 id_token
                     .claims(&fresh.id_token_verifier().set_time_fn(|| now), &nonce)
-                    .map_err(|_| Failure::BadToken(first.to_string()))?
+                    .map_err(|_| bad())?
                     .clone()
             }
         };
