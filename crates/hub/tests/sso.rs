@@ -106,6 +106,27 @@ fn sso_config(oidc: Option<&Provider>, github: Option<&str>) -> SsoConfig {
 
 /// The test's browser: follows no redirect by itself, keeps cookies (one jar for the whole
 /// test binary, like one browser profile).
+/// SSO with only an OpenID Connect provider at `issuer` (not necessarily a mock's).
+fn oidc_at(issuer: String) -> SsoConfig {
+    let mut config = sso_config(None, None);
+    config.oidc = Some(OidcProviderConfig {
+        issuer,
+        client_id: "coditect-hub".into(),
+        client_secret: Secret::new("the client secret"),
+    });
+    config
+}
+
+/// A hub on SQLite with `config` as its single sign-on.
+async fn sso_app(config: SsoConfig) -> TestApp {
+    spawn_app_with(
+        Backend::Sqlite,
+        |c| c.sso = Some(config),
+        axum::Router::new(),
+    )
+    .await
+}
+
 fn browser() -> reqwest::Client {
     static JAR: std::sync::OnceLock<Arc<reqwest::cookie::Jar>> = std::sync::OnceLock::new();
     let jar = JAR.get_or_init(Default::default).clone();
@@ -484,12 +505,7 @@ async fn without_provisioning_expired_tokens_and_no_provider() {
     let provider = Provider::start(&["-e", "60"]).await;
     provider.user("mallory", "mallory@example.com", true).await;
     let config = sso_config(Some(&provider), None);
-    let app = spawn_app_with(
-        Backend::Sqlite,
-        |c| c.sso = Some(config),
-        axum::Router::new(),
-    )
-    .await;
+    let app = sso_app(config).await;
     let callback = authorize(&app, "", "mallory", |u| u).await;
     app.clock.advance(Duration::from_secs(120));
     let res = browser().get(callback).send().await.unwrap();
@@ -500,12 +516,7 @@ async fn without_provisioning_expired_tokens_and_no_provider() {
     provider.user("mallory", "mallory@example.com", true).await;
     let mut config = sso_config(Some(&provider), None);
     config.provision = false;
-    let app = spawn_app_with(
-        Backend::Sqlite,
-        |c| c.sso = Some(config),
-        axum::Router::new(),
-    )
-    .await;
+    let app = sso_app(config).await;
     let res = oidc_login(&app, "mallory").await;
     let message = assert_envelope(res, 403, "ACCESS_DENIED").await;
     assert!(message.contains("no account"), "{message}");
@@ -513,18 +524,7 @@ async fn without_provisioning_expired_tokens_and_no_provider() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let mut config = sso_config(None, None);
-    config.oidc = Some(OidcProviderConfig {
-        issuer: format!("http://127.0.0.1:{port}"),
-        client_id: "coditect-hub".into(),
-        client_secret: Secret::new("the client secret"),
-    });
-    let app = spawn_app_with(
-        Backend::Sqlite,
-        |c| c.sso = Some(config),
-        axum::Router::new(),
-    )
-    .await;
+    let app = sso_app(oidc_at(format!("http://127.0.0.1:{port}"))).await;
     let res = browser()
         .get(app.url("/api/v1/auth/sso/oidc/start"))
         .send()
@@ -680,18 +680,7 @@ async fn an_id_token_for_another_audience_is_refused() {
         );
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let mut config = sso_config(None, None);
-    config.oidc = Some(OidcProviderConfig {
-        issuer,
-        client_id: "coditect-hub".into(),
-        client_secret: Secret::new("the client secret"),
-    });
-    let app = spawn_app_with(
-        Backend::Sqlite,
-        |c| c.sso = Some(config),
-        axum::Router::new(),
-    )
-    .await;
+    let app = sso_app(oidc_at(issuer)).await;
     let b = browser();
     let res = b
         .get(app.url("/api/v1/auth/sso/oidc/start"))
