@@ -166,7 +166,7 @@ struct Authorizing {
 }
 
 /// Where a command-line client waits, and how it proves it is the one that started.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Handoff {
     return_to: String,
     client_state: Option<String>,
@@ -527,7 +527,7 @@ async fn callback(
     };
     // From here on a command-line client waits at its return_to: failures go there too,
     // so it can say why instead of waiting.
-    let waiting = step.handoff.clone();
+    let waiting = step.handoff;
     let result: Result<Response, ApiError> = async {
         if step.provider != provider {
             return Err(refused(
@@ -583,7 +583,7 @@ async fn callback(
                 );
             }
         };
-        match step.handoff {
+        match &waiting {
             None => Ok(no_store(
                 super::open_session(
                     &state,
@@ -601,7 +601,7 @@ async fn callback(
                     tenant_id: user.tenant_id,
                     user_id: user.id,
                     provider,
-                    code_challenge: handoff.code_challenge,
+                    code_challenge: handoff.code_challenge.clone(),
                 };
                 let payload = serde_json::to_string(&redeemable).map_err(ApiError::internal)?;
                 state
@@ -609,44 +609,37 @@ async fn callback(
                     .credentials()
                     .put_login_flow(&flow_key(&code), &payload, now + HANDOFF_TTL)
                     .await?;
-                let mut location = format!(
-                    "{}{}code={code}",
-                    handoff.return_to,
-                    if handoff.return_to.contains('?') {
-                        '&'
-                    } else {
-                        '?'
-                    }
-                );
-                if let Some(s) = handoff.client_state {
-                    let s: String = url_escape(&s);
-                    location.push_str(&format!("&state={s}"));
-                }
-                see_other(&location)
+                hand_back(handoff, &[("code", &code)])
             }
         }
     }
     .await;
     match (result, waiting) {
-        (Err(error), Some(handoff)) => {
-            let mut location = format!(
-                "{}{}error={}&error_description={}",
-                handoff.return_to,
-                if handoff.return_to.contains('?') {
-                    '&'
-                } else {
-                    '?'
-                },
-                url_escape(error.code().as_str()),
-                url_escape(error.message()),
-            );
-            if let Some(s) = handoff.client_state {
-                location.push_str(&format!("&state={}", url_escape(&s)));
-            }
-            see_other(&location)
-        }
+        (Err(error), Some(handoff)) => hand_back(
+            &handoff,
+            &[
+                ("error", error.code().as_str()),
+                ("error_description", error.message()),
+            ],
+        ),
         (result, _) => result,
     }
+}
+
+/// Sends the browser back to the command-line client waiting at `return_to` with `params`
+/// (a code, or the error) and its own state.
+fn hand_back(handoff: &Handoff, params: &[(&str, &str)]) -> Result<Response, ApiError> {
+    let mut location = handoff.return_to.clone();
+    let mut separator = if location.contains('?') { '&' } else { '?' };
+    let state = handoff.client_state.as_deref().map(|s| ("state", s));
+    for (name, value) in params.iter().copied().chain(state) {
+        location.push(separator);
+        location.push_str(name);
+        location.push('=');
+        location.push_str(&url_escape(value));
+        separator = '&';
+    }
+    see_other(&location)
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
