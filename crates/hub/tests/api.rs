@@ -221,6 +221,14 @@ async fn malformed_json_is_a_400_envelope_naming_the_problem(backend: Backend) {
     .await;
     assert!(message.contains("missing field `count`"), "{message}");
 
+    let message = assert_envelope(
+        post("[\"a\", 1]", "application/json").await.unwrap(),
+        400,
+        "BAD_REQUEST",
+    )
+    .await;
+    assert!(message.contains("must be a JSON object"), "{message}");
+
     assert_envelope(
         post("{\"name\": \"a\", \"count\": 1}", "text/plain")
             .await

@@ -145,6 +145,13 @@ async fn limits_answer_with_the_envelope(backend: Backend) {
         "BAD_REQUEST",
     )
     .await;
+    let message = assert_envelope(
+        post(b"[[]]".to_vec(), None).await.unwrap(),
+        400,
+        "BAD_REQUEST",
+    )
+    .await;
+    assert!(message.contains("must be a JSON object"), "{message}");
     let all_bad = vec![entry("nope", "api", "x"), entry("info", "", "y")];
     let message = assert_envelope(
         send(&app, &tokens.access, &ws, all_bad).await,

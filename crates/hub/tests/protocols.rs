@@ -285,6 +285,20 @@ async fn otlp_json_reports_partial_success_and_errors_per_spec(backend: Backend)
     let body = json(res).await;
     assert_eq!(body["code"], 3);
     assert_eq!(body["error"]["code"], "BAD_REQUEST");
+    // serde alone reads an array as the message's fields in order: schemathesis found `[]`
+    // answered 200 with nothing stored.
+    for body in ["[]", "[[]]", "null"] {
+        let res = post(
+            &app,
+            "/v1/logs",
+            &tokens.access,
+            "application/json",
+            &[],
+            body.into(),
+        )
+        .await;
+        assert_eq!(res.status(), 400, "{body}");
+    }
     let lost = request("x", vec![], vec![record(9, "where to?", vec![])]);
     let res = app
         .client
@@ -446,6 +460,7 @@ async fn loki_json_and_protobuf_are_stored(backend: Backend) {
             "application/json",
             br#"{"streams":[{"stream":{},"values":[["x","y"]]}]}"#.to_vec(),
         ),
+        ("application/json", br#"[[]]"#.to_vec()),
     ] {
         let res = post(&app, "/loki/api/v1/push", &key, ct, &[], body).await;
         assert_eq!(res.status(), 400, "{ct}");

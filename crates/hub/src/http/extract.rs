@@ -2,13 +2,15 @@
 //! envelope with a message naming the problem.
 
 use super::error::ApiError;
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use coditect_proto::ErrorCode;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-/// JSON body, parsed into `T`.
+/// JSON body, parsed into `T`: `Content-Type: application/json` (or `+json`) and an object.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -20,37 +22,68 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "expected a JSON body with Content-Type: application/json",
+            ));
         }
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "request body is over the size limit",
+                ),
+                _ => ApiError::bad_request(format!(
+                    "cannot read the request body: {}",
+                    e.body_text()
+                )),
+            })?;
+        from_object("JSON", &body).map(Json)
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "expected a JSON body with Content-Type: application/json",
-        ),
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::bad_request(format!("malformed JSON: {}", inner_reason(&e.body_text())))
-        }
-        JsonRejection::JsonDataError(e) => ApiError::bad_request(format!(
-            "invalid JSON body: {}",
-            inner_reason(&e.body_text())
-        )),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "request body is over the size limit",
-            )
-        }
-        other => ApiError::bad_request(format!(
-            "cannot read the request body: {}",
-            other.body_text()
-        )),
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a JSON object into `T`, `what` naming the format in the error ("JSON", "Loki JSON").
+/// serde would read a JSON array as a struct's fields in order, which no documented body is,
+/// so anything but an object is refused before parsing.
+pub fn from_object<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, ApiError> {
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(ApiError::bad_request(format!(
+            "malformed {what}: the body must be a JSON object"
+        )));
     }
+    let failed = |e: serde_json::Error, path: Option<String>| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Data => "invalid",
+            _ => "malformed",
+        };
+        let at = path
+            .filter(|p| p != "." && p != "?")
+            .map(|p| format!("{p}: "))
+            .unwrap_or_default();
+        ApiError::bad_request(format!("{kind} {what}: {at}{e}"))
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        failed(e.into_inner(), Some(path))
+    })?;
+    de.end().map_err(|e| failed(e, None))?;
+    Ok(value)
 }
 
 /// axum's texts read "Failed to parse the request body as JSON: <reason>"; keep the reason.
@@ -168,7 +201,7 @@ impl utoipa::ToSchema for FilterText {}
 
 #[cfg(test)]
 mod tests {
-    use super::FilterText;
+    use super::{FilterText, from_object};
 
     #[test]
     fn filter_text_refuses_control_characters_and_length() {
@@ -177,5 +210,45 @@ mod tests {
             assert!(FilterText::parse(bad.into()).is_err(), "{bad:?}");
         }
         assert!(FilterText::parse("x".repeat(FilterText::MAX + 1)).is_err());
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Pair {
+        a: u32,
+        b: String,
+    }
+
+    #[test]
+    fn only_an_object_is_a_body() {
+        let pair = from_object::<Pair>("JSON", b" \n{\"a\": 1, \"b\": \"x\"}");
+        assert_eq!(
+            pair.ok(),
+            Some(Pair {
+                a: 1,
+                b: "x".into()
+            })
+        );
+        // serde alone would accept this array as the struct's fields in order.
+        assert!(serde_json::from_slice::<Pair>(b"[1, \"x\"]").is_ok());
+        for bad in [&b"[1, \"x\"]"[..], b"[]", b"", b"null", b"\"a\""] {
+            let e = from_object::<Pair>("JSON", bad)
+                .err()
+                .map(|e| e.message().to_string());
+            assert!(
+                e.is_some_and(|e| e.contains("must be a JSON object")),
+                "{bad:?}"
+            );
+        }
+        let e = from_object::<Pair>("JSON", b"{\"a\": 1,").err();
+        let e = e.map(|e| e.message().to_string()).unwrap_or_default();
+        assert!(e.starts_with("malformed JSON"), "{e}");
+        let e = from_object::<Pair>("JSON", b"{\"a\": 1, \"b\": \"x\"} {}").err();
+        assert!(e.is_some_and(|e| e.message().contains("trailing characters")));
+        let e = from_object::<Pair>("JSON", b"{\"a\": \"one\", \"b\": \"x\"}").err();
+        assert!(e.is_some_and(|e| {
+            e.message()
+                .to_string()
+                .starts_with("invalid JSON: a: invalid type")
+        }));
     }
 }

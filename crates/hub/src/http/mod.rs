@@ -9,7 +9,7 @@ pub mod middleware;
 pub mod openapi;
 
 pub use error::ApiError;
-pub use extract::{FilterText, Json, Path, Query, check_instant};
+pub use extract::{FilterText, Json, Path, Query, check_instant, from_object};
 
 use crate::state::AppState;
 use axum::Router;

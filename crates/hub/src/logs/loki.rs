@@ -16,7 +16,7 @@
 use super::entry::{Candidate, hex_id, level_from_text};
 use super::push::{self, Groups};
 use crate::authz::Principal;
-use crate::http::ApiError;
+use crate::http::{ApiError, from_object};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -185,8 +185,7 @@ pub async fn push(
             }
         }
         "application/json" | "" => {
-            json = serde_json::from_slice::<PushJson>(&body)
-                .map_err(|e| ApiError::bad_request(format!("malformed Loki JSON: {e}")))?;
+            json = from_object::<PushJson>("Loki JSON", &body)?;
             for s in &json.streams {
                 let labels: Vec<(&str, &str)> = s
                     .stream

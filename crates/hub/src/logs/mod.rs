@@ -21,7 +21,7 @@ pub mod push;
 
 use crate::authz::{Principal, Receipt, Scoped};
 use crate::http::openapi::Routes;
-use crate::http::{ApiError, FilterText, Path, Query, check_instant};
+use crate::http::{ApiError, FilterText, Path, Query, check_instant, from_object};
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -386,8 +386,7 @@ async fn batch(
 ) -> Result<Response, ApiError> {
     let _slot = state.logs().admit().await?;
     let body = read_body(&headers, body, state.config().body_limit).await?;
-    let parsed: BatchIn<'_> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    let parsed: BatchIn<'_> = from_object("JSON", &body)?;
     if parsed.entries.len() > MAX_BATCH {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,

@@ -17,7 +17,7 @@
 use super::entry::{Candidate, level_from_text};
 use super::push::{self, Groups};
 use crate::authz::Principal;
-use crate::http::ApiError;
+use crate::http::{ApiError, from_object};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -238,10 +238,10 @@ async fn handle(
 
 /// OTLP JSON; as in proto3 JSON, an absent `resourceLogs` means none.
 fn parse_json(body: &[u8]) -> Result<ExportLogsServiceRequest, ApiError> {
-    serde_json::from_slice(body).or_else(|e| {
+    from_object("OTLP JSON", body).or_else(|e| {
         match serde_json::from_slice::<Map<String, Value>>(body) {
             Ok(obj) if !obj.contains_key("resourceLogs") => Ok(ExportLogsServiceRequest::default()),
-            _ => Err(ApiError::bad_request(format!("malformed OTLP JSON: {e}"))),
+            _ => Err(e),
         }
     })
 }
