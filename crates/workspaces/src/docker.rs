@@ -1,0 +1,502 @@
+//! The Docker runtime, through the Docker Engine API (bollard): one container per
+//! workspace, a named volume for its home (it survives stop, start, a crash and the
+//! container's re-creation), a network per tenant (containers of two tenants share no
+//! network), labels on all of them.
+//!
+//! Containers run as uid 1000 with every capability dropped and `no-new-privileges`,
+//! under Docker's init (so zombies are reaped), with the CPU, memory and pids limits of
+//! the spec. The agent reaches the hub through the hub's socket directory, bind-mounted
+//! read-only (containers cannot reach the host's network here, nor need to).
+
+use crate::{
+    InstanceRef, Observed, Phase, Runtime, RuntimeError, RuntimeKind, Scope, Spec, agent_env,
+    inside, labels,
+};
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, StopContainerOptions,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// The engine's socket (`/var/run/docker.sock`).
+    pub socket: PathBuf,
+    pub scope: Scope,
+    /// The image when a spec names none.
+    pub default_image: String,
+    /// Where the hub keeps per-workspace secrets on this host (`data_dir/workspaces`).
+    pub root: PathBuf,
+    /// How long one Engine API call may take.
+    pub timeout: Duration,
+}
+
+pub struct DockerRuntime {
+    config: DockerConfig,
+    /// Connected and version-negotiated on first use, so a daemon that is down when the
+    /// hub starts is picked up once it is back.
+    client: OnceCell<Docker>,
+}
+
+impl DockerRuntime {
+    pub fn new(config: DockerConfig) -> DockerRuntime {
+        DockerRuntime {
+            config,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn docker(&self) -> Result<&Docker, RuntimeError> {
+        self.client
+            .get_or_try_init(|| async {
+                let socket = self.config.socket.display().to_string();
+                let docker = Docker::connect_with_unix(
+                    &socket,
+                    self.config.timeout.as_secs().max(1),
+                    bollard::API_DEFAULT_VERSION,
+                )
+                .map_err(|e| unavailable(&self.config, e))?;
+                docker
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| unavailable(&self.config, e))
+            })
+            .await
+    }
+
+    fn container_name(&self, instance: InstanceRef) -> String {
+        format!(
+            "coditect-{}-{}",
+            self.config.scope.as_str(),
+            instance.workspace
+        )
+    }
+
+    /// The named volume holding a workspace's home.
+    pub fn volume_name(&self, instance: InstanceRef) -> String {
+        format!(
+            "coditect-{}-{}-home",
+            self.config.scope.as_str(),
+            instance.workspace
+        )
+    }
+
+    /// The network of one tenant's workspaces.
+    pub fn network_name(&self, instance: InstanceRef) -> String {
+        format!(
+            "coditect-{}-{}",
+            self.config.scope.as_str(),
+            instance.tenant
+        )
+    }
+
+    fn labels(&self, instance: InstanceRef, generation: Option<u64>) -> HashMap<String, String> {
+        let mut l = HashMap::from([
+            (
+                labels::SCOPE.to_string(),
+                self.config.scope.as_str().to_string(),
+            ),
+            (labels::TENANT.to_string(), instance.tenant.to_string()),
+            (
+                labels::WORKSPACE.to_string(),
+                instance.workspace.to_string(),
+            ),
+        ]);
+        if let Some(g) = generation {
+            l.insert(labels::GENERATION.to_string(), g.to_string());
+        }
+        l
+    }
+
+    fn key_dir(&self, instance: InstanceRef) -> PathBuf {
+        self.config
+            .root
+            .join(instance.workspace.to_string())
+            .join("secrets")
+    }
+
+    fn write_key(&self, spec: &Spec) -> Result<PathBuf, RuntimeError> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = self.key_dir(spec.instance);
+        let io =
+            |e: std::io::Error| RuntimeError::Failed(format!("cannot write the agent key: {e}"));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io)?;
+        let path = dir.join("agent-key");
+        let tmp = dir.join("agent-key.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        // Readable by the container's user: the directory (0700) keeps it from the host's.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(spec.agent.key.expose().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(path)
+    }
+
+    async fn ensure_network(&self, docker: &Docker, spec: &Spec) -> Result<String, RuntimeError> {
+        let name = self.network_name(spec.instance);
+        match docker.inspect_network(&name, None).await {
+            Ok(_) => return Ok(name),
+            Err(e) if status(&e) == Some(404) => {}
+            Err(e) => return Err(self.error(e, "inspect the tenant network")),
+        }
+        let mut labels = self.labels(spec.instance, None);
+        labels.remove(labels::WORKSPACE);
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            Ok(_) => Ok(name),
+            // Another start of the same tenant made it first.
+            Err(e) if status(&e) == Some(409) => Ok(name),
+            Err(e) => Err(self.error(e, "create the tenant network")),
+        }
+    }
+
+    async fn ensure_volume(&self, docker: &Docker, spec: &Spec) -> Result<String, RuntimeError> {
+        let name = self.volume_name(spec.instance);
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            labels: Some(self.labels(spec.instance, None)),
+            ..Default::default()
+        };
+        // Creating an existing volume returns it.
+        docker
+            .create_volume(request)
+            .await
+            .map_err(|e| self.error(e, "create the home volume"))?;
+        Ok(name)
+    }
+
+    fn error(&self, e: DockerError, what: &str) -> RuntimeError {
+        match &e {
+            DockerError::DockerResponseServerError {
+                status_code,
+                message,
+            } if *status_code < 500 => RuntimeError::Failed(format!("cannot {what}: {message}")),
+            DockerError::DockerResponseServerError { message, .. } => {
+                RuntimeError::Failed(format!("cannot {what}: the engine says {message}"))
+            }
+            _ => unavailable(&self.config, e),
+        }
+    }
+
+    async fn inspect_named(
+        &self,
+        docker: &Docker,
+        instance: InstanceRef,
+    ) -> Result<Option<Observed>, RuntimeError> {
+        let name = self.container_name(instance);
+        let found = match docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(self.error(e, "inspect the container")),
+        };
+        let labels = found
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let generation = labels
+            .get(labels::GENERATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        let state = found.state.unwrap_or_default();
+        let phase = if state.running == Some(true) {
+            Phase::Running
+        } else if state
+            .started_at
+            .as_deref()
+            .is_none_or(|s| s.starts_with("0001-"))
+        {
+            Phase::Created
+        } else {
+            Phase::Exited {
+                code: state.exit_code,
+                oom: state.oom_killed == Some(true),
+            }
+        };
+        Ok(Some(Observed {
+            instance,
+            generation,
+            phase,
+            runtime_id: found.id.unwrap_or_default(),
+        }))
+    }
+
+    async fn create_container(&self, docker: &Docker, spec: &Spec) -> Result<(), RuntimeError> {
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.config.default_image.clone());
+        match docker.inspect_image(&image).await {
+            Ok(_) => {}
+            Err(e) if status(&e) == Some(404) => {
+                return Err(RuntimeError::ImageMissing {
+                    image,
+                    hint: "no registry is used: build it on this host with deploy/workspace/build (or docker build/import it under that name)".into(),
+                });
+            }
+            Err(e) => return Err(self.error(e, "inspect the image")),
+        }
+        let network = if spec.network {
+            self.ensure_network(docker, spec).await?
+        } else {
+            "none".to_string()
+        };
+        let volume = self.ensure_volume(docker, spec).await?;
+        let key = self.write_key(spec)?;
+        let socket = format!("{}/{}", inside::HUB_DIR, spec.agent.hub_socket_name);
+        let env = agent_env(spec, &socket, inside::KEY_FILE, inside::HOME)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let r = &spec.resources;
+        let host_config = HostConfig {
+            binds: Some(vec![
+                format!("{volume}:{}", inside::HOME),
+                format!(
+                    "{}:{}:ro",
+                    spec.agent.hub_socket_dir.display(),
+                    inside::HUB_DIR
+                ),
+                format!("{}:{}:ro", key.display(), inside::KEY_FILE),
+            ]),
+            network_mode: Some(network),
+            nano_cpus: r.cpu_millis.map(|m| i64::from(m) * 1_000_000),
+            memory: r.memory_mb.map(|mb| (mb as i64).saturating_mul(1 << 20)),
+            pids_limit: r.pids.map(i64::from),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            privileged: Some(false),
+            init: Some(true),
+            ..Default::default()
+        };
+        let short = spec.instance.workspace.to_string();
+        let body = ContainerCreateBody {
+            image: Some(image),
+            hostname: Some(format!("ws-{}", &short[short.len().saturating_sub(8)..])),
+            user: Some(format!("{0}:{0}", inside::UID)),
+            env: Some(env),
+            working_dir: Some(inside::HOME.into()),
+            cmd: Some(vec!["codi-monitor".into(), "agent".into()]),
+            labels: Some(self.labels(spec.instance, Some(spec.generation))),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(self.container_name(spec.instance)),
+            ..Default::default()
+        };
+        match docker.create_container(Some(options), body).await {
+            Ok(_) => Ok(()),
+            // Created meanwhile (a retry after a crash): the caller inspects it.
+            Err(e) if status(&e) == Some(409) => Ok(()),
+            Err(e) => Err(self.error(e, "create the container")),
+        }
+    }
+
+    async fn remove_container(
+        &self,
+        docker: &Docker,
+        instance: InstanceRef,
+    ) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match docker
+            .remove_container(&self.container_name(instance), Some(options))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status(&e), Some(404)) => Ok(()),
+            Err(e) => Err(self.error(e, "remove the container")),
+        }
+    }
+}
+
+fn status(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn unavailable(config: &DockerConfig, e: DockerError) -> RuntimeError {
+    RuntimeError::Unavailable(format!(
+        "the docker engine at {} does not answer: {e}",
+        config.socket.display()
+    ))
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Docker
+    }
+
+    async fn create(&self, spec: &Spec) -> Result<(), RuntimeError> {
+        let docker = self.docker().await?;
+        match self.inspect_named(docker, spec.instance).await? {
+            Some(o) if o.generation == spec.generation => Ok(()),
+            // A container of an earlier start: the home is in the volume, so it is
+            // replaced rather than restarted (a new start gets a new key and token).
+            Some(_) => {
+                self.remove_container(docker, spec.instance).await?;
+                self.create_container(docker, spec).await
+            }
+            None => self.create_container(docker, spec).await,
+        }
+    }
+
+    async fn start(&self, spec: &Spec) -> Result<Observed, RuntimeError> {
+        let docker = self.docker().await?;
+        if let Some(o) = self.inspect_named(docker, spec.instance).await?
+            && o.phase == Phase::Running
+        {
+            return Ok(o);
+        }
+        self.create(spec).await?;
+        match docker
+            .start_container(&self.container_name(spec.instance), None)
+            .await
+        {
+            Ok(()) => {}
+            // 304: already started.
+            Err(e) if status(&e) == Some(304) => {}
+            Err(e) => return Err(self.error(e, "start the container")),
+        }
+        self.inspect_named(docker, spec.instance)
+            .await?
+            .ok_or_else(|| RuntimeError::Failed("the container vanished as it started".into()))
+    }
+
+    async fn stop(&self, instance: InstanceRef, grace: Duration) -> Result<(), RuntimeError> {
+        let docker = self.docker().await?;
+        let options = StopContainerOptions {
+            t: Some(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX)),
+            ..Default::default()
+        };
+        match docker
+            .stop_container(&self.container_name(instance), Some(options))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status(&e), Some(304 | 404)) => Ok(()),
+            Err(e) => Err(self.error(e, "stop the container")),
+        }
+    }
+
+    async fn destroy(&self, instance: InstanceRef) -> Result<(), RuntimeError> {
+        let docker = self.docker().await?;
+        self.remove_container(docker, instance).await?;
+        match docker
+            .remove_volume(&self.volume_name(instance), None::<RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if status(&e) == Some(404) => {}
+            Err(e) => return Err(self.error(e, "remove the home volume")),
+        }
+        let dir = self.config.root.join(instance.workspace.to_string());
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::Failed(format!(
+                "cannot remove {}: {e}",
+                dir.display()
+            ))),
+        }
+    }
+
+    async fn inspect(&self, instance: InstanceRef) -> Result<Option<Observed>, RuntimeError> {
+        let docker = self.docker().await?;
+        self.inspect_named(docker, instance).await
+    }
+
+    async fn list(&self) -> Result<Vec<Observed>, RuntimeError> {
+        let docker = self.docker().await?;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}={}", labels::SCOPE, self.config.scope.as_str())],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let found = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.error(e, "list containers"))?;
+        let mut out = Vec::new();
+        for c in found {
+            let labels = c.labels.unwrap_or_default();
+            let parsed = (|| {
+                Some(InstanceRef {
+                    tenant: labels.get(labels::TENANT)?.parse().ok()?,
+                    workspace: labels.get(labels::WORKSPACE)?.parse().ok()?,
+                })
+            })();
+            let Some(instance) = parsed else { continue };
+            let generation = labels
+                .get(labels::GENERATION)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0);
+            let running = c
+                .state
+                .is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING);
+            out.push(Observed {
+                instance,
+                generation,
+                phase: if running {
+                    Phase::Running
+                } else {
+                    Phase::Exited {
+                        code: None,
+                        oom: false,
+                    }
+                },
+                runtime_id: c.id.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn probe(&self) -> Result<(), RuntimeError> {
+        let docker = self.docker().await?;
+        docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(&self.config, e))
+    }
+
+    fn limits(&self) -> String {
+        "cgroup (docker: cpu, memory, pids)".into()
+    }
+}

@@ -1,0 +1,260 @@
+//! Where a workspace runs: one [`Runtime`] trait and its drivers.
+//!
+//! - [`process`]: the embedded default, a process tree in a bubblewrap sandbox on the hub's
+//!   own machine (or, when asked explicitly, no sandbox at all);
+//! - [`docker`]: one container per workspace through the Docker Engine API.
+//!
+//! Invariants: nothing here knows HTTP or the store. A driver knows a workspace only by
+//! its [`InstanceRef`] and finds what it created by its *labels* (container labels, the
+//! environment of a sandbox's outer process), never by memory alone, so a hub restarted
+//! after `kill -9` adopts what it finds and an orphan can always be found and removed.
+//! Every call is idempotent: starting what runs returns it, stopping what is stopped and
+//! destroying what is gone succeed.
+//!
+//! Inside every workspace the same contract holds, whatever the runtime: the home is
+//! persistent, the agent (`codi-monitor agent`) is the first process, and it learns where
+//! it is from the environment variables named in [`agent_env`].
+
+pub mod docker;
+pub mod process;
+mod procfs;
+
+use async_trait::async_trait;
+use coditect_proto::{Secret, TenantId, WorkspaceId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Labels put on everything a driver creates.
+pub mod labels {
+    /// The hub installation the object belongs to (see [`super::Scope`]).
+    pub const SCOPE: &str = "dev.coditect.scope";
+    pub const TENANT: &str = "dev.coditect.tenant";
+    pub const WORKSPACE: &str = "dev.coditect.workspace";
+    /// Which start of the workspace the object is: a relaunch after a crash is a new one.
+    pub const GENERATION: &str = "dev.coditect.generation";
+}
+
+/// Names the hub installation that owns runtime objects, so several hubs can share one
+/// Docker engine or machine without adopting or sweeping each other's workspaces.
+/// 1 to 32 lower-case letters, digits or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope(String);
+
+impl Scope {
+    pub fn parse(raw: &str) -> Result<Scope, String> {
+        let ok = (1..=32).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !raw.starts_with('-');
+        if ok {
+            Ok(Scope(raw.to_string()))
+        } else {
+            Err(format!(
+                "runtime scope {raw:?}: 1 to 32 lower-case letters, digits or '-', not starting with '-'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a runtime knows a workspace by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InstanceRef {
+    pub tenant: TenantId,
+    pub workspace: WorkspaceId,
+}
+
+/// Resource limits; `None` is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Thousandths of a CPU.
+    pub cpu_millis: Option<u32>,
+    pub memory_mb: Option<u64>,
+    /// Processes and threads.
+    pub pids: Option<u32>,
+}
+
+/// Everything a runtime needs to run one start (generation) of a workspace.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub instance: InstanceRef,
+    /// Bumped by every fresh launch (start after stop, relaunch after a crash).
+    pub generation: u64,
+    /// The image (container runtimes); the process runtime ignores it.
+    pub image: Option<String>,
+    /// A shell command the agent runs beside itself once ready (the template's command).
+    pub command: Option<String>,
+    /// Extra environment for the agent and what it starts.
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    /// `false`: no network at all inside (the agent reaches the hub through its socket).
+    pub network: bool,
+    pub agent: AgentSetup,
+}
+
+/// How the agent inside reaches and proves itself to the hub.
+#[derive(Debug, Clone)]
+pub struct AgentSetup {
+    /// The workspace-bound API key minted for this workspace (never a hub credential).
+    pub key: Secret,
+    /// The host directory holding the hub's agent socket; mounted read-only, as a
+    /// directory so that a hub restart (a new socket inode) is seen inside.
+    pub hub_socket_dir: PathBuf,
+    /// The socket's file name in that directory.
+    pub hub_socket_name: String,
+    /// Identifies this launch in the agent's reports (so a report from a previous
+    /// generation is never taken for the current one).
+    pub instance_token: String,
+}
+
+/// Where the agent's inputs are inside a sandbox or container.
+pub mod inside {
+    pub const HOME: &str = "/home/coder";
+    pub const HUB_DIR: &str = "/run/coditect/hub";
+    pub const SECRETS_DIR: &str = "/run/coditect/secrets";
+    pub const KEY_FILE: &str = "/run/coditect/secrets/agent-key";
+    pub const UID: u32 = 1000;
+}
+
+/// The environment that tells the agent where it is: what every driver sets.
+pub fn agent_env(
+    spec: &Spec,
+    hub_socket: &str,
+    key_file: &str,
+    home: &str,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let fixed = [
+        ("HOME", home.to_string()),
+        ("CODITECT_HUB_SOCKET", hub_socket.to_string()),
+        ("CODITECT_AGENT_KEY_FILE", key_file.to_string()),
+        ("CODITECT_TENANT_ID", spec.instance.tenant.to_string()),
+        ("CODITECT_WORKSPACE_ID", spec.instance.workspace.to_string()),
+        ("CODITECT_GENERATION", spec.generation.to_string()),
+        ("CODITECT_INSTANCE", spec.agent.instance_token.clone()),
+    ];
+    for (k, v) in fixed {
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v));
+    }
+    if let Some(command) = &spec.command {
+        env.retain(|(name, _)| name != "CODITECT_WORKSPACE_COMMAND");
+        env.push(("CODITECT_WORKSPACE_COMMAND".into(), command.clone()));
+    }
+    env
+}
+
+/// What a runtime sees of a workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub instance: InstanceRef,
+    pub generation: u64,
+    pub phase: Phase,
+    /// The runtime's own name for it: a container id, a process id.
+    pub runtime_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Created, never started.
+    Created,
+    Running,
+    /// Not running any more: its exit code when the runtime knows it, and whether the
+    /// kernel killed it for memory.
+    Exited {
+        code: Option<i64>,
+        oom: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Process,
+    Docker,
+    Kubernetes,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Kubernetes => "kubernetes",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<RuntimeKind> {
+        match raw {
+            "process" => Some(RuntimeKind::Process),
+            "docker" => Some(RuntimeKind::Docker),
+            "kubernetes" => Some(RuntimeKind::Kubernetes),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime cannot be reached (daemon down, socket missing): try again later.
+    #[error("runtime unavailable: {0}")]
+    Unavailable(String),
+    /// The image is not on this engine; the text says how to build it.
+    #[error("image {image} is missing: {hint}")]
+    ImageMissing { image: String, hint: String },
+    /// The spec asks for something this runtime cannot do.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RuntimeError {
+    /// Whether waiting may cure it (the reconciler retries instead of failing the workspace).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RuntimeError::Unavailable(_))
+    }
+}
+
+/// One runtime. Every call is idempotent and safe to repeat after a crash at any point.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    fn kind(&self) -> RuntimeKind;
+
+    /// Prepares what outlives a start (home, volume, network) and the instance itself
+    /// where the runtime separates creating from starting.
+    async fn create(&self, spec: &Spec) -> Result<(), RuntimeError>;
+
+    /// Starts the instance (creating it if needed). When one already runs for this
+    /// workspace it is returned as it is: never a second copy.
+    async fn start(&self, spec: &Spec) -> Result<Observed, RuntimeError>;
+
+    /// Asks the instance to stop, killing it after `grace`. The home stays.
+    async fn stop(&self, instance: InstanceRef, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Removes everything the workspace owned: instance, home, secrets.
+    async fn destroy(&self, instance: InstanceRef) -> Result<(), RuntimeError>;
+
+    /// `None` when no instance exists (its home may).
+    async fn inspect(&self, instance: InstanceRef) -> Result<Option<Observed>, RuntimeError>;
+
+    /// Every instance of this scope the runtime holds, for adoption and the orphan sweep.
+    async fn list(&self) -> Result<Vec<Observed>, RuntimeError>;
+
+    /// Whether the runtime answers, for `/health`.
+    async fn probe(&self) -> Result<(), RuntimeError>;
+
+    /// Which resource limits this runtime enforces, in words (e.g. "cgroup", "rlimits
+    /// (memory as address space, processes; cpu not enforced)").
+    fn limits(&self) -> String;
+}
