@@ -88,6 +88,16 @@ uuid_id!(
     "workspace"
 );
 uuid_id!(
+    /// A workspace template of a tenant.
+    TemplateId,
+    "template"
+);
+uuid_id!(
+    /// One transition of a workspace (start, stop, delete, recovery...), as recorded.
+    BuildId,
+    "build"
+);
+uuid_id!(
     /// An API key (its id; the secret is never stored).
     ApiKeyId,
     "api key"

@@ -15,6 +15,8 @@ pub mod secret;
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};
 pub use health::{ComponentHealth, HealthReport, HealthStatus, duration_ms};
 pub use identity::{Email, Role, SessionStatus};
-pub use ids::{ApiKeyId, AuditId, IdParseError, SessionId, TenantId, UserId, WorkspaceId};
+pub use ids::{
+    ApiKeyId, AuditId, BuildId, IdParseError, SessionId, TemplateId, TenantId, UserId, WorkspaceId,
+};
 pub use logs::{Level, MAX_METADATA_DEPTH, check_metadata, json_depth};
 pub use secret::Secret;

@@ -42,7 +42,9 @@ pub use signing_keys::{PublicKeyRecord, SigningKeyStore};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
 pub use tenants::{Tenant, TenantStore};
 pub use users::{User, UserStore, UserUpdate};
-pub use workspaces::{Workspace, WorkspaceStore};
+pub use workspaces::{
+    Build, BuildStatus, Desired, Lifecycle, Observation, Status, Workspace, WorkspaceStore,
+};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use coditect_proto::ComponentHealth;

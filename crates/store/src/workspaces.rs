@@ -3,7 +3,7 @@
 use crate::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use coditect_proto::{TenantId, UserId, WorkspaceId};
+use coditect_proto::{BuildId, TemplateId, TenantId, UserId, WorkspaceId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
@@ -12,7 +12,215 @@ pub struct Workspace {
     pub name: String,
     pub owner_id: UserId,
     pub created_at: DateTime<Utc>,
+    /// The template it was made from; `None`: the built-in default.
+    pub template_id: Option<TemplateId>,
+    /// What to run, resolved from the template when the workspace was created (JSON the
+    /// orchestrator reads; the store keeps it opaque).
+    pub spec: String,
+    /// What it counts against its tenant's quotas.
+    pub cpu_millis: u32,
+    pub memory_mb: u64,
+    pub lifecycle: Lifecycle,
 }
+
+impl Workspace {
+    /// A new, stopped workspace of the built-in template.
+    pub fn new(
+        tenant_id: TenantId,
+        name: String,
+        owner_id: UserId,
+        created_at: DateTime<Utc>,
+    ) -> Workspace {
+        Workspace {
+            tenant_id,
+            id: WorkspaceId::new(),
+            name,
+            owner_id,
+            created_at,
+            template_id: None,
+            spec: "{}".into(),
+            cpu_millis: 0,
+            memory_mb: 0,
+            lifecycle: Lifecycle::default(),
+        }
+    }
+}
+
+/// What users asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Desired {
+    Running,
+    Stopped,
+    Deleted,
+}
+
+/// What the reconciler last saw (the states users of Coder know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Pending,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+    Deleting,
+    Deleted,
+}
+
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text),*
+                }
+            }
+
+            pub fn parse(raw: &str) -> Option<$ty> {
+                match raw {
+                    $($text => Some($ty::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+text_enum!(Desired { Running => "running", Stopped => "stopped", Deleted => "deleted" });
+text_enum!(Status {
+    Pending => "pending",
+    Starting => "starting",
+    Running => "running",
+    Stopping => "stopping",
+    Stopped => "stopped",
+    Failed => "failed",
+    Deleting => "deleting",
+    Deleted => "deleted",
+});
+
+impl Status {
+    /// A status the reconciler is in the middle of.
+    pub fn is_transitional(self) -> bool {
+        matches!(
+            self,
+            Status::Pending | Status::Starting | Status::Stopping | Status::Deleting
+        )
+    }
+
+    /// Whether this status is where `desired` wants it.
+    pub fn satisfies(self, desired: Desired) -> bool {
+        matches!(
+            (desired, self),
+            (Desired::Running, Status::Running)
+                | (Desired::Stopped, Status::Stopped)
+                | (Desired::Deleted, Status::Deleted)
+        )
+    }
+}
+
+/// The orchestration side of a workspace: desired next to observed, and what the agent said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub desired: Desired,
+    pub status: Status,
+    /// Why it is in this status (a failure's error, "idle for 30m", ...).
+    pub status_reason: Option<String>,
+    pub status_at: Option<DateTime<Utc>>,
+    /// Bumped by every launch; runtime objects carry it as a label.
+    pub generation: u64,
+    /// Identifies the current launch in the agent's reports.
+    pub instance_token: Option<String>,
+    /// Failed attempts in a row (for the back-off).
+    pub attempts: u32,
+    /// When the reconciler should look again (`None`: now).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the agent of the current launch said it was ready.
+    pub ready_at: Option<DateTime<Utc>>,
+    /// The agent's last report.
+    pub seen_at: Option<DateTime<Utc>>,
+    /// The last sign of use (agent-reported or API).
+    pub activity_at: Option<DateTime<Utc>>,
+    /// Version of the persisted browser state (0: none yet).
+    pub state_version: u64,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Lifecycle {
+        Lifecycle {
+            desired: Desired::Stopped,
+            status: Status::Stopped,
+            status_reason: None,
+            status_at: None,
+            generation: 0,
+            instance_token: None,
+            attempts: 0,
+            next_attempt_at: None,
+            ready_at: None,
+            seen_at: None,
+            activity_at: None,
+            state_version: 0,
+        }
+    }
+}
+
+impl Lifecycle {
+    /// Whether the reconciler has something to do here (the rule both engines' scans
+    /// encode in SQL; see `workspaces_due`).
+    pub fn needs_work(&self) -> bool {
+        !self.status.satisfies(self.desired) || self.status.is_transitional()
+    }
+}
+
+/// What the reconciler writes after acting, under its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub status: Status,
+    pub reason: Option<String>,
+    pub generation: u64,
+    pub instance_token: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Clears `ready_at` (a new launch must say ready again).
+    pub reset_ready: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// One recorded transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Build {
+    pub tenant_id: TenantId,
+    pub workspace_id: WorkspaceId,
+    pub id: BuildId,
+    /// `start`, `stop`, `restart`, `delete`, `recover`, `idle-stop`...
+    pub transition: String,
+    /// Who or what asked: `user:<id>`, `key:<id>`, `system:reconciler`...
+    pub initiator: String,
+    pub reason: Option<String>,
+    pub status: BuildStatus,
+    pub error: Option<String>,
+    /// The launch it concerns (for a start: the new one).
+    pub generation: u64,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuildStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    /// Overtaken by a later request before it finished.
+    Superseded,
+}
+
+text_enum!(BuildStatus {
+    Pending => "pending",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Superseded => "superseded",
+});
 
 #[async_trait]
 pub trait WorkspaceStore: Send + Sync {
@@ -35,6 +243,87 @@ pub trait WorkspaceStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Workspace>, StoreError>;
 
+    /// Records what is desired and the build that asks for it, together; pending builds
+    /// of the workspace are superseded. `None` if there is no such workspace.
+    async fn request(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        desired: Desired,
+        build: &Build,
+    ) -> Result<Option<Workspace>, StoreError>;
+
+    /// Leases to `holder` until `until` up to `limit` workspaces that need the reconciler
+    /// ([`Lifecycle::needs_work`]), are leased by no one else and are due at `now`. On
+    /// PostgreSQL rows another replica is locking are skipped, never waited for.
+    async fn lease_due(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Workspace>, StoreError>;
+
+    /// Leases one workspace (due or not) when no one else holds it: the health checker and
+    /// the agent's nudges act through this. `None` if it is held or gone.
+    async fn lease(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Workspace>, StoreError>;
+
+    /// Writes what the reconciler saw, if `holder` still holds the lease; false if not.
+    async fn observe(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+        observation: &Observation,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease back (no-op if `holder` does not hold it).
+    async fn release(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Closes a pending build.
+    async fn finish_build(
+        &self,
+        tenant: TenantId,
+        workspace: WorkspaceId,
+        build: BuildId,
+        status: BuildStatus,
+        error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Builds of one workspace, newest first, older than `before` when given.
+    async fn list_builds(
+        &self,
+        tenant: TenantId,
+        workspace: WorkspaceId,
+        before: Option<BuildId>,
+        limit: u32,
+    ) -> Result<Vec<Build>, StoreError>;
+
+    /// The agent of the launch `token` reports: `ready`, and its last activity. Makes a
+    /// starting workspace due at once. False when `token` is not the current launch's.
+    async fn agent_report(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        token: &str,
+        ready: bool,
+        activity: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Marks the workspace deleted (its id stays reserved for the records that name it);
     /// false if there was none.
     async fn delete_workspace(
@@ -43,4 +332,9 @@ pub trait WorkspaceStore: Send + Sync {
         id: WorkspaceId,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+}
+
+/// Reads a stored enum's text; anything else is a store error naming it.
+pub(crate) fn stored<T>(raw: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    parse(raw).ok_or_else(|| StoreError::Internal(format!("unexpected value {raw:?} in store")))
 }

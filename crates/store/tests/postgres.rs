@@ -228,6 +228,13 @@ async fn workspaces_conform() {
 }
 
 #[tokio::test]
+async fn orchestration_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::orchestration_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
 async fn audit_conform() {
     let store = ready_store(&fresh_database().await).await;
     common::audit_conform(&store).await;

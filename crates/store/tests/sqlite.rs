@@ -342,6 +342,14 @@ async fn workspaces_conform() {
 }
 
 #[tokio::test]
+async fn orchestration_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::orchestration_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
 async fn audit_conform() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;

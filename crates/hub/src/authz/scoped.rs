@@ -667,11 +667,8 @@ impl<'a> Scoped<'a> {
         self.check(Resource::Workspace, Action::Create, target)
             .await?;
         let workspace = Workspace {
-            tenant_id: self.tenant(),
             id,
-            name,
-            owner_id: self.p.user_id,
-            created_at: self.now(),
+            ..Workspace::new(self.tenant(), name, self.p.user_id, self.now())
         };
         self.gate
             .store
@@ -791,11 +788,13 @@ impl<'a> Scoped<'a> {
         };
         self.check(Resource::Logs, Action::Create, target).await?;
         let workspace = Workspace {
-            tenant_id: self.tenant(),
             id,
-            name: DEFAULT_WORKSPACE.to_string(),
-            owner_id: self.p.user_id,
-            created_at: self.now(),
+            ..Workspace::new(
+                self.tenant(),
+                DEFAULT_WORKSPACE.to_string(),
+                self.p.user_id,
+                self.now(),
+            )
         };
         match self
             .gate

@@ -1,39 +1,336 @@
 use super::PgStore;
 use super::rows::{PgRowExt, map_rows};
 use crate::StoreError;
-use crate::workspaces::{Workspace, WorkspaceStore};
+use crate::workspaces::{
+    Build, BuildStatus, Desired, Lifecycle, Observation, Status, Workspace, WorkspaceStore, stored,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use coditect_proto::{TenantId, UserId, WorkspaceId};
+use coditect_proto::{BuildId, TemplateId, TenantId, UserId, WorkspaceId};
 use tokio_postgres::Row;
+use uuid::Uuid;
 
-const COLUMNS: &str = "tenant_id, workspace_id, name, owner_id, created_at";
+const COLUMNS: &str = "tenant_id, workspace_id, name, owner_id, created_at, template_id, spec,
+    cpu_millis, memory_mb, desired, status, status_reason, status_at, generation, instance_token,
+    attempts, next_attempt_at, ready_at, seen_at, activity_at, state_version";
+
+/// The reconciler's condition, as in `Lifecycle::needs_work`.
+const NEEDS_WORK: &str = "deleted_at IS NULL
+    AND (desired <> status OR status IN ('pending', 'starting', 'stopping', 'deleting'))";
 
 fn workspace_from_row(row: &Row) -> Result<Workspace, StoreError> {
+    let int = |i: usize| -> Result<u64, StoreError> {
+        let v: i64 = row.col(i)?;
+        u64::try_from(v).map_err(|_| StoreError::Internal(format!("column {i}: negative")))
+    };
     Ok(Workspace {
         tenant_id: TenantId::from_uuid(row.col(0)?),
         id: WorkspaceId::from_uuid(row.col(1)?),
         name: row.col(2)?,
         owner_id: UserId::from_uuid(row.col(3)?),
         created_at: row.col(4)?,
+        template_id: row.col::<Option<Uuid>>(5)?.map(TemplateId::from_uuid),
+        spec: row.col(6)?,
+        cpu_millis: u32::try_from(int(7)?).unwrap_or(u32::MAX),
+        memory_mb: int(8)?,
+        lifecycle: Lifecycle {
+            desired: stored(row.col(9)?, Desired::parse)?,
+            status: stored(row.col(10)?, Status::parse)?,
+            status_reason: row.col(11)?,
+            status_at: row.col(12)?,
+            generation: int(13)?,
+            instance_token: row.col(14)?,
+            attempts: u32::try_from(row.col::<i32>(15)?).unwrap_or(0),
+            next_attempt_at: row.col(16)?,
+            ready_at: row.col(17)?,
+            seen_at: row.col(18)?,
+            activity_at: row.col(19)?,
+            state_version: int(20)?,
+        },
     })
+}
+
+const BUILD_COLUMNS: &str = "tenant_id, workspace_id, build_id, transition, initiator, reason,
+    status, error, generation, created_at, finished_at";
+
+fn build_from_row(row: &Row) -> Result<Build, StoreError> {
+    let generation: i64 = row.col(8)?;
+    Ok(Build {
+        tenant_id: TenantId::from_uuid(row.col(0)?),
+        workspace_id: WorkspaceId::from_uuid(row.col(1)?),
+        id: BuildId::from_uuid(row.col(2)?),
+        transition: row.col(3)?,
+        initiator: row.col(4)?,
+        reason: row.col(5)?,
+        status: stored(row.col(6)?, BuildStatus::parse)?,
+        error: row.col(7)?,
+        generation: u64::try_from(generation).unwrap_or(0),
+        created_at: row.col(9)?,
+        finished_at: row.col(10)?,
+    })
+}
+
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
 impl WorkspaceStore for PgStore {
     async fn create_workspace(&self, w: &Workspace) -> Result<(), StoreError> {
+        let l = &w.lifecycle;
         self.execute(
-            &format!("INSERT INTO workspaces ({COLUMNS}) VALUES ($1, $2, $3, $4, $5)"),
+            &format!(
+                "INSERT INTO workspaces ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+            ),
             &[
                 &w.tenant_id.as_uuid(),
                 &w.id.as_uuid(),
                 &w.name,
                 &w.owner_id.as_uuid(),
                 &w.created_at,
+                &w.template_id.map(|t| t.as_uuid()),
+                &w.spec,
+                &i64::from(w.cpu_millis),
+                &big(w.memory_mb),
+                &l.desired.as_str(),
+                &l.status.as_str(),
+                &l.status_reason,
+                &l.status_at,
+                &big(l.generation),
+                &l.instance_token,
+                &i32::try_from(l.attempts).unwrap_or(i32::MAX),
+                &l.next_attempt_at,
+                &l.ready_at,
+                &l.seen_at,
+                &l.activity_at,
+                &big(l.state_version),
             ],
         )
         .await
         .map(|_| ())
+    }
+
+    async fn request(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        desired: Desired,
+        build: &Build,
+    ) -> Result<Option<Workspace>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE workspaces SET desired = $3, attempts = 0, next_attempt_at = NULL
+                     WHERE tenant_id = $1 AND workspace_id = $2 AND deleted_at IS NULL
+                     RETURNING {COLUMNS}"
+                ),
+                &[&tenant.as_uuid(), &id.as_uuid(), &desired.as_str()],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE workspace_builds SET status = 'superseded', finished_at = $3
+             WHERE tenant_id = $1 AND workspace_id = $2 AND status = 'pending'",
+            &[&tenant.as_uuid(), &id.as_uuid(), &build.created_at],
+        )
+        .await?;
+        tx.execute(
+            &format!(
+                "INSERT INTO workspace_builds ({BUILD_COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ),
+            &[
+                &tenant.as_uuid(),
+                &id.as_uuid(),
+                &build.id.as_uuid(),
+                &build.transition,
+                &build.initiator,
+                &build.reason,
+                &build.status.as_str(),
+                &build.error,
+                &big(build.generation),
+                &build.created_at,
+                &build.finished_at,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        workspace_from_row(&row).map(Some)
+    }
+
+    async fn lease_due(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Workspace>, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "UPDATE workspaces SET lease_holder = $1, lease_until = $3
+                     WHERE (tenant_id, workspace_id) IN (
+                         SELECT tenant_id, workspace_id FROM workspaces
+                         WHERE {NEEDS_WORK}
+                           AND (lease_until IS NULL OR lease_until < $2 OR lease_holder = $1)
+                           AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+                         ORDER BY next_attempt_at NULLS FIRST
+                         LIMIT $4
+                         FOR UPDATE SKIP LOCKED)
+                     RETURNING {COLUMNS}"
+                ),
+                &[&holder, &now, &until, &i64::from(limit)],
+            )
+            .await?;
+        map_rows(&rows, workspace_from_row)
+    }
+
+    async fn lease(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Workspace>, StoreError> {
+        self.query_opt(
+            &format!(
+                "UPDATE workspaces SET lease_holder = $3, lease_until = $5
+                 WHERE tenant_id = $1 AND workspace_id = $2 AND deleted_at IS NULL
+                   AND (lease_until IS NULL OR lease_until < $4 OR lease_holder = $3)
+                 RETURNING {COLUMNS}"
+            ),
+            &[&tenant.as_uuid(), &id.as_uuid(), &holder, &now, &until],
+        )
+        .await?
+        .as_ref()
+        .map(workspace_from_row)
+        .transpose()
+    }
+
+    async fn observe(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+        o: &Observation,
+    ) -> Result<bool, StoreError> {
+        let changed = self
+            .execute(
+                "UPDATE workspaces SET status = $4, status_reason = $5, status_at = $6,
+                     generation = $7, instance_token = $8, attempts = $9, next_attempt_at = $10,
+                     ready_at = CASE WHEN $11 THEN NULL ELSE ready_at END
+                 WHERE tenant_id = $1 AND workspace_id = $2 AND lease_holder = $3",
+                &[
+                    &tenant.as_uuid(),
+                    &id.as_uuid(),
+                    &holder,
+                    &o.status.as_str(),
+                    &o.reason,
+                    &o.at,
+                    &big(o.generation),
+                    &o.instance_token,
+                    &i32::try_from(o.attempts).unwrap_or(i32::MAX),
+                    &o.next_attempt_at,
+                    &o.reset_ready,
+                ],
+            )
+            .await?;
+        Ok(changed > 0)
+    }
+
+    async fn release(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE workspaces SET lease_holder = NULL, lease_until = NULL
+             WHERE tenant_id = $1 AND workspace_id = $2 AND lease_holder = $3",
+            &[&tenant.as_uuid(), &id.as_uuid(), &holder],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn finish_build(
+        &self,
+        tenant: TenantId,
+        workspace: WorkspaceId,
+        build: BuildId,
+        status: BuildStatus,
+        error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE workspace_builds SET status = $4, error = $5, finished_at = $6
+             WHERE tenant_id = $1 AND workspace_id = $2 AND build_id = $3 AND status = 'pending'",
+            &[
+                &tenant.as_uuid(),
+                &workspace.as_uuid(),
+                &build.as_uuid(),
+                &status.as_str(),
+                &error,
+                &at,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_builds(
+        &self,
+        tenant: TenantId,
+        workspace: WorkspaceId,
+        before: Option<BuildId>,
+        limit: u32,
+    ) -> Result<Vec<Build>, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {BUILD_COLUMNS} FROM workspace_builds
+                     WHERE tenant_id = $1 AND workspace_id = $2
+                       AND ($3::uuid IS NULL OR build_id < $3)
+                     ORDER BY build_id DESC LIMIT $4"
+                ),
+                &[
+                    &tenant.as_uuid(),
+                    &workspace.as_uuid(),
+                    &before.map(|b| b.as_uuid()),
+                    &i64::from(limit),
+                ],
+            )
+            .await?;
+        map_rows(&rows, build_from_row)
+    }
+
+    async fn agent_report(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        token: &str,
+        ready: bool,
+        activity: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let changed = self
+            .execute(
+                "UPDATE workspaces SET seen_at = $5,
+                     ready_at = CASE WHEN $4 THEN COALESCE(ready_at, $5) ELSE ready_at END,
+                     activity_at = GREATEST(activity_at, $6),
+                     next_attempt_at = CASE WHEN status = 'starting' THEN NULL ELSE next_attempt_at END
+                 WHERE tenant_id = $1 AND workspace_id = $2 AND instance_token = $3
+                   AND deleted_at IS NULL",
+                &[&tenant.as_uuid(), &id.as_uuid(), &token, &ready, &at, &activity],
+            )
+            .await?;
+        Ok(changed > 0)
     }
 
     async fn get_workspace(

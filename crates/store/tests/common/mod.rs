@@ -65,10 +65,13 @@ pub async fn tenants_paginate_in_id_order(store: &dyn TenantStore) {
 }
 
 use chrono::{Duration, Utc};
-use coditect_proto::{AuditId, Email, Role, SessionId, SessionStatus, UserId, WorkspaceId};
+use coditect_proto::{
+    AuditId, BuildId, Email, Role, SessionId, SessionStatus, UserId, WorkspaceId,
+};
 use coditect_store::{
-    ApiKey, ApiKeyStore, AuditQuery, AuditRecord, AuditStore, PublicKeyRecord, RefreshOutcome,
-    Session, SessionStore, SigningKeyStore, User, UserStore, UserUpdate, Workspace, WorkspaceStore,
+    ApiKey, ApiKeyStore, AuditQuery, AuditRecord, AuditStore, Build, BuildStatus, Desired,
+    Lifecycle, Observation, PublicKeyRecord, RefreshOutcome, Session, SessionStore,
+    SigningKeyStore, Status, User, UserStore, UserUpdate, Workspace, WorkspaceStore,
 };
 
 /// Every domain, as the conformance checks need them.
@@ -503,13 +506,8 @@ pub async fn workspaces_conform(store: &dyn Engine) {
         store.create_user(u).await.unwrap();
     }
     let now = coditect_store::now();
-    let ws = |t: &Tenant, owner: &User, name: &str| Workspace {
-        tenant_id: t.id,
-        id: WorkspaceId::new(),
-        name: name.into(),
-        owner_id: owner.id,
-        created_at: now,
-    };
+    let ws =
+        |t: &Tenant, owner: &User, name: &str| Workspace::new(t.id, name.into(), owner.id, now);
     let w1 = ws(&a, &ua, "api");
     store.create_workspace(&w1).await.unwrap();
     assert!(matches!(
@@ -555,6 +553,281 @@ pub async fn workspaces_conform(store: &dyn Engine) {
         .create_workspace(&ws(&a, &ua, "api"))
         .await
         .expect("a deleted name is free again");
+}
+
+fn build(w: &Workspace, transition: &str, at: chrono::DateTime<Utc>) -> Build {
+    Build {
+        tenant_id: w.tenant_id,
+        workspace_id: w.id,
+        id: BuildId::new(),
+        transition: transition.into(),
+        initiator: "user:test".into(),
+        reason: None,
+        status: BuildStatus::Pending,
+        error: None,
+        generation: w.lifecycle.generation,
+        created_at: at,
+        finished_at: None,
+    }
+}
+
+fn observation(
+    status: Status,
+    generation: u64,
+    token: &str,
+    at: chrono::DateTime<Utc>,
+) -> Observation {
+    Observation {
+        status,
+        reason: None,
+        generation,
+        instance_token: Some(token.into()),
+        attempts: 0,
+        next_attempt_at: None,
+        reset_ready: false,
+        at,
+    }
+}
+
+/// Desired vs observed, builds, leases and the agent's reports.
+pub async fn orchestration_conform(store: &dyn Engine) {
+    let t = tenant(store).await;
+    let owner = user_in(&t, Role::Member);
+    store.create_user(&owner).await.unwrap();
+    let now = coditect_store::now();
+    let later = |s: i64| now + Duration::seconds(s);
+    let w = Workspace::new(t.id, "orchestrated".into(), owner.id, now);
+    store.create_workspace(&w).await.unwrap();
+    let idle = Workspace::new(t.id, "idle".into(), owner.id, now);
+    store.create_workspace(&idle).await.unwrap();
+    assert_eq!(
+        store.get_workspace(t.id, w.id).await.unwrap().unwrap(),
+        w,
+        "round trip"
+    );
+    assert!(
+        store
+            .lease_due("a", now, later(30), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "stopped and meant to be: nothing to do"
+    );
+
+    // A request records the desire and its build; a second one supersedes the first.
+    let start = build(&w, "start", now);
+    let asked = store
+        .request(t.id, w.id, Desired::Running, &start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(asked.lifecycle.desired, Desired::Running);
+    assert!(asked.lifecycle.needs_work());
+    let stop = build(&w, "stop", later(1));
+    store
+        .request(t.id, w.id, Desired::Stopped, &stop)
+        .await
+        .unwrap();
+    let again = build(&w, "start", later(2));
+    store
+        .request(t.id, w.id, Desired::Running, &again)
+        .await
+        .unwrap();
+    let builds = store.list_builds(t.id, w.id, None, 10).await.unwrap();
+    let statuses: Vec<_> = builds
+        .iter()
+        .map(|b| (b.transition.as_str(), b.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("start", BuildStatus::Pending),
+            ("stop", BuildStatus::Superseded),
+            ("start", BuildStatus::Superseded)
+        ]
+    );
+    assert_eq!(
+        store
+            .list_builds(t.id, w.id, Some(builds[1].id), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .request(t.id, WorkspaceId::new(), Desired::Running, &again)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // One holder at a time; an expired lease can be taken over.
+    let (a, b) = tokio::join!(
+        store.lease_due("a", now, later(30), 10),
+        store.lease_due("b", now, later(30), 10)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.len() + b.len(),
+        1,
+        "exactly one replica got it: {a:?} {b:?}"
+    );
+    let (holder, other) = if a.is_empty() { ("b", "a") } else { ("a", "b") };
+    assert!(
+        store
+            .lease(t.id, w.id, other, later(1), later(31))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .lease_due(holder, later(1), later(31), 10)
+            .await
+            .unwrap()
+            .len()
+            == 1,
+        "renewable by its holder"
+    );
+
+    // Only the holder writes what it saw.
+    let seen = observation(Status::Starting, 1, "tok-1", later(2));
+    assert!(!store.observe(t.id, w.id, other, &seen).await.unwrap());
+    assert!(store.observe(t.id, w.id, holder, &seen).await.unwrap());
+    let starting = store
+        .get_workspace(t.id, w.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .lifecycle;
+    assert_eq!(
+        (starting.status, starting.generation),
+        (Status::Starting, 1)
+    );
+    assert_eq!(starting.instance_token.as_deref(), Some("tok-1"));
+    store
+        .finish_build(t.id, w.id, again.id, BuildStatus::Succeeded, None, later(3))
+        .await
+        .unwrap();
+    store
+        .finish_build(
+            t.id,
+            w.id,
+            again.id,
+            BuildStatus::Failed,
+            Some("late"),
+            later(4),
+        )
+        .await
+        .unwrap();
+    let done = &store.list_builds(t.id, w.id, None, 1).await.unwrap()[0];
+    assert_eq!(
+        (done.status, done.error.as_deref()),
+        (BuildStatus::Succeeded, None),
+        "closed once"
+    );
+    store.release(t.id, w.id, holder).await.unwrap();
+    assert!(
+        store
+            .lease(t.id, w.id, other, later(3), later(33))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.release(t.id, w.id, other).await.unwrap();
+
+    // Back-off: not due before its next attempt.
+    let mut waiting = observation(Status::Starting, 1, "tok-1", later(3));
+    waiting.next_attempt_at = Some(later(60));
+    store
+        .lease(t.id, w.id, "a", later(3), later(4))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.observe(t.id, w.id, "a", &waiting).await.unwrap());
+    store.release(t.id, w.id, "a").await.unwrap();
+    assert!(
+        store
+            .lease_due("a", later(5), later(35), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The agent of the current launch: ready makes it due at once; an old token is ignored.
+    assert!(
+        !store
+            .agent_report(t.id, w.id, "tok-0", true, None, later(6))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .agent_report(t.id, w.id, "tok-1", true, Some(later(5)), later(6))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .agent_report(t.id, w.id, "tok-1", false, Some(later(4)), later(7))
+            .await
+            .unwrap()
+    );
+    let reported = store
+        .get_workspace(t.id, w.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .lifecycle;
+    assert_eq!(reported.ready_at, Some(later(6)), "the first ready counts");
+    assert_eq!(reported.seen_at, Some(later(7)));
+    assert_eq!(
+        reported.activity_at,
+        Some(later(5)),
+        "activity never goes back"
+    );
+    let due = store.lease_due("a", later(8), later(38), 10).await.unwrap();
+    assert_eq!(due.iter().map(|d| d.id).collect::<Vec<_>>(), [w.id]);
+    let mut relaunch = observation(Status::Starting, 2, "tok-2", later(8));
+    relaunch.reset_ready = true;
+    assert!(store.observe(t.id, w.id, "a", &relaunch).await.unwrap());
+    let relaunched = store
+        .get_workspace(t.id, w.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .lifecycle;
+    assert_eq!((relaunched.ready_at, relaunched.generation), (None, 2));
+    assert!(
+        store
+            .observe(
+                t.id,
+                w.id,
+                "a",
+                &observation(Status::Running, 2, "tok-2", later(9))
+            )
+            .await
+            .unwrap()
+    );
+    store.release(t.id, w.id, "a").await.unwrap();
+    assert!(
+        store
+            .lease_due("a", later(10), later(40), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "running as desired"
+    );
+    assert_eq!(
+        store
+            .get_workspace(t.id, idle.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .lifecycle,
+        Lifecycle::default()
+    );
 }
 
 pub fn audit_record(tenant: TenantId, action: &str, actor: &str) -> AuditRecord {
