@@ -4,6 +4,9 @@
 //!   own machine (or, when asked explicitly, no sandbox at all);
 //! - [`docker`]: one container per workspace through the Docker Engine API.
 //!
+//! Beside them, what a workspace is made from: [`template::TemplateSpec`] (checked once,
+//! when written) and [`devcontainer`], which reads a repository's `devcontainer.json` into one.
+//!
 //! Invariants: nothing here knows HTTP or the store. A driver knows a workspace only by
 //! its [`InstanceRef`] and finds what it created by its *labels* (container labels, the
 //! environment of a sandbox's outer process), never by memory alone, so a hub restarted
@@ -15,9 +18,11 @@
 //! persistent, the agent (`codi-monitor agent`) is the first process, and it learns where
 //! it is from the environment variables named in [`agent_env`].
 
+pub mod devcontainer;
 pub mod docker;
 pub mod process;
 mod procfs;
+pub mod template;
 
 use async_trait::async_trait;
 use coditect_proto::{Secret, TenantId, WorkspaceId};
