@@ -338,3 +338,23 @@ pub trait WorkspaceStore: Send + Sync {
 pub(crate) fn stored<T>(raw: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
     parse(raw).ok_or_else(|| StoreError::Internal(format!("unexpected value {raw:?} in store")))
 }
+
+/// SQL both engines share word for word, so the two cannot drift apart.
+pub(crate) mod sql {
+    pub const COLUMNS: &str = "tenant_id, workspace_id, name, owner_id, created_at, template_id,
+        spec, cpu_millis, memory_mb, desired, status, status_reason, status_at, generation,
+        instance_token, attempts, next_attempt_at, ready_at, seen_at, activity_at, state_version";
+
+    /// The reconciler's condition: [`super::Lifecycle::needs_work`] in SQL (and the
+    /// `workspaces_due` index's predicate).
+    pub const NEEDS_WORK: &str = "deleted_at IS NULL
+        AND (desired <> status OR status IN ('pending', 'starting', 'stopping', 'deleting'))";
+
+    pub const BUILD_COLUMNS: &str = "tenant_id, workspace_id, build_id, transition, initiator,
+        reason, status, error, generation, created_at, finished_at";
+
+    /// A count as both engines store it (signed 64 bits).
+    pub fn big(v: u64) -> i64 {
+        i64::try_from(v).unwrap_or(i64::MAX)
+    }
+}

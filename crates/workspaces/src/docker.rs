@@ -123,31 +123,7 @@ impl DockerRuntime {
     }
 
     fn write_key(&self, spec: &Spec) -> Result<PathBuf, RuntimeError> {
-        use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        let dir = self.key_dir(spec.instance);
-        let io =
-            |e: std::io::Error| RuntimeError::Failed(format!("cannot write the agent key: {e}"));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io)?;
-        let path = dir.join("agent-key");
-        let tmp = dir.join("agent-key.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        // Readable by the container's user: the directory (0700) keeps it from the host's.
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o444)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(spec.agent.key.expose().as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        Ok(path)
+        crate::write_agent_key(&self.key_dir(spec.instance), &spec.agent.key)
     }
 
     async fn ensure_network(&self, docker: &Docker, spec: &Spec) -> Result<String, RuntimeError> {

@@ -263,3 +263,33 @@ pub trait Runtime: Send + Sync + 'static {
     /// (memory as address space, processes; cpu not enforced)").
     fn limits(&self) -> String;
 }
+
+/// Writes the agent's key to `dir/agent-key` (dir 0700, file 0444: readable by the
+/// workspace's user through its mount, by no one else on the host), atomically.
+pub(crate) fn write_agent_key(
+    dir: &std::path::Path,
+    key: &Secret,
+) -> Result<PathBuf, RuntimeError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |e: std::io::Error| RuntimeError::Failed(format!("cannot write the agent key: {e}"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let path = dir.join("agent-key");
+    let tmp = dir.join("agent-key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(key.expose().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(path)
+}

@@ -182,28 +182,8 @@ impl ProcessRuntime {
     }
 
     fn write_key(&self, spec: &Spec) -> Result<PathBuf, RuntimeError> {
-        use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = self.dir(spec.instance.workspace).join("secrets");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| failed("create the secrets directory", e))?;
-        let path = dir.join("agent-key");
-        let tmp = dir.join("agent-key.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o444)
-            .open(&tmp)
-            .map_err(|e| failed("write the agent key", e))?;
-        f.write_all(spec.agent.key.expose().as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| failed("write the agent key", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| failed("write the agent key", e))?;
-        Ok(path)
+        crate::write_agent_key(&dir, &spec.agent.key)
     }
 
     fn command(&self, spec: &Spec, key_file: &Path) -> Command {

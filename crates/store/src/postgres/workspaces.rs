@@ -1,6 +1,7 @@
 use super::PgStore;
 use super::rows::{PgRowExt, map_rows};
 use crate::StoreError;
+use crate::workspaces::sql::{BUILD_COLUMNS, COLUMNS, NEEDS_WORK, big};
 use crate::workspaces::{
     Build, BuildStatus, Desired, Lifecycle, Observation, Status, Workspace, WorkspaceStore, stored,
 };
@@ -9,14 +10,6 @@ use chrono::{DateTime, Utc};
 use coditect_proto::{BuildId, TemplateId, TenantId, UserId, WorkspaceId};
 use tokio_postgres::Row;
 use uuid::Uuid;
-
-const COLUMNS: &str = "tenant_id, workspace_id, name, owner_id, created_at, template_id, spec,
-    cpu_millis, memory_mb, desired, status, status_reason, status_at, generation, instance_token,
-    attempts, next_attempt_at, ready_at, seen_at, activity_at, state_version";
-
-/// The reconciler's condition, as in `Lifecycle::needs_work`.
-const NEEDS_WORK: &str = "deleted_at IS NULL
-    AND (desired <> status OR status IN ('pending', 'starting', 'stopping', 'deleting'))";
 
 fn workspace_from_row(row: &Row) -> Result<Workspace, StoreError> {
     let int = |i: usize| -> Result<u64, StoreError> {
@@ -50,9 +43,6 @@ fn workspace_from_row(row: &Row) -> Result<Workspace, StoreError> {
     })
 }
 
-const BUILD_COLUMNS: &str = "tenant_id, workspace_id, build_id, transition, initiator, reason,
-    status, error, generation, created_at, finished_at";
-
 fn build_from_row(row: &Row) -> Result<Build, StoreError> {
     let generation: i64 = row.col(8)?;
     Ok(Build {
@@ -68,10 +58,6 @@ fn build_from_row(row: &Row) -> Result<Build, StoreError> {
         created_at: row.col(9)?,
         finished_at: row.col(10)?,
     })
-}
-
-fn big(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
