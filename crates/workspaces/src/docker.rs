@@ -196,10 +196,7 @@ impl DockerRuntime {
             .as_ref()
             .and_then(|c| c.labels.clone())
             .unwrap_or_default();
-        let generation = labels
-            .get(labels::GENERATION)
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(0);
+        let generation = generation_of(&labels);
         let state = found.state.unwrap_or_default();
         let phase = if state.running == Some(true) {
             Phase::Running
@@ -313,6 +310,14 @@ impl DockerRuntime {
             Err(e) => Err(self.error(e, "remove the container")),
         }
     }
+}
+
+/// The launch a container belongs to, from its label (0 when unlabelled).
+fn generation_of(labels: &HashMap<String, String>) -> u64 {
+    labels
+        .get(labels::GENERATION)
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
 }
 
 fn status(e: &DockerError) -> Option<u16> {
@@ -439,10 +444,7 @@ impl Runtime for DockerRuntime {
                 })
             })();
             let Some(instance) = parsed else { continue };
-            let generation = labels
-                .get(labels::GENERATION)
-                .and_then(|g| g.parse().ok())
-                .unwrap_or(0);
+            let generation = generation_of(&labels);
             let running = c
                 .state
                 .is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING);

@@ -42,6 +42,8 @@ const ENV_TENANT: &str = "CODITECT_RUNTIME_TENANT";
 const ENV_WORKSPACE: &str = "CODITECT_RUNTIME_WORKSPACE";
 const ENV_GENERATION: &str = "CODITECT_RUNTIME_GENERATION";
 
+/// `PATH` of the sandbox's outer process (and, with `/opt/coditect/bin`, of the inside).
+const HOST_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Where the agent binary is inside the sandbox.
 const AGENT_INSIDE: &str = "/opt/coditect/bin/codi-monitor";
 /// Files of `/etc` the sandbox must not read (it is uid 0 outside when the hub is root).
@@ -196,41 +198,36 @@ impl ProcessRuntime {
             argv.extend(limits);
             argv.push("--".into());
         }
-        let env = match &self.config.sandbox {
+        // The outer process's environment: the labels, and (without a sandbox) the agent's.
+        let mut env = vec![("PATH".to_string(), HOST_PATH.to_string())];
+        match &self.config.sandbox {
             Sandbox::Bubblewrap(bwrap) => {
                 let socket = format!("{}/{}", inside::HUB_DIR, spec.agent.hub_socket_name);
                 argv.push(bwrap.display().to_string());
                 argv.extend(bwrap_args(spec, &home, key_file, &self.config.agent_binary));
-                let mut env = agent_env(spec, &socket, inside::KEY_FILE, inside::HOME);
-                env.push((
-                    "PATH".into(),
-                    "/usr/local/bin:/usr/bin:/bin:/opt/coditect/bin".into(),
-                ));
+                let mut inner = agent_env(spec, &socket, inside::KEY_FILE, inside::HOME);
+                inner.push(("PATH".into(), format!("{HOST_PATH}:/opt/coditect/bin")));
                 argv.push("--clearenv".into());
-                for (k, v) in env {
+                for (k, v) in inner {
                     argv.extend(["--setenv".into(), k, v]);
                 }
                 argv.extend(["--".into(), AGENT_INSIDE.into(), "agent".into()]);
-                Vec::new()
             }
             Sandbox::None => {
                 argv.push(self.config.agent_binary.display().to_string());
                 argv.push("agent".into());
-                let mut env = agent_env(
+                env.extend(agent_env(
                     spec,
                     &socket_host.display().to_string(),
                     &key_file.display().to_string(),
                     &home.display().to_string(),
-                );
-                env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
-                env
+                ));
             }
-        };
+        }
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .env_clear()
             .envs(env)
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env(ENV_SCOPE, self.config.scope.as_str())
             .env(ENV_TENANT, spec.instance.tenant.to_string())
             .env(ENV_WORKSPACE, spec.instance.workspace.to_string())
@@ -242,45 +239,43 @@ impl ProcessRuntime {
             .kill_on_drop(false);
         cmd
     }
+}
 
-    /// Signals the sandbox to stop, kills it after `grace`, and waits until it is gone.
-    fn terminate(&self, pid: i32, grace: Duration) {
-        let sandboxed = matches!(self.config.sandbox, Sandbox::Bubblewrap(_));
-        // Inside bubblewrap, the namespace's init is the outer process's child; every
-        // process of that namespace but the init (which ignores SIGTERM) is asked first.
-        let init = sandboxed
-            .then(|| procfs::children(pid).first().copied())
-            .flatten();
-        let ns = init.and_then(procfs::pid_namespace);
-        let polite = || match (&ns, init) {
-            (Some(ns), Some(init)) => {
-                for p in procfs::in_namespace(ns) {
-                    if p != init {
-                        let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
-                    }
+/// Signals the sandbox to stop, kills it after `grace`, and waits until it is gone.
+fn terminate(pid: i32, sandboxed: bool, grace: Duration) {
+    // Inside bubblewrap, the namespace's init is the outer process's child; every
+    // process of that namespace but the init (which ignores SIGTERM) is asked first.
+    let init = sandboxed
+        .then(|| procfs::children(pid).first().copied())
+        .flatten();
+    let ns = init.and_then(procfs::pid_namespace);
+    match (&ns, init) {
+        (Some(ns), Some(init)) => {
+            for p in procfs::in_namespace(ns) {
+                if p != init {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
                 }
             }
-            _ => {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-        };
-        polite();
-        let deadline = Instant::now() + grace;
-        while procfs::alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
         }
-        if procfs::alive(pid) {
-            if let Some(init) = init {
-                // Killing a PID namespace's init kills everything in it.
-                let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
-            }
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        _ => {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while procfs::alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + grace;
+    while procfs::alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if procfs::alive(pid) {
+        if let Some(init) = init {
+            // Killing a PID namespace's init kills everything in it.
+            let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
         }
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while procfs::alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -419,11 +414,8 @@ impl Runtime for ProcessRuntime {
         let Some((pid, _)) = self.find_one(instance.workspace) else {
             return Ok(());
         };
-        let this = ProcessRuntime {
-            config: self.config.clone(),
-            exits: self.exits.clone(),
-        };
-        tokio::task::spawn_blocking(move || this.terminate(pid, grace))
+        let sandboxed = matches!(self.config.sandbox, Sandbox::Bubblewrap(_));
+        tokio::task::spawn_blocking(move || terminate(pid, sandboxed, grace))
             .await
             .map_err(|e| RuntimeError::Failed(format!("stopping the sandbox: {e}")))
     }

@@ -77,13 +77,21 @@ pub fn from_object<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result
             .unwrap_or_default();
         ApiError::bad_request(format!("{kind} {what}: {at}{e}"))
     };
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        failed(e.into_inner(), Some(path))
-    })?;
-    de.end().map_err(|e| failed(e, None))?;
-    Ok(value)
+    // The plain parse is the hot path (log batches); only a refused body is parsed again,
+    // tracking the path, to name the field at fault.
+    serde_json::from_slice(body).map_err(|e| {
+        if e.classify() != serde_json::error::Category::Data {
+            return failed(e, None);
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(traced) => {
+                let path = traced.path().to_string();
+                failed(traced.into_inner(), Some(path))
+            }
+            Ok(_) => failed(e, None),
+        }
+    })
 }
 
 /// axum's texts read "Failed to parse the request body as JSON: <reason>"; keep the reason.
