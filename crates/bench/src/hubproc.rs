@@ -117,7 +117,7 @@ impl HubProc {
         let ws: serde_json::Value = client
             .post(format!("{}/api/v1/workspaces", self.base))
             .bearer_auth(&token)
-            .json(&serde_json::json!({"name": "bench"}))
+            .json(&serde_json::json!({"name": "bench", "start": false}))
             .send()
             .await?
             .json()

@@ -54,6 +54,7 @@ pub fn http_client() -> Result<reqwest::Client> {
         concat!("codi2/", env!("CARGO_PKG_VERSION")),
         Duration::from_secs(10),
         Duration::from_secs(60),
+        None,
     )
     .map_err(|e| CliError::failure(format!("cannot set up HTTP: {}", root_cause(&e))))
 }

@@ -443,6 +443,97 @@ pub const SETTINGS: &[Setting] = &[
         Some("member"),
         "Role of accounts created on first SSO login: member or viewer",
     ),
+    setting(
+        "workspace_runtime",
+        "workspace-runtime",
+        "CODITECT_WORKSPACE_RUNTIME",
+        Some("process"),
+        "Runtime of the built-in workspace template: process, docker or kubernetes",
+    ),
+    setting(
+        "workspace_sandbox",
+        "workspace-sandbox",
+        "CODITECT_WORKSPACE_SANDBOX",
+        Some("bubblewrap"),
+        "How the process runtime isolates a workspace: bubblewrap, or none (no isolation at all: only for a machine that is itself the sandbox)",
+    ),
+    setting(
+        "workspace_scope",
+        "workspace-scope",
+        "CODITECT_WORKSPACE_SCOPE",
+        Some("default"),
+        "Names this hub installation on its runtimes (labels), so several installations can share one Docker engine or machine",
+    ),
+    setting(
+        "workspace_agent",
+        "workspace-agent",
+        "CODITECT_WORKSPACE_AGENT",
+        None,
+        "The codi-monitor binary the process runtime runs in each workspace [default: next to coditect-hub]",
+    ),
+    setting(
+        "docker_socket",
+        "docker-socket",
+        "CODITECT_DOCKER_SOCKET",
+        Some("/var/run/docker.sock"),
+        "The Docker Engine's API socket (docker runtime)",
+    ),
+    setting(
+        "workspace_image",
+        "workspace-image",
+        "CODITECT_WORKSPACE_IMAGE",
+        Some("coditect-workspace:latest"),
+        "Image of workspaces whose template names none (docker, kubernetes); build it with deploy/workspace/build --tag coditect-workspace:latest",
+    ),
+    setting(
+        "workspace_ready_timeout",
+        "workspace-ready-timeout",
+        "CODITECT_WORKSPACE_READY_TIMEOUT",
+        Some("60s"),
+        "A starting workspace whose agent has not said ready within this long has failed",
+    ),
+    setting(
+        "workspace_agent_timeout",
+        "workspace-agent-timeout",
+        "CODITECT_WORKSPACE_AGENT_TIMEOUT",
+        Some("30s"),
+        "A running workspace whose agent has not reported for this long has failed (and is relaunched)",
+    ),
+    setting(
+        "workspace_runtime_timeout",
+        "workspace-runtime-timeout",
+        "CODITECT_WORKSPACE_RUNTIME_TIMEOUT",
+        Some("60s"),
+        "Longest wait for one runtime call (create, start, stop...) before it counts as failed",
+    ),
+    setting(
+        "workspace_stop_grace",
+        "workspace-stop-grace",
+        "CODITECT_WORKSPACE_STOP_GRACE",
+        Some("10s"),
+        "How long a stopping workspace may take before it is killed",
+    ),
+    setting(
+        "workspace_quota_count",
+        "workspace-quota-count",
+        "CODITECT_WORKSPACE_QUOTA_COUNT",
+        Some("100"),
+        "Most workspaces one tenant may have (0: no limit)",
+    ),
+    setting(
+        "workspace_quota_cpu_millis",
+        "workspace-quota-cpu-millis",
+        "CODITECT_WORKSPACE_QUOTA_CPU_MILLIS",
+        Some("0"),
+        "Most CPU (thousandths) one tenant's running workspaces may ask for together (0: no limit)",
+    ),
+    setting(
+        "workspace_quota_memory_mb",
+        "workspace-quota-memory-mb",
+        "CODITECT_WORKSPACE_QUOTA_MEMORY_MB",
+        Some("0"),
+        "Most memory (MiB) one tenant's running workspaces may ask for together (0: no limit)",
+    ),
 ];
 
 /// Where a value came from, for error messages.
@@ -525,6 +616,7 @@ pub struct Config {
     pub otel: Option<OtelConfig>,
     /// Single sign-on; `None`: no external login.
     pub sso: Option<SsoConfig>,
+    pub workspaces: WorkspacesConfig,
     sources: BTreeMap<&'static str, Source>,
 }
 
@@ -631,6 +723,33 @@ impl OtelConfig {
             service_name,
         }))
     }
+}
+
+/// Workspace orchestration settings.
+#[derive(Debug, Clone)]
+pub struct WorkspacesConfig {
+    /// Runtime of the built-in template.
+    pub runtime: coditect_workspaces::RuntimeKind,
+    /// `false`: `--workspace-sandbox none`, said explicitly.
+    pub sandbox: bool,
+    pub scope: coditect_workspaces::Scope,
+    /// `None`: `codi-monitor` next to the hub's own binary.
+    pub agent: Option<PathBuf>,
+    pub docker_socket: PathBuf,
+    pub image: String,
+    pub ready_timeout: Duration,
+    pub agent_timeout: Duration,
+    pub runtime_timeout: Duration,
+    pub stop_grace: Duration,
+    pub quota: Quota,
+}
+
+/// What one tenant may hold; 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub workspaces: u32,
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
 }
 
 /// Log pipeline settings.
@@ -1120,6 +1239,38 @@ impl Raw {
             },
             otel: OtelConfig::resolve(self.values.get("otel_endpoint").cloned(), env)?,
             sso: self.sso()?,
+            workspaces: WorkspacesConfig {
+                runtime: self.required("workspace_runtime", |s| {
+                    coditect_workspaces::RuntimeKind::parse(s)
+                        .ok_or_else(|| "process, docker or kubernetes".to_string())
+                })?,
+                sandbox: self.required("workspace_sandbox", |s| match s {
+                    "bubblewrap" => Ok(true),
+                    "none" => Ok(false),
+                    _ => Err("bubblewrap or none".to_string()),
+                })?,
+                scope: self.required("workspace_scope", coditect_workspaces::Scope::parse)?,
+                agent: self.parse("workspace_agent", |s| non_empty(s).map(PathBuf::from))?,
+                docker_socket: self.required("docker_socket", |s| non_empty(s).map(PathBuf::from))?,
+                image: self.required("workspace_image", |s| {
+                    coditect_workspaces::template::valid_image(s)
+                        .then(|| s.to_string())
+                        .ok_or_else(|| "an image reference, e.g. coditect-workspace:latest".to_string())
+                })?,
+                ready_timeout: self.required("workspace_ready_timeout", duration(Duration::from_secs(1), HOUR))?,
+                agent_timeout: self.required("workspace_agent_timeout", duration(Duration::from_secs(3), HOUR))?,
+                runtime_timeout: self.required("workspace_runtime_timeout", duration(Duration::from_secs(1), HOUR))?,
+                stop_grace: self.required("workspace_stop_grace", duration(Duration::ZERO, HOUR))?,
+                quota: Quota {
+                    workspaces: self.required("workspace_quota_count", |s| whole(s, 0, 1_000_000))?,
+                    cpu_millis: self.required("workspace_quota_cpu_millis", |s| {
+                        s.parse::<u64>().map_err(|_| "a whole number (0 = no limit)".to_string())
+                    })?,
+                    memory_mb: self.required("workspace_quota_memory_mb", |s| {
+                        s.parse::<u64>().map_err(|_| "a whole number (0 = no limit)".to_string())
+                    })?,
+                },
+            },
             sources: self.values.into_iter().map(|(k, (_, src))| (k, src)).collect(),
         })
     }

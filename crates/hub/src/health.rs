@@ -72,7 +72,8 @@ async fn admin_health(
     )
 )]
 async fn health(State(state): State<AppState>) -> Response {
-    let components = state.gate().system().probe().await;
+    let mut components = state.gate().system().probe().await;
+    components.extend(state.orchestrator().probe().await);
     let status = HealthStatus::of(&components);
     let report = HealthReport {
         status,

@@ -45,6 +45,8 @@ impl StartError {
 pub struct Hub {
     state: AppState,
     listener: TcpListener,
+    /// The Unix socket workspace agents reach the hub through.
+    agent_listener: tokio::net::UnixListener,
     extra: Router<AppState>,
     data_dir_lock: File,
 }
@@ -99,11 +101,40 @@ impl Hub {
                 }
             }
         }
+        let orchestrator = match crate::workspaces::orchestrator::from_config(&config) {
+            Ok(o) => o,
+            Err(e) => {
+                store.close().await;
+                return Err(e);
+            }
+        };
+        let agent_listener = match crate::workspaces::agent::bind(
+            &crate::workspaces::agent::socket_dir(&config.data_dir),
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                store.close().await;
+                return Err(config
+                    .invalid(
+                        "data_dir",
+                        config.data_dir.display().to_string(),
+                        format!("a directory where the workspace agents' socket can be made ({e})"),
+                    )
+                    .into());
+            }
+        };
         let gate = Gate::new(store, clock, config.auth.session_cache_ttl);
-        let state = AppState::new(config, gate, auth, telemetry::metrics::handle());
+        let state = AppState::new(
+            config,
+            gate,
+            auth,
+            telemetry::metrics::handle(),
+            orchestrator,
+        );
         Ok(Hub {
             state,
             listener,
+            agent_listener,
             extra: Router::new(),
             data_dir_lock,
         })
@@ -137,6 +168,7 @@ impl Hub {
         let Hub {
             state,
             listener,
+            agent_listener,
             extra,
             data_dir_lock,
         } = self;
@@ -162,6 +194,8 @@ impl Hub {
             supervise("outbox_replay", &state, replay_outbox),
             supervise("retention", &state, enforce_retention),
             supervise("live_tail", &state, crate::live::hub::run),
+            supervise("reconciler", &state, crate::workspaces::orchestrator::run),
+            supervise("workspace_watch", &state, crate::workspaces::watch::run),
         ];
 
         let (fired, on_fired) = tokio::sync::oneshot::channel::<()>();
@@ -179,7 +213,24 @@ impl Hub {
             max_connections: config.max_connections,
             max_connections_per_ip: config.max_connections_per_ip,
         };
-        let server = crate::http::conn::serve(listener, app, limits, signal);
+        // The agents' socket: the same router; no per-address cap (every peer is local).
+        let (agent_stop, agent_stopped) = tokio::sync::watch::channel(false);
+        let agent_server = tokio::spawn(crate::http::conn::serve(
+            agent_listener,
+            app.clone(),
+            crate::http::conn::Limits {
+                max_connections_per_ip: 0,
+                ..limits
+            },
+            async move {
+                let mut stopped = agent_stopped;
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
+        let server = crate::http::conn::serve(listener, app, limits, async move {
+            signal.await;
+            let _ = agent_stop.send(true);
+        });
         tracing::info!(%addr, "hub listening");
         let mut server = tokio::spawn(server);
 
@@ -201,6 +252,7 @@ impl Hub {
                 Ok(())
             }
         };
+        agent_server.abort();
         for task in background {
             task.abort();
         }

@@ -6,6 +6,7 @@ use crate::authz::Gate;
 use crate::config::Config;
 use crate::live::hub::TailHub;
 use crate::logs::limit::LogsRuntime;
+use crate::workspaces::orchestrator::Orchestrator;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ struct Inner {
     auth: Auth,
     logs: LogsRuntime,
     tail: TailHub,
+    orchestrator: Orchestrator,
     /// Turns true when shutdown begins (live-tail connections close with 1001).
     stopping: watch::Sender<bool>,
     metrics: PrometheusHandle,
@@ -33,7 +35,13 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(config: Config, gate: Gate, auth: Auth, metrics: PrometheusHandle) -> AppState {
+    pub fn new(
+        config: Config,
+        gate: Gate,
+        auth: Auth,
+        metrics: PrometheusHandle,
+        orchestrator: Orchestrator,
+    ) -> AppState {
         let limits = crate::logs::entry::EntryLimits {
             max_past: config.logs.max_past,
             max_future: config.logs.max_future,
@@ -48,6 +56,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 logs,
                 tail: TailHub::default(),
+                orchestrator,
                 stopping: watch::Sender::new(false),
                 config,
                 gate,
@@ -79,6 +88,11 @@ impl AppState {
     /// Live-tail subscribers of this node.
     pub fn tail(&self) -> &TailHub {
         &self.inner.tail
+    }
+
+    /// The workspace orchestrator: runtimes and the reconciler's settings.
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.inner.orchestrator
     }
 
     /// Watches for shutdown: long-lived connections (the live tail) end when it turns true.

@@ -87,7 +87,12 @@ async fn health_reports_every_store_as_healthy(backend: Backend) {
         let names: Vec<&str> = components
             .iter()
             .filter_map(|c| c["name"].as_str())
+            .filter(|n| !n.starts_with("runtime:"))
             .collect();
+        assert!(
+            components.iter().any(|c| c["name"] == "runtime:process"),
+            "the workspace runtimes are components too: {body}"
+        );
         match backend {
             Backend::Sqlite => assert_eq!(names, ["sqlite"]),
             Backend::Postgres => assert_eq!(names, ["sqlite", "postgres", "outbox"]),

@@ -662,7 +662,11 @@ async fn api_keys_are_scoped_by_role_and_workspace(backend: Backend) {
     .await;
     let viewer_key = viewer_key["key"].as_str().unwrap();
     let res = app
-        .post_as("/api/v1/workspaces", viewer_key, json!({"name": "nope"}))
+        .post_as(
+            "/api/v1/workspaces",
+            viewer_key,
+            json!({"name": "nope", "start": false}),
+        )
         .await;
     assert_envelope(res, 403, "ACCESS_DENIED").await;
     assert_eq!(
@@ -675,7 +679,7 @@ async fn api_keys_are_scoped_by_role_and_workspace(backend: Backend) {
         app.post_as(
             "/api/v1/workspaces",
             &admin_tokens.access,
-            json!({"name": "one"}),
+            json!({"name": "one", "start": false}),
         )
         .await,
     )
@@ -684,7 +688,7 @@ async fn api_keys_are_scoped_by_role_and_workspace(backend: Backend) {
         app.post_as(
             "/api/v1/workspaces",
             &admin_tokens.access,
-            json!({"name": "two"}),
+            json!({"name": "two", "start": false}),
         )
         .await,
     )
@@ -879,7 +883,7 @@ async fn disabling_a_user_ends_their_access(backend: Backend) {
         .post_as(
             "/api/v1/workspaces",
             &tokens.access,
-            json!({"name": "viewer-cannot"}),
+            json!({"name": "viewer-cannot", "start": false}),
         )
         .await;
     assert_envelope(res, 403, "ACCESS_DENIED").await;
@@ -1067,7 +1071,7 @@ async fn a_session_can_be_opened_for_a_workspace(backend: Backend) {
         app.post_as(
             "/api/v1/workspaces",
             &admin_tokens.access,
-            json!({"name": "api"}),
+            json!({"name": "api", "start": false}),
         )
         .await,
     )

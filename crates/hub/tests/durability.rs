@@ -108,7 +108,7 @@ async fn acknowledged_entries_survive_sigkill_at_any_moment() {
             let created: Value = client
                 .post(format!("{base}/api/v1/workspaces"))
                 .bearer_auth(&token)
-                .json(&json!({"name": "load"}))
+                .json(&json!({"name": "load", "start": false}))
                 .send()
                 .await
                 .unwrap()
@@ -205,7 +205,7 @@ async fn postgres_stopping_mid_ingest_loses_and_duplicates_nothing() {
         app.post_as(
             "/api/v1/workspaces",
             &tokens.access,
-            json!({"name": "load"}),
+            json!({"name": "load", "start": false}),
         )
         .await,
     )

@@ -33,6 +33,7 @@ struct World {
     admin_key: String,
     service_key: String,
     workspace_id: String,
+    template_id: String,
     member_session: String,
     log_entry_id: String,
 }
@@ -47,7 +48,7 @@ async fn world(app: &TestApp, name: &str) -> World {
         app.post_as(
             "/api/v1/workspaces",
             &member_tokens.access,
-            json!({"name": format!("{name}-ws")}),
+            json!({"name": format!("{name}-ws"), "start": false}),
         )
         .await,
     )
@@ -88,6 +89,15 @@ async fn world(app: &TestApp, name: &str) -> World {
         .await,
     )
     .await;
+    let template = json(
+        app.post_as(
+            "/api/v1/templates",
+            &admin_tokens.access,
+            json!({"name": "base", "spec": {"idle_timeout_secs": 3600}}),
+        )
+        .await,
+    )
+    .await;
     let log_entry_id = uuid::Uuid::now_v7().to_string();
     let res = app
         .post_as(
@@ -111,6 +121,7 @@ async fn world(app: &TestApp, name: &str) -> World {
         admin_key: admin_key["key"].as_str().unwrap().into(),
         service_key: service_key["key"].as_str().unwrap().into(),
         workspace_id: ws["id"].as_str().unwrap().into(),
+        template_id: template["id"].as_str().unwrap().into(),
         member_session: member_tokens.session_id,
         log_entry_id,
     }
@@ -136,6 +147,7 @@ impl World {
             "SessionId" => self.member_session.clone(),
             "ApiKeyId" => self.member_key_id.clone(),
             "WorkspaceId" => self.workspace_id.clone(),
+            "TemplateId" => self.template_id.clone(),
             "LogEntryId" => self.log_entry_id.clone(),
             other => panic!("the API names a {other}: give the test world one"),
         }
@@ -389,6 +401,7 @@ struct Row {
     what: &'static str,
     paths: [String; 4],
     body: Option<Value>,
+    headers: Vec<(String, String)>,
     tokens: Option<[String; 4]>,
     expected: [u16; 4],
 }
@@ -400,6 +413,7 @@ fn row(op: &'static str, what: &'static str, path: impl Into<String>, expected: 
         what,
         paths: [path.clone(), path.clone(), path.clone(), path],
         body: None,
+        headers: Vec::new(),
         tokens: None,
         expected,
     }
@@ -408,6 +422,11 @@ fn row(op: &'static str, what: &'static str, path: impl Into<String>, expected: 
 impl Row {
     fn body(mut self, body: Value) -> Row {
         self.body = Some(body);
+        self
+    }
+
+    fn header(mut self, name: &str, value: &str) -> Row {
+        self.headers.push((name.into(), value.into()));
         self
     }
 
@@ -441,7 +460,7 @@ async fn the_role_matrix_holds(backend: Backend) {
         app.post_as(
             "/api/v1/workspaces",
             &other_token,
-            json!({"name": "theirs"}),
+            json!({"name": "theirs", "start": false}),
         )
         .await,
     )
@@ -457,6 +476,22 @@ async fn the_role_matrix_holds(backend: Backend) {
                 "/api/v1/workspaces/{}",
                 app.workspace(token, &format!("gone-{i}")).await
             )
+        }
+    })
+    .await;
+    let templates = four(|i| {
+        let (app, token) = (&app, &w.admin_token);
+        async move {
+            let t = json(
+                app.post_as(
+                    "/api/v1/templates",
+                    token,
+                    json!({"name": format!("doomed-{i}"), "spec": {}}),
+                )
+                .await,
+            )
+            .await;
+            format!("/api/v1/templates/{}", t["id"].as_str().unwrap())
         }
     })
     .await;
@@ -544,9 +579,72 @@ async fn the_role_matrix_holds(backend: Backend) {
             [200, 200, 200, 200],
         ),
         row("POST /api/v1/workspaces", "create workspace", "/api/v1/workspaces", [201, 201, 403, 403])
-            .body(json!({"name": "w-NAME"})),
-        row("DELETE /api/v1/workspaces/{id}", "delete another's workspace", "", [204, 403, 403, 403])
+            .body(json!({"name": "w-NAME", "start": false})),
+        row("DELETE /api/v1/workspaces/{id}", "delete another's workspace", "", [202, 403, 403, 403])
             .each(others_workspaces),
+        row(
+            "POST /api/v1/workspaces/{id}/start",
+            "start another's workspace",
+            format!("/api/v1/workspaces/{other_ws}/start"),
+            [202, 403, 403, 403],
+        ),
+        row(
+            "POST /api/v1/workspaces/{id}/restart",
+            "restart another's workspace",
+            format!("/api/v1/workspaces/{other_ws}/restart"),
+            [202, 403, 403, 403],
+        ),
+        row(
+            "POST /api/v1/workspaces/{id}/stop",
+            "stop another's workspace",
+            format!("/api/v1/workspaces/{other_ws}/stop"),
+            [202, 403, 403, 403],
+        ),
+        row(
+            "GET /api/v1/workspaces/{id}/builds",
+            "read a workspace's builds",
+            format!("/api/v1/workspaces/{other_ws}/builds"),
+            [200, 200, 200, 200],
+        ),
+        row(
+            "GET /api/v1/workspaces/{id}/state",
+            "read a workspace's state",
+            format!("/api/v1/workspaces/{other_ws}/state"),
+            [200, 200, 200, 200],
+        ),
+        row(
+            "PUT /api/v1/workspaces/{id}/state",
+            "write another's workspace state",
+            format!("/api/v1/workspaces/{other_ws}/state"),
+            [200, 403, 403, 403],
+        )
+        .header("if-match", "*")
+        .body(json!({"open": ["a.rs"]})),
+        row(
+            "POST /api/v1/agent/report",
+            "report as a workspace's agent",
+            "/api/v1/agent/report",
+            [403, 403, 403, 403],
+        )
+        .body(json!({"workspace_id": other_ws, "instance": "abc", "ready": true})),
+        row("GET /api/v1/templates", "list templates", "/api/v1/templates", [200, 200, 200, 200]),
+        row(
+            "GET /api/v1/templates/{id}",
+            "read a template",
+            format!("/api/v1/templates/{}", w.template_id),
+            [200, 200, 200, 200],
+        ),
+        row("POST /api/v1/templates", "create a template", "/api/v1/templates", [201, 403, 403, 403])
+            .body(json!({"name": "t-NAME", "spec": {"pool_size": 0}})),
+        row(
+            "PUT /api/v1/templates/{id}",
+            "change a template",
+            format!("/api/v1/templates/{}", w.template_id),
+            [200, 403, 403, 403],
+        )
+        .body(json!({"name": "base", "spec": {"idle_timeout_secs": 600}})),
+        row("DELETE /api/v1/templates/{id}", "delete a template", "", [204, 403, 403, 403])
+            .each(templates),
         row("POST /api/v1/api-keys", "create api key", "/api/v1/api-keys", [201, 201, 403, 403])
             .body(json!({"name": "k"})),
         row("GET /api/v1/api-keys", "list api keys", "/api/v1/api-keys", [200, 200, 403, 403]),
@@ -622,7 +720,7 @@ async fn the_role_matrix_holds(backend: Backend) {
                 key: r.op.to_string(),
                 method: op.method.clone(),
                 uri: r.paths[i].clone(),
-                headers: Vec::new(),
+                headers: r.headers.clone(),
                 body: body.map(|b| ("application/json".to_string(), b)),
                 websocket: op.is_websocket(),
                 filter: false,
@@ -849,13 +947,21 @@ async fn administration_works_and_is_audited(backend: Backend) {
 
     // Workspaces: create, duplicate name, read, delete, gone.
     let ws = json(
-        app.post_as("/api/v1/workspaces", &token, json!({"name": "api"}))
-            .await,
+        app.post_as(
+            "/api/v1/workspaces",
+            &token,
+            json!({"name": "api", "start": false}),
+        )
+        .await,
     )
     .await;
     assert_envelope(
-        app.post_as("/api/v1/workspaces", &token, json!({"name": "api"}))
-            .await,
+        app.post_as(
+            "/api/v1/workspaces",
+            &token,
+            json!({"name": "api", "start": false}),
+        )
+        .await,
         409,
         "CONFLICT",
     )
@@ -867,7 +973,15 @@ async fn administration_works_and_is_audited(backend: Backend) {
     );
     assert_eq!(
         app.call(Method::DELETE, &path, &token, None).await.status(),
-        204
+        202,
+        "asked; the orchestrator deletes it"
+    );
+    assert!(
+        common::eventually(std::time::Duration::from_secs(30), || async {
+            app.get_as(&path, &token).await.status() == 404
+        })
+        .await,
+        "the workspace was never deleted"
     );
     assert_envelope(app.get_as(&path, &token).await, 404, "NOT_FOUND").await;
 
@@ -975,8 +1089,12 @@ async fn escalations_are_refused(backend: Backend) {
 
     // Keys mint no keys, so a key's limits cannot be escaped.
     let ws = json(
-        app.post_as("/api/v1/workspaces", &admin_token, json!({"name": "ci"}))
-            .await,
+        app.post_as(
+            "/api/v1/workspaces",
+            &admin_token,
+            json!({"name": "ci", "start": false}),
+        )
+        .await,
     )
     .await;
     let expires = (app.clock.now() + chrono::Duration::hours(1)).to_rfc3339();

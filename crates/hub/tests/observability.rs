@@ -38,8 +38,12 @@ async fn the_log_pipeline_metrics_are_exported() {
     }
     let ingested = r#"log_ingestion_total{protocol="native"}"#;
     let ws = json(
-        app.post_as("/api/v1/workspaces", &tokens.access, json!({"name": "w"}))
-            .await,
+        app.post_as(
+            "/api/v1/workspaces",
+            &tokens.access,
+            json!({"name": "w", "start": false}),
+        )
+        .await,
     )
     .await["id"]
         .as_str()

@@ -57,6 +57,9 @@ pub enum Command {
     /// Exit 0 when a daemon answers on the socket with a healthy store, else 1 (for
     /// container health checks and scripts)
     Health,
+    /// Run as the agent inside a workspace (what the hub's runtimes start): configured
+    /// from CODITECT_* variables, reports to the hub through CODITECT_HUB_SOCKET
+    Agent,
 }
 
 /// Parses the command line and runs; the process's exit code.
@@ -92,6 +95,13 @@ pub fn main() -> ExitCode {
 async fn dispatch(cli: Cli, config: Config) -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config).await,
+        Command::Agent => match crate::agent::AgentEnv::from_env(|k| std::env::var(k).ok()) {
+            Ok(env) => crate::agent::run(env, config).await,
+            Err(e) => {
+                eprintln!("codi-monitor agent: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Health => {
             if healthy(&config.monitor.unix_socket_path).await {
                 ExitCode::SUCCESS

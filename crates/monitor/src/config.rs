@@ -100,7 +100,13 @@ pub struct Monitor {
 pub struct ServerHub {
     /// The hub's base URL; no sync when absent.
     pub url: Option<String>,
+    /// Reach the hub through this Unix socket instead of the network (what a workspace's
+    /// agent does); `url` then only names the host in requests.
+    pub unix_socket: Option<PathBuf>,
     pub api_key: Option<Secret>,
+    /// A file holding the key instead, read before every request: a key rotated in the
+    /// file is used without a restart (the workspace agent's key is handed over this way).
+    pub api_key_file: Option<PathBuf>,
     pub workspace_id: Option<String>,
     /// Most entries per batch (the hub takes at most 1000).
     pub batch_size: u32,
@@ -118,7 +124,9 @@ impl Default for ServerHub {
     fn default() -> ServerHub {
         ServerHub {
             url: None,
+            unix_socket: None,
             api_key: None,
+            api_key_file: None,
             workspace_id: None,
             batch_size: 500,
             sync_interval: Duration::from_millis(500),
@@ -336,6 +344,12 @@ impl Config {
         if let Some(v) = env("CODI_HUB_URL") {
             self.server_hub.url = Some(v);
         }
+        if let Some(v) = env("CODI_HUB_API_KEY_FILE") {
+            self.server_hub.api_key_file = Some(v.into());
+        }
+        if let Some(v) = env("CODI_HUB_SOCKET") {
+            self.server_hub.unix_socket = Some(v.into());
+        }
         if let Some(v) = env("CODI_HUB_API_KEY") {
             self.server_hub.api_key = Some(Secret::new(v));
         }
@@ -380,13 +394,13 @@ impl Config {
         let hub = &self.server_hub;
         let set = [
             hub.url.is_some(),
-            hub.api_key.is_some(),
+            hub.api_key.is_some() || hub.api_key_file.is_some(),
             hub.workspace_id.is_some(),
         ];
         if set.contains(&true) && set.contains(&false) {
             return Err(ConfigError(
-                "sync needs all of server_hub.url, server_hub.api_key and server_hub.workspace_id \
-                 (CODI_HUB_URL, CODI_HUB_API_KEY, CODI_HUB_WORKSPACE_ID)"
+                "sync needs all of server_hub.url, server_hub.api_key (or api_key_file) and \
+                 server_hub.workspace_id (CODI_HUB_URL, CODI_HUB_API_KEY, CODI_HUB_WORKSPACE_ID)"
                     .into(),
             ));
         }

@@ -141,6 +141,11 @@ impl Daemon {
         })
     }
 
+    /// The daemon's store (a handle; the daemon keeps its own).
+    pub fn store(&self) -> MonitorStore {
+        self.ipc.store.clone()
+    }
+
     pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
         self.tcp.as_ref().and_then(|t| t.local_addr().ok())
     }

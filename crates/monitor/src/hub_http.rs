@@ -53,18 +53,31 @@ impl std::fmt::Display for HubUrl {
     }
 }
 
-/// An HTTP client that never follows a redirect.
+/// An HTTP client that never follows a redirect; over `unix_socket` when given.
 pub fn client(
     user_agent: &'static str,
     connect_timeout: Duration,
     timeout: Duration,
+    unix_socket: Option<&std::path::Path>,
 ) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(user_agent)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect_timeout)
-        .timeout(timeout)
-        .build()
+        .timeout(timeout);
+    if let Some(path) = unix_socket {
+        builder = builder.unix_socket(path.to_path_buf());
+    }
+    builder.build()
+}
+
+/// reqwest's message without the URL (kept out of logs on principle).
+pub fn without_url(e: &reqwest::Error) -> String {
+    let mut e = e.to_string();
+    if let Some(i) = e.find(" for url") {
+        e.truncate(i);
+    }
+    e
 }
 
 /// Where a redirect answer pointed, for the message that says it was not followed: the

@@ -11,8 +11,10 @@
 //!   rules for talking to the hub (checked URL, no redirects, bounded answers);
 //! - [`http`]: `/health` and `/metrics` on loopback;
 //! - [`supervise`]: `codi-monitor supervise`, keeping a daemon alive; [`cli`]: the command line;
-//! - [`client`]: a client of the IPC protocol (`codi2`, benchmarks, tests).
+//! - [`client`]: a client of the IPC protocol (`codi2`, benchmarks, tests);
+//! - [`agent`]: `codi-monitor agent`, the daemon as the agent inside a workspace.
 
+pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -73,6 +73,9 @@ pub const MAX_METADATA: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct MonitorStore {
     db: SqliteStore,
+    /// When entries were last stored (µs since the epoch; 0: never since open): the
+    /// workspace agent reports it as activity.
+    last_append: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Entries on their way to the hub under one `batch_id`.
@@ -242,11 +245,20 @@ impl MonitorStore {
         config.readers = 2;
         Ok(MonitorStore {
             db: SqliteStore::open(config).await?,
+            last_append: Default::default(),
         })
     }
 
     pub fn path(&self) -> PathBuf {
         self.db.path().to_path_buf()
+    }
+
+    /// When entries (IPC writes, file events) were last stored by this process.
+    pub fn last_append(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self.last_append.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            us => chrono::DateTime::from_timestamp_micros(us),
+        }
     }
 
     /// Stores entries in one transaction; returns once they are durable.
@@ -280,6 +292,13 @@ impl MonitorStore {
                     }
                     metrics::counter!("codi_rotated_entries_total").increment(freed);
                     tracing::warn!(freed, "storage full: deleted the oldest synced entries");
+                }
+                Ok(n) => {
+                    if n > 0 {
+                        self.last_append
+                            .fetch_max(now_micros(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Ok(n);
                 }
                 other => return other,
             }

@@ -29,7 +29,9 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
     pub url: String,
-    pub api_key: String,
+    pub unix_socket: Option<std::path::PathBuf>,
+    /// The key given directly, or where to read it before every request.
+    pub api_key: ApiKey,
     pub workspace_id: String,
     pub batch_size: u32,
     pub interval: Duration,
@@ -44,13 +46,39 @@ impl SyncSettings {
             url: crate::hub_http::HubUrl::parse(hub.url.as_deref()?)
                 .ok()?
                 .to_string(),
-            api_key: hub.api_key.as_ref()?.expose().to_string(),
+            unix_socket: hub.unix_socket.clone(),
+            api_key: match (&hub.api_key_file, &hub.api_key) {
+                (Some(file), _) => ApiKey::File(file.clone()),
+                (None, Some(key)) => ApiKey::Fixed(key.expose().to_string()),
+                (None, None) => return None,
+            },
             workspace_id: hub.workspace_id.clone()?,
             batch_size: hub.batch_size,
             interval: hub.sync_interval,
             max_backoff: hub.max_backoff,
             timeout: hub.request_timeout,
         })
+    }
+}
+
+/// The hub credential: given once, or read from a file before each request (so a
+/// rotated key is used at once).
+#[derive(Debug, Clone)]
+pub enum ApiKey {
+    Fixed(String),
+    File(std::path::PathBuf),
+}
+
+impl ApiKey {
+    /// The key to send now (a file that cannot be read sends an empty key: the hub's 401
+    /// says so, and the next attempt reads it again).
+    pub fn current(&self) -> String {
+        match self {
+            ApiKey::Fixed(k) => k.clone(),
+            ApiKey::File(path) => std::fs::read_to_string(path)
+                .map(|k| k.trim().to_string())
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -100,6 +128,7 @@ impl Syncer {
             concat!("codi-monitor/", env!("CARGO_PKG_VERSION")),
             settings.timeout.min(Duration::from_secs(10)),
             settings.timeout,
+            settings.unix_socket.as_deref(),
         )?;
         Ok(Syncer {
             batch_size: settings.batch_size,
@@ -289,7 +318,7 @@ impl Syncer {
         let res = self
             .http
             .post(format!("{}/api/logs/batch", self.settings.url))
-            .bearer_auth(&self.settings.api_key)
+            .bearer_auth(self.settings.api_key.current())
             .json(&body)
             .send()
             .await;
@@ -301,7 +330,7 @@ impl Syncer {
                 } else if e.is_connect() {
                     "the hub is unreachable".to_string()
                 } else {
-                    format!("request failed: {}", without_url(&e))
+                    format!("request failed: {}", crate::hub_http::without_url(&e))
                 };
                 return Outcome::Retry(Duration::ZERO, what);
             }
@@ -413,15 +442,6 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
         .to_std()
         .ok()
-}
-
-/// reqwest's message without the URL (kept out of logs on principle).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
-    if let Some(i) = e.find(" for url") {
-        e.truncate(i);
-    }
-    e
 }
 
 #[cfg(test)]

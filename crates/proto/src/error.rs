@@ -23,6 +23,12 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The request conflicts with the current state of a resource.
     Conflict,
+    /// The tenant would go over one of its quotas (workspaces, CPU, memory): 409, since
+    /// freeing room (stopping or deleting a workspace) makes the same request succeed.
+    QuotaExceeded,
+    /// A conditional request's precondition (`If-Match`) does not hold: someone else
+    /// changed the resource since it was read.
+    PreconditionFailed,
     /// The body or a collection in it is over a limit.
     PayloadTooLarge,
     /// The request's headers are too many or too large.
@@ -36,7 +42,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::AuthRequired,
         ErrorCode::AccessDenied,
         ErrorCode::BadRequest,
@@ -44,6 +50,8 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Conflict,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::PreconditionFailed,
         ErrorCode::PayloadTooLarge,
         ErrorCode::HeadersTooLarge,
         ErrorCode::RateLimited,
@@ -60,6 +68,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::PreconditionFailed => "PRECONDITION_FAILED",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::HeadersTooLarge => "HEADERS_TOO_LARGE",
             ErrorCode::RateLimited => "RATE_LIMITED",

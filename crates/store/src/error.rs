@@ -10,6 +10,9 @@ pub enum StoreError {
     /// The write would break a uniqueness rule.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The tenant would go over one of its quotas; nothing was written.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// The disk (or quota) is full; nothing was written.
     #[error("storage full: {0}")]
     Full(String),

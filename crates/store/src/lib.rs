@@ -43,7 +43,8 @@ pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
 pub use tenants::{Tenant, TenantStore};
 pub use users::{User, UserStore, UserUpdate};
 pub use workspaces::{
-    Build, BuildStatus, Desired, Lifecycle, Observation, Status, Workspace, WorkspaceStore,
+    Build, BuildStatus, Desired, Lifecycle, Observation, Quota, StatePut, Status, Template, Usage,
+    Workspace, WorkspaceStore,
 };
 
 use chrono::{DateTime, SubsecRound, Utc};

@@ -36,8 +36,8 @@ macro_rules! migrations {
     };
 }
 
-pub const SQLITE: &[Migration] = migrations!("sqlite": 1 => "0001_init", 2 => "0002_identity", 3 => "0003_logs", 4 => "0004_log_blooms", 5 => "0005_receipts_tickets", 6 => "0006_sso", 7 => "0007_orchestration");
-pub const POSTGRES: &[Migration] = migrations!("postgres": 1 => "0001_init", 2 => "0002_identity", 3 => "0003_logs", 4 => "0004_log_blooms", 5 => "0005_receipts_tickets", 6 => "0006_sso", 7 => "0007_orchestration");
+pub const SQLITE: &[Migration] = migrations!("sqlite": 1 => "0001_init", 2 => "0002_identity", 3 => "0003_logs", 4 => "0004_log_blooms", 5 => "0005_receipts_tickets", 6 => "0006_sso", 7 => "0007_orchestration", 8 => "0008_pool");
+pub const POSTGRES: &[Migration] = migrations!("postgres": 1 => "0001_init", 2 => "0002_identity", 3 => "0003_logs", 4 => "0004_log_blooms", 5 => "0005_receipts_tickets", 6 => "0006_sso", 7 => "0007_orchestration", 8 => "0008_pool");
 
 /// The bookkeeping table, identical on both engines.
 pub const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS coditect_migrations (

@@ -20,6 +20,9 @@ pub struct Workspace {
     /// What it counts against its tenant's quotas.
     pub cpu_millis: u32,
     pub memory_mb: u64,
+    /// A warm-pool instance of its template, waiting (owned by the pool account) to be
+    /// claimed.
+    pub pooled: bool,
     pub lifecycle: Lifecycle,
 }
 
@@ -41,6 +44,7 @@ impl Workspace {
             spec: "{}".into(),
             cpu_millis: 0,
             memory_mb: 0,
+            pooled: false,
             lifecycle: Lifecycle::default(),
         }
     }
@@ -222,10 +226,101 @@ text_enum!(BuildStatus {
     Superseded => "superseded",
 });
 
+/// A workspace template of a tenant: what its workspaces run (the spec is JSON the
+/// orchestrator reads, checked when written; the store keeps it opaque).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub tenant_id: TenantId,
+    pub id: TemplateId,
+    pub name: String,
+    pub spec: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What one tenant may hold; 0 is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub workspaces: u32,
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+}
+
+/// What a tenant holds now: its workspaces, and what those desired running ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub workspaces: u64,
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+}
+
+impl Quota {
+    /// Whether `usage` plus `adding` (a new workspace: `new`; one more running: its CPU
+    /// and memory) stays within the quota; the refusal names the limit.
+    pub fn admits(
+        &self,
+        usage: Usage,
+        new: bool,
+        cpu_millis: u64,
+        memory_mb: u64,
+    ) -> Result<(), StoreError> {
+        let over = |what: &str, used: u64, adding: u64, limit: u64| {
+            StoreError::QuotaExceeded(format!(
+                "the tenant's {what} quota is {limit}: {used} in use, this needs {adding} more"
+            ))
+        };
+        if new && self.workspaces > 0 && usage.workspaces + 1 > u64::from(self.workspaces) {
+            return Err(over(
+                "workspace",
+                usage.workspaces,
+                1,
+                u64::from(self.workspaces),
+            ));
+        }
+        if self.cpu_millis > 0 && cpu_millis > 0 && usage.cpu_millis + cpu_millis > self.cpu_millis
+        {
+            return Err(over(
+                "cpu_millis",
+                usage.cpu_millis,
+                cpu_millis,
+                self.cpu_millis,
+            ));
+        }
+        if self.memory_mb > 0 && memory_mb > 0 && usage.memory_mb + memory_mb > self.memory_mb {
+            return Err(over(
+                "memory_mb",
+                usage.memory_mb,
+                memory_mb,
+                self.memory_mb,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What became of a state write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatePut {
+    /// Written; its new version.
+    Stored(u64),
+    /// Someone wrote first: the current version.
+    Stale(u64),
+    /// No such workspace.
+    Missing,
+}
+
 #[async_trait]
 pub trait WorkspaceStore: Send + Sync {
-    /// `Conflict` if the tenant already has a workspace with that name.
-    async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError>;
+    /// `Conflict` if the tenant already has a workspace with that name; `QuotaExceeded`
+    /// if `quota` is given and the tenant would go over it (checked and written in one
+    /// transaction that holds the tenant's row: race-free across replicas). `build`, the
+    /// first transition (a start), is recorded with it.
+    async fn create_workspace(
+        &self,
+        workspace: &Workspace,
+        build: Option<&Build>,
+        quota: Option<&Quota>,
+    ) -> Result<(), StoreError>;
 
     /// A deleted workspace is not found.
     async fn get_workspace(
@@ -244,13 +339,18 @@ pub trait WorkspaceStore: Send + Sync {
     ) -> Result<Vec<Workspace>, StoreError>;
 
     /// Records what is desired and the build that asks for it, together; pending builds
-    /// of the workspace are superseded. `None` if there is no such workspace.
+    /// of the workspace are superseded (with no `build`, the pending one stays: a
+    /// restart's second half). `None` if there is no such workspace, or it is
+    /// being deleted and `desired` is not [`Desired::Deleted`] (a delete is final).
+    /// Asking for `running` with `quota` checks the tenant's CPU and memory the same
+    /// race-free way as [`WorkspaceStore::create_workspace`].
     async fn request(
         &self,
         tenant: TenantId,
         id: WorkspaceId,
         desired: Desired,
-        build: &Build,
+        build: Option<&Build>,
+        quota: Option<&Quota>,
     ) -> Result<Option<Workspace>, StoreError>;
 
     /// Leases to `holder` until `until` up to `limit` workspaces that need the reconciler
@@ -292,6 +392,10 @@ pub trait WorkspaceStore: Send + Sync {
         holder: &str,
     ) -> Result<(), StoreError>;
 
+    /// Records a build the orchestrator starts itself (a recovery, an idle stop) without
+    /// changing what is desired; pending builds of the workspace are superseded.
+    async fn add_build(&self, build: &Build) -> Result<(), StoreError>;
+
     /// Closes a pending build.
     async fn finish_build(
         &self,
@@ -324,6 +428,88 @@ pub trait WorkspaceStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Up to `limit` workspaces of every tenant in `status`, ordered by (tenant, id) after
+    /// `after`: the health checker's and the sweep's view.
+    async fn list_in_status(
+        &self,
+        status: Status,
+        after: Option<(TenantId, WorkspaceId)>,
+        limit: u32,
+    ) -> Result<Vec<Workspace>, StoreError>;
+
+    /// The persisted browser state: its version (0: never written) and JSON text. `None`
+    /// if there is no such workspace.
+    async fn get_state(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+    ) -> Result<Option<(u64, Option<String>)>, StoreError>;
+
+    /// Replaces the state if its version is still `expected` (`None`: whatever it is).
+    async fn put_state(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        expected: Option<u64>,
+        json: &str,
+    ) -> Result<StatePut, StoreError>;
+
+    /// A sign of use of the workspace at `at` (API calls about it; activity never goes
+    /// back).
+    async fn touch(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Claims a ready instance of `template`'s warm pool for `owner`, renamed `name`, in
+    /// one statement (PostgreSQL `FOR UPDATE SKIP LOCKED`: concurrent claims never wait
+    /// for or take the same one), checking `quota` and recording `build` with it. `None`
+    /// when the pool has no ready instance (a miss).
+    async fn claim(
+        &self,
+        tenant: TenantId,
+        template: TemplateId,
+        owner: UserId,
+        name: &str,
+        build: &Build,
+        quota: Option<&Quota>,
+    ) -> Result<Option<Workspace>, StoreError>;
+
+    /// A template's pool: its instances, and how many of them are ready to be claimed.
+    async fn pool_counts(
+        &self,
+        tenant: TenantId,
+        template: TemplateId,
+    ) -> Result<(u64, u64), StoreError>;
+
+    /// `Conflict` if the tenant has a live template of that name.
+    async fn create_template(&self, template: &Template) -> Result<(), StoreError>;
+
+    /// A deleted template is not found.
+    async fn get_template(
+        &self,
+        tenant: TenantId,
+        id: TemplateId,
+    ) -> Result<Option<Template>, StoreError>;
+
+    async fn list_templates(&self, tenant: TenantId) -> Result<Vec<Template>, StoreError>;
+
+    /// Every live template of every tenant (the pool's refill looks for pool sizes).
+    async fn list_all_templates(&self) -> Result<Vec<Template>, StoreError>;
+
+    /// Replaces name and spec; `None` if there is none; `Conflict` on a taken name.
+    async fn update_template(&self, template: &Template) -> Result<Option<Template>, StoreError>;
+
+    /// False if there was none. Workspaces made from it keep the spec they were made with.
+    async fn delete_template(
+        &self,
+        tenant: TenantId,
+        id: TemplateId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Marks the workspace deleted (its id stays reserved for the records that name it);
     /// false if there was none.
     async fn delete_workspace(
@@ -343,12 +529,30 @@ pub(crate) fn stored<T>(raw: &str, parse: fn(&str) -> Option<T>) -> Result<T, St
 pub(crate) mod sql {
     pub const COLUMNS: &str = "tenant_id, workspace_id, name, owner_id, created_at, template_id,
         spec, cpu_millis, memory_mb, desired, status, status_reason, status_at, generation,
-        instance_token, attempts, next_attempt_at, ready_at, seen_at, activity_at, state_version";
+        instance_token, attempts, next_attempt_at, ready_at, seen_at, activity_at, state_version,
+        pooled";
 
     /// The reconciler's condition: [`super::Lifecycle::needs_work`] in SQL (and the
     /// `workspaces_due` index's predicate).
     pub const NEEDS_WORK: &str = "deleted_at IS NULL
         AND (desired <> status OR status IN ('pending', 'starting', 'stopping', 'deleting'))";
+
+    /// A tenant's [`super::Usage`], besides one workspace (`$2`/`?2`, may match none).
+    pub const USAGE: &str = "SELECT COUNT(*),
+        CAST(COALESCE(SUM(CASE WHEN desired = 'running' AND workspace_id <> {ws}
+            THEN cpu_millis ELSE 0 END), 0) AS BIGINT),
+        CAST(COALESCE(SUM(CASE WHEN desired = 'running' AND workspace_id <> {ws}
+            THEN memory_mb ELSE 0 END), 0) AS BIGINT)
+        FROM workspaces WHERE tenant_id = {tenant} AND deleted_at IS NULL AND pooled = FALSE";
+
+    /// The pool instance a claim takes: the oldest ready one of the template (`$1`/`?1`
+    /// tenant, `$2`/`?2` template).
+    pub const CLAIMABLE: &str =
+        "tenant_id = {tenant} AND template_id = {template} AND pooled = TRUE
+        AND deleted_at IS NULL AND desired = 'running' AND status = 'running'
+        AND ready_at IS NOT NULL";
+
+    pub const TEMPLATE_COLUMNS: &str = "tenant_id, template_id, name, spec, created_at, updated_at";
 
     pub const BUILD_COLUMNS: &str = "tenant_id, workspace_id, build_id, transition, initiator,
         reason, status, error, generation, created_at, finished_at";

@@ -235,6 +235,13 @@ async fn orchestration_conform() {
 }
 
 #[tokio::test]
+async fn quota_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::quota_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
 async fn audit_conform() {
     let store = ready_store(&fresh_database().await).await;
     common::audit_conform(&store).await;

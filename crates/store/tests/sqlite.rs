@@ -350,6 +350,14 @@ async fn orchestration_conform() {
 }
 
 #[tokio::test]
+async fn quota_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::quota_conform(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
 async fn audit_conform() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;

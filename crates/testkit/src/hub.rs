@@ -45,45 +45,60 @@ pub struct HubProcess {
     addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
+    scope: String,
 }
 
-/// The path of the `coditect-hub` binary, built on first use when it is missing.
+/// The path of the `coditect-hub` binary, built on first use when it is missing
+/// (`CODITECT_HUB_BIN` overrides).
 pub fn hub_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("CODITECT_HUB_BIN") {
-                return PathBuf::from(path);
-            }
-            // target/<profile>/deps/<test> → target/<profile>/coditect-hub
-            let exe = std::env::current_exe().expect("the test executable's path");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("the test executable is in target/<profile>/deps");
-            let binary = profile_dir.join("coditect-hub");
-            if !binary.exists() {
-                let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-                // The test's own profile: target/debug is `dev`, others are named as-is.
-                let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-                    Some("debug") | None => "dev".to_string(),
-                    Some(other) => other.to_string(),
-                };
-                let status = Command::new(cargo)
-                    .args(["build", "--profile", &profile])
-                    .args(["-p", "coditect-hub", "--bin", "coditect-hub"])
-                    .status()
-                    .expect("run cargo build for coditect-hub");
-                assert!(status.success(), "cargo build -p coditect-hub failed");
-                assert!(
-                    binary.exists(),
-                    "cargo built coditect-hub, but not at {}",
-                    binary.display()
-                );
-            }
-            binary
+        .get_or_init(|| match std::env::var_os("CODITECT_HUB_BIN") {
+            Some(path) => PathBuf::from(path),
+            None => workspace_binary("coditect-hub", "coditect-hub"),
         })
         .clone()
+}
+
+/// The path of the `codi-monitor` binary (the workspace agent), built on first use when
+/// it is missing.
+pub fn monitor_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| workspace_binary("coditect-monitor", "codi-monitor"))
+        .clone()
+}
+
+/// A binary of this workspace, next to the test executable (`target/<profile>/<bin>`),
+/// built by cargo in the test's own profile when missing.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/<bin>
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in target/<profile>/deps");
+    let binary = profile_dir.join(bin);
+    if !binary.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        // The test's own profile: target/debug is `dev`, others are named as-is.
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let status = Command::new(cargo)
+            .args(["build", "--profile", &profile])
+            .args(["-p", package, "--bin", bin])
+            .status()
+            .unwrap_or_else(|e| panic!("run cargo build for {bin}: {e}"));
+        assert!(status.success(), "cargo build -p {package} failed");
+        assert!(
+            binary.exists(),
+            "cargo built {bin}, but not at {}",
+            binary.display()
+        );
+    }
+    binary
 }
 
 /// Collects a hub's JSON log lines from `stderr` into `lines` (on a thread of its own);
@@ -141,6 +156,7 @@ impl HubProcess {
             addr,
             lines: Arc::new(Mutex::new(Vec::new())),
             http: reqwest::Client::new(),
+            scope: format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
         };
         hub.spawn();
         hub
@@ -177,6 +193,11 @@ impl HubProcess {
                 "--auth-argon2-iterations",
                 "1",
             ])
+            // Its own runtime scope, kept across restarts (so it adopts its workspaces and
+            // no parallel test's hub sweeps them).
+            .args(["--workspace-scope", &self.scope])
+            .arg("--workspace-agent")
+            .arg(monitor_binary())
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -225,6 +246,11 @@ impl HubProcess {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The runtime scope its workspaces are labelled with.
+    pub fn scope(&self) -> &str {
+        &self.scope
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -365,7 +391,11 @@ impl HubProcess {
     /// A new workspace of the token's tenant; its id.
     pub async fn workspace(&self, token: &str, name: &str) -> String {
         let ws = self
-            .post("/api/v1/workspaces", token, json!({"name": name}))
+            .post(
+                "/api/v1/workspaces",
+                token,
+                json!({"name": name, "start": false}),
+            )
             .await;
         ws["id"].as_str().expect("workspace id").to_string()
     }

@@ -256,7 +256,13 @@ impl DockerRuntime {
                     spec.agent.hub_socket_dir.display(),
                     inside::HUB_DIR
                 ),
-                format!("{}:{}:ro", key.display(), inside::KEY_FILE),
+                // The directory, not the file: a key rotated by an atomic rename (a pool
+                // claim) is seen inside.
+                format!(
+                    "{}:{}:ro",
+                    key.parent().unwrap_or(&key).display(),
+                    inside::SECRETS_DIR
+                ),
             ]),
             network_mode: Some(network),
             nano_cpus: r.cpu_millis.map(|m| i64::from(m) * 1_000_000),
@@ -390,6 +396,14 @@ impl Runtime for DockerRuntime {
             Err(e) if matches!(status(&e), Some(304 | 404)) => Ok(()),
             Err(e) => Err(self.error(e, "stop the container")),
         }
+    }
+
+    async fn rekey(
+        &self,
+        instance: InstanceRef,
+        key: &coditect_proto::Secret,
+    ) -> Result<(), RuntimeError> {
+        crate::write_agent_key(&self.key_dir(instance), key).map(|_| ())
     }
 
     async fn destroy(&self, instance: InstanceRef) -> Result<(), RuntimeError> {

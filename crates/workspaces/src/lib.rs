@@ -247,6 +247,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Asks the instance to stop, killing it after `grace`. The home stays.
     async fn stop(&self, instance: InstanceRef, grace: Duration) -> Result<(), RuntimeError>;
 
+    /// Replaces the agent's key of a running instance (a pool claim hands it to its new
+    /// owner): the agent reads its key file before each request, so no restart is needed.
+    async fn rekey(&self, instance: InstanceRef, key: &Secret) -> Result<(), RuntimeError>;
+
     /// Removes everything the workspace owned: instance, home, secrets.
     async fn destroy(&self, instance: InstanceRef) -> Result<(), RuntimeError>;
 
@@ -264,8 +268,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn limits(&self) -> String;
 }
 
-/// Writes the agent's key to `dir/agent-key` (dir 0700, file 0444: readable by the
-/// workspace's user through its mount, by no one else on the host), atomically.
+/// Writes the agent's key to `dir/agent-key`, atomically (a rename: a rotated key
+/// replaces the old one at once). The directory is mounted into the workspace, so it is
+/// 0711 and the file 0444: the workspace's user (uid 1000 in a container) opens the key
+/// by name; on the host nobody else reaches it, the data directory above being 0700.
 pub(crate) fn write_agent_key(
     dir: &std::path::Path,
     key: &Secret,
@@ -275,8 +281,10 @@ pub(crate) fn write_agent_key(
     let io = |e: std::io::Error| RuntimeError::Failed(format!("cannot write the agent key: {e}"));
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o711)
         .create(dir)
+        .map_err(io)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
         .map_err(io)?;
     let path = dir.join("agent-key");
     let tmp = dir.join("agent-key.tmp");

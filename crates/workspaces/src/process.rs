@@ -103,12 +103,6 @@ impl ProcessRuntime {
                 bwrap.display()
             )));
         }
-        if !config.agent_binary.is_file() {
-            return Err(RuntimeError::Unavailable(format!(
-                "the workspace agent is not at {} (build codi-monitor, or set --workspace-agent)",
-                config.agent_binary.display()
-            )));
-        }
         std::fs::create_dir_all(&config.root).map_err(|e| {
             RuntimeError::Failed(format!("cannot create {}: {e}", config.root.display()))
         })?;
@@ -335,10 +329,12 @@ fn bwrap_args(spec: &Spec, home: &Path, key_file: &Path, agent: &Path) -> Vec<St
     push(&["--dir", "/var", "--tmpfs", "/var/tmp", "--dir", "/run"]);
     let socket_dir = spec.agent.hub_socket_dir.display().to_string();
     push(&["--ro-bind", &socket_dir, inside::HUB_DIR]);
+    // The directory, not the file: a key rotated by an atomic rename (a pool claim) is
+    // seen inside.
     push(&[
         "--ro-bind",
-        &key_file.display().to_string(),
-        inside::KEY_FILE,
+        &key_file.parent().unwrap_or(key_file).display().to_string(),
+        inside::SECRETS_DIR,
     ]);
     push(&["--ro-bind", &agent.display().to_string(), AGENT_INSIDE]);
     push(&["--bind", &home.display().to_string(), inside::HOME]);
@@ -365,6 +361,12 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, spec: &Spec) -> Result<Observed, RuntimeError> {
         if let Some((_, running)) = self.find_one(spec.instance.workspace) {
             return Ok(running);
+        }
+        if !self.config.agent_binary.is_file() {
+            return Err(RuntimeError::Invalid(format!(
+                "the workspace agent is not at {} (build codi-monitor, or set --workspace-agent)",
+                self.config.agent_binary.display()
+            )));
         }
         self.create(spec).await?;
         let key_file = self.write_key(spec)?;
@@ -418,6 +420,15 @@ impl Runtime for ProcessRuntime {
         tokio::task::spawn_blocking(move || terminate(pid, sandboxed, grace))
             .await
             .map_err(|e| RuntimeError::Failed(format!("stopping the sandbox: {e}")))
+    }
+
+    async fn rekey(
+        &self,
+        instance: InstanceRef,
+        key: &coditect_proto::Secret,
+    ) -> Result<(), RuntimeError> {
+        let dir = self.dir(instance.workspace).join("secrets");
+        crate::write_agent_key(&dir, key).map(|_| ())
     }
 
     async fn destroy(&self, instance: InstanceRef) -> Result<(), RuntimeError> {

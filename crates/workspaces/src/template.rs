@@ -174,7 +174,7 @@ fn valid_slug(name: &str) -> bool {
 }
 
 /// `[registry[:port]/]name[:tag][@digest]`, the characters Docker accepts.
-fn valid_image(image: &str) -> bool {
+pub fn valid_image(image: &str) -> bool {
     (1..=255).contains(&image.len())
         && image
             .bytes()

@@ -95,6 +95,25 @@ impl AuditEvent {
         }
     }
 
+    /// An act of the hub itself (the orchestrator, a sweeper).
+    pub fn system(
+        tenant_id: TenantId,
+        action: &'static str,
+        resource_type: &'static str,
+        resource_id: Option<String>,
+    ) -> AuditEvent {
+        AuditEvent {
+            tenant_id,
+            actor_type: "system",
+            actor_id: None,
+            action,
+            resource_type,
+            resource_id,
+            result: "success",
+            detail: None,
+        }
+    }
+
     /// An act of an operator on the command line.
     pub fn cli(
         tenant_id: TenantId,

@@ -15,13 +15,17 @@
 
 mod audit;
 mod credentials;
+mod orchestration;
 pub mod rbac;
 mod scoped;
 mod system;
 
 pub use audit::{AuditEvent, Auditor, RequestMeta};
 pub use credentials::{Credentials, Resolved};
-pub use scoped::{AuditFilter, NewApiKey, NewUser, Page, Receipt, Scoped};
+pub use orchestration::{AGENT_KEY_NAME, system_build};
+pub use scoped::{
+    AuditFilter, NewApiKey, NewUser, NewWorkspace, Page, Receipt, Scoped, Transition,
+};
 pub use system::System;
 
 use crate::clock::Clock;

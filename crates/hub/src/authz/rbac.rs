@@ -19,6 +19,8 @@ pub enum Resource {
     Session,
     ApiKey,
     Workspace,
+    /// Workspace templates (admins write them; everyone in the tenant may read them).
+    Template,
     Audit,
     Logs,
 }
@@ -45,6 +47,7 @@ impl Resource {
             Resource::Session => "session",
             Resource::ApiKey => "api_key",
             Resource::Workspace => "workspace",
+            Resource::Template => "template",
             Resource::Audit => "audit",
             Resource::Logs => "logs",
         }
@@ -82,7 +85,12 @@ pub const GRANTS: &[(Resource, Action, [Option<Scope>; 4])] = &[
     (R::ApiKey,    Delete, [Some(Tenant), Some(Own),    None,         None]),
     (R::Workspace, Read,   [Some(Tenant), Some(Tenant), Some(Tenant), Some(Tenant)]),
     (R::Workspace, Create, [Some(Tenant), Some(Own),    None,         None]),
+    (R::Workspace, Update, [Some(Tenant), Some(Own),    None,         None]),
     (R::Workspace, Delete, [Some(Tenant), Some(Own),    None,         None]),
+    (R::Template,  Read,   [Some(Tenant), Some(Tenant), Some(Tenant), Some(Tenant)]),
+    (R::Template,  Create, [Some(Tenant), None,         None,         None]),
+    (R::Template,  Update, [Some(Tenant), None,         None,         None]),
+    (R::Template,  Delete, [Some(Tenant), None,         None,         None]),
     (R::Audit,     Read,   [Some(Tenant), None,         None,         None]),
     (R::Logs,      Read,   [Some(Tenant), Some(Tenant), Some(Tenant), Some(Tenant)]),
     (R::Logs,      Create, [Some(Tenant), Some(Tenant), None,         Some(Tenant)]),

@@ -8,15 +8,19 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use coditect_proto::{
-    ApiKeyId, AuditId, Email, ErrorCode, Role, SessionId, TenantId, UserId, WorkspaceId,
+    ApiKeyId, AuditId, BuildId, Email, ErrorCode, Role, SessionId, TemplateId, TenantId, UserId,
+    WorkspaceId,
 };
 use coditect_store::logs::search::{Cursor, Found, LogQuery, search};
 use coditect_store::{
-    ApiKey, AuditQuery, AuditRecord, ChunkRef, EncodedChunk, Session, StoreError, Stored, Tenant,
-    User, UserUpdate, Workspace,
+    ApiKey, AuditQuery, AuditRecord, Build, BuildStatus, ChunkRef, Desired, EncodedChunk, Quota,
+    Session, StatePut, StoreError, Stored, Template, Tenant, User, UserUpdate, Workspace,
 };
 use serde::Serialize;
 use uuid::Uuid;
+
+/// Activity of one workspace is written at most this often.
+const ACTIVITY_GRAIN: chrono::Duration = chrono::Duration::seconds(30);
 
 /// Most items one page may hold, and the default.
 pub const MAX_PAGE: u32 = 1000;
@@ -103,6 +107,28 @@ pub struct NewApiKey {
     pub prefix: String,
     pub secret_hash: Vec<u8>,
     pub id: ApiKeyId,
+}
+
+/// A workspace to create, its template resolved.
+pub struct NewWorkspace {
+    pub name: String,
+    pub template_id: Option<TemplateId>,
+    /// The template's spec as JSON.
+    pub spec: String,
+    pub cpu_millis: u32,
+    pub memory_mb: u64,
+    /// Start it at once (desired running, with a `start` build).
+    pub start: bool,
+    pub quota: Quota,
+}
+
+/// What a user may ask of a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Start,
+    Stop,
+    Restart,
+    Delete,
 }
 
 pub struct AuditFilter {
@@ -656,7 +682,7 @@ impl<'a> Scoped<'a> {
 
     // ---- workspaces --------------------------------------------------------------------
 
-    pub async fn create_workspace(&self, name: String) -> Result<Workspace, ApiError> {
+    pub async fn create_workspace(&self, new: NewWorkspace) -> Result<Workspace, ApiError> {
         let id = WorkspaceId::new();
         let target = Target {
             owner: Some(self.p.user_id),
@@ -666,24 +692,262 @@ impl<'a> Scoped<'a> {
         };
         self.check(Resource::Workspace, Action::Create, target)
             .await?;
-        let workspace = Workspace {
+        let mut workspace = Workspace {
             id,
-            ..Workspace::new(self.tenant(), name, self.p.user_id, self.now())
+            template_id: new.template_id,
+            spec: new.spec,
+            cpu_millis: new.cpu_millis,
+            memory_mb: new.memory_mb,
+            ..Workspace::new(self.tenant(), new.name, self.p.user_id, self.now())
         };
+        let build = new.start.then(|| {
+            workspace.lifecycle.desired = Desired::Running;
+            self.build_of(&workspace, "start")
+        });
         self.gate
             .store
             .workspaces()
-            .create_workspace(&workspace)
+            .create_workspace(&workspace, build.as_ref(), Some(&new.quota))
             .await
             .map_err(|e| conflict(e, "a workspace with this name already exists"))?;
-        self.audit(AuditEvent::by(
-            self.p,
-            "workspace.create",
-            "workspace",
-            Some(id.to_string()),
-        ))
+        self.audit(
+            AuditEvent::by(
+                self.p,
+                "workspace.create",
+                "workspace",
+                Some(id.to_string()),
+            )
+            .detail(format!("start={}", new.start)),
+        )
         .await;
         Ok(workspace)
+    }
+
+    /// Claims a ready warm-pool instance of `template` for the principal, named `name`
+    /// (the same permission as creating one, the same quota). `None`: the pool is empty.
+    pub async fn claim_workspace(
+        &self,
+        template: TemplateId,
+        name: String,
+        quota: Quota,
+    ) -> Result<Option<Workspace>, ApiError> {
+        let target = Target {
+            owner: Some(self.p.user_id),
+            protected: false,
+            workspace: None,
+            id: Some(template.to_string()),
+        };
+        self.check(Resource::Workspace, Action::Create, target)
+            .await?;
+        let probe = Workspace::new(self.tenant(), name.clone(), self.p.user_id, self.now());
+        let build = self.build_of(&probe, "claim");
+        let claimed = self
+            .gate
+            .store
+            .workspaces()
+            .claim(
+                self.tenant(),
+                template,
+                self.p.user_id,
+                &name,
+                &Build {
+                    status: BuildStatus::Succeeded,
+                    finished_at: Some(build.created_at),
+                    ..build
+                },
+                Some(&quota),
+            )
+            .await
+            .map_err(|e| conflict(e, "a workspace with this name already exists"))?;
+        if let Some(ws) = &claimed {
+            self.gate.workspaces.forget(self.tenant(), ws.id);
+            self.audit(
+                AuditEvent::by(
+                    self.p,
+                    "workspace.claim",
+                    "workspace",
+                    Some(ws.id.to_string()),
+                )
+                .detail(format!("template={template}")),
+            )
+            .await;
+        }
+        Ok(claimed)
+    }
+
+    /// A build asked for by this principal.
+    fn build_of(&self, ws: &Workspace, transition: &str) -> Build {
+        let (kind, id) = self.p.actor();
+        Build {
+            tenant_id: ws.tenant_id,
+            workspace_id: ws.id,
+            id: BuildId::new(),
+            transition: transition.into(),
+            initiator: format!("{kind}:{id}"),
+            reason: None,
+            status: BuildStatus::Pending,
+            error: None,
+            generation: ws.lifecycle.generation,
+            created_at: self.now(),
+            finished_at: None,
+        }
+    }
+
+    /// Asks for a workspace to be started, stopped, restarted or deleted: records what is
+    /// desired and the build; the reconciler acts. `transition` is `start`, `stop`,
+    /// `restart` (stopped, then started again by the reconciler) or `delete`.
+    pub async fn request_workspace(
+        &self,
+        id: WorkspaceId,
+        transition: Transition,
+        quota: Quota,
+    ) -> Result<Workspace, ApiError> {
+        let ws = self.fetch_workspace(id).await?;
+        let (action, desired, name) = match transition {
+            Transition::Start => (Action::Update, Desired::Running, "start"),
+            Transition::Stop => (Action::Update, Desired::Stopped, "stop"),
+            Transition::Restart => (Action::Update, Desired::Stopped, "restart"),
+            Transition::Delete => (Action::Delete, Desired::Deleted, "delete"),
+        };
+        self.check(Resource::Workspace, action, workspace_target(&ws))
+            .await?;
+        let build = self.build_of(&ws, name);
+        let updated = self
+            .gate
+            .store
+            .workspaces()
+            .request(self.tenant(), id, desired, Some(&build), Some(&quota))
+            .await?;
+        let Some(updated) = updated else {
+            // Gone meanwhile (the orchestrator finished deleting it), or being deleted.
+            self.gate.workspaces.forget(self.tenant(), id);
+            self.fetch_workspace(id).await?;
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the workspace is being deleted: it takes no other request",
+            ));
+        };
+        self.gate.workspaces.forget(self.tenant(), id);
+        if transition == Transition::Start || transition == Transition::Restart {
+            self.used_workspace(&updated).await;
+        }
+        let action = match transition {
+            Transition::Start => "workspace.start",
+            Transition::Stop => "workspace.stop",
+            Transition::Restart => "workspace.restart",
+            Transition::Delete => "workspace.delete",
+        };
+        self.audit(
+            AuditEvent::by(self.p, action, "workspace", Some(id.to_string()))
+                .detail(format!("build={}", build.id)),
+        )
+        .await;
+        Ok(updated)
+    }
+
+    /// The workspace's builds, newest first.
+    pub async fn list_builds(
+        &self,
+        id: WorkspaceId,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Build>, ApiError> {
+        let limit = page_limit(limit)?;
+        self.get_workspace(id).await?;
+        let before = decode_cursor(cursor)?.map(BuildId::from_uuid);
+        let items = self
+            .gate
+            .store
+            .workspaces()
+            .list_builds(self.tenant(), id, before, limit + 1)
+            .await?;
+        Ok(page(items, limit, |b| b.id.as_uuid()))
+    }
+
+    /// The persisted browser state: its version and JSON.
+    pub async fn workspace_state(
+        &self,
+        id: WorkspaceId,
+    ) -> Result<(u64, Option<String>), ApiError> {
+        let ws = self.get_workspace(id).await?;
+        self.used_workspace(&ws).await;
+        self.gate
+            .store
+            .workspaces()
+            .get_state(self.tenant(), id)
+            .await?
+            .ok_or_else(|| not_found(Resource::Workspace))
+    }
+
+    /// Replaces the state if it is still at version `expected`; the new version.
+    pub async fn put_workspace_state(
+        &self,
+        id: WorkspaceId,
+        expected: Option<u64>,
+        json: &str,
+    ) -> Result<u64, ApiError> {
+        let ws = self.fetch_workspace(id).await?;
+        self.check(Resource::Workspace, Action::Update, workspace_target(&ws))
+            .await?;
+        self.used_workspace(&ws).await;
+        match self
+            .gate
+            .store
+            .workspaces()
+            .put_state(self.tenant(), id, expected, json)
+            .await?
+        {
+            StatePut::Stored(v) => Ok(v),
+            StatePut::Stale(current) => Err(ApiError::new(
+                ErrorCode::PreconditionFailed,
+                format!(
+                    "the state changed since it was read (now version {current}): read it again and merge"
+                ),
+            )),
+            StatePut::Missing => Err(not_found(Resource::Workspace)),
+        }
+    }
+
+    /// The agent of a launch of `id` reports. Only a key bound to that very workspace may
+    /// (the key the orchestrator minted for it); `token` names the launch.
+    pub async fn agent_report(
+        &self,
+        id: WorkspaceId,
+        token: &str,
+        ready: bool,
+        activity: Option<DateTime<Utc>>,
+    ) -> Result<Workspace, ApiError> {
+        let ws = self.fetch_workspace(id).await?;
+        let own_agent = matches!(self.p.via, Via::ApiKey(_))
+            && self.p.workspace == Some(id)
+            && self.p.key_role == Some(Role::Service);
+        if !own_agent {
+            return self
+                .deny_because(
+                    Resource::Workspace,
+                    Action::Update,
+                    Some(id.to_string()),
+                    "only the workspace's own agent (its workspace-bound service key) reports"
+                        .into(),
+                )
+                .await;
+        }
+        self.check(Resource::Workspace, Action::Read, workspace_target(&ws))
+            .await?;
+        let now = self.now();
+        let current = self
+            .gate
+            .store
+            .workspaces()
+            .agent_report(self.tenant(), id, token, ready, activity, now)
+            .await?;
+        if !current {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this launch of the workspace is over: its agent should exit",
+            ));
+        }
+        Ok(ws)
     }
 
     async fn fetch_workspace(&self, id: WorkspaceId) -> Result<Workspace, ApiError> {
@@ -716,6 +980,32 @@ impl<'a> Scoped<'a> {
         Ok(ws)
     }
 
+    /// Records use of a workspace by a person (an API call about it), for the idle stop;
+    /// at most one write per workspace every [`ACTIVITY_GRAIN`]. An agent's key does not
+    /// count (its reports carry the activity it saw).
+    pub async fn used_workspace(&self, ws: &Workspace) {
+        if matches!(self.p.via, Via::ApiKey(_)) && self.p.workspace == Some(ws.id) {
+            return;
+        }
+        let now = self.now();
+        let recent = ws
+            .lifecycle
+            .activity_at
+            .is_some_and(|a| now - a < ACTIVITY_GRAIN);
+        if recent {
+            return;
+        }
+        if let Err(e) = self
+            .gate
+            .store
+            .workspaces()
+            .touch(ws.tenant_id, ws.id, now)
+            .await
+        {
+            tracing::debug!(workspace = %ws.id, error = %e, "cannot record workspace activity");
+        }
+    }
+
     pub async fn list_workspaces(
         &self,
         cursor: Option<&str>,
@@ -742,20 +1032,127 @@ impl<'a> Scoped<'a> {
         Ok(page(items, limit, |w| w.id.as_uuid()))
     }
 
-    pub async fn delete_workspace(&self, id: WorkspaceId) -> Result<(), ApiError> {
-        let ws = self.fetch_workspace(id).await?;
-        self.check(Resource::Workspace, Action::Delete, workspace_target(&ws))
+    // ---- templates ---------------------------------------------------------------------
+
+    fn template_target(id: TemplateId) -> Target {
+        Target {
+            id: Some(id.to_string()),
+            ..Target::default()
+        }
+    }
+
+    pub async fn create_template(&self, name: String, spec: String) -> Result<Template, ApiError> {
+        let id = TemplateId::new();
+        self.check(
+            Resource::Template,
+            Action::Create,
+            Self::template_target(id),
+        )
+        .await?;
+        let now = self.now();
+        let template = Template {
+            tenant_id: self.tenant(),
+            id,
+            name,
+            spec,
+            created_at: now,
+            updated_at: now,
+        };
+        self.gate
+            .store
+            .workspaces()
+            .create_template(&template)
+            .await
+            .map_err(|e| conflict(e, "a template with this name already exists"))?;
+        self.audit(AuditEvent::by(
+            self.p,
+            "template.create",
+            "template",
+            Some(id.to_string()),
+        ))
+        .await;
+        Ok(template)
+    }
+
+    pub async fn get_template(&self, id: TemplateId) -> Result<Template, ApiError> {
+        self.check(Resource::Template, Action::Read, Self::template_target(id))
             .await?;
         self.gate
             .store
             .workspaces()
-            .delete_workspace(self.tenant(), id, self.now())
+            .get_template(self.tenant(), id)
+            .await?
+            .ok_or_else(|| not_found(Resource::Template))
+    }
+
+    pub async fn list_templates(&self) -> Result<Vec<Template>, ApiError> {
+        self.check(Resource::Template, Action::Read, Target::default())
             .await?;
-        self.gate.workspaces.forget(self.tenant(), id);
+        Ok(self
+            .gate
+            .store
+            .workspaces()
+            .list_templates(self.tenant())
+            .await?)
+    }
+
+    pub async fn update_template(
+        &self,
+        id: TemplateId,
+        name: String,
+        spec: String,
+    ) -> Result<Template, ApiError> {
+        self.check(
+            Resource::Template,
+            Action::Update,
+            Self::template_target(id),
+        )
+        .await?;
+        let existing = self.get_template(id).await?;
+        let updated = Template {
+            name,
+            spec,
+            updated_at: self.now(),
+            ..existing
+        };
+        let stored = self
+            .gate
+            .store
+            .workspaces()
+            .update_template(&updated)
+            .await
+            .map_err(|e| conflict(e, "a template with this name already exists"))?
+            .ok_or_else(|| not_found(Resource::Template))?;
         self.audit(AuditEvent::by(
             self.p,
-            "workspace.delete",
-            "workspace",
+            "template.update",
+            "template",
+            Some(id.to_string()),
+        ))
+        .await;
+        Ok(stored)
+    }
+
+    pub async fn delete_template(&self, id: TemplateId) -> Result<(), ApiError> {
+        self.check(
+            Resource::Template,
+            Action::Delete,
+            Self::template_target(id),
+        )
+        .await?;
+        let gone = self
+            .gate
+            .store
+            .workspaces()
+            .delete_template(self.tenant(), id, self.now())
+            .await?;
+        if !gone {
+            return Err(not_found(Resource::Template));
+        }
+        self.audit(AuditEvent::by(
+            self.p,
+            "template.delete",
+            "template",
             Some(id.to_string()),
         ))
         .await;
@@ -772,10 +1169,16 @@ impl<'a> Scoped<'a> {
         let id = default_workspace_id(self.tenant());
         // Known here: the caller's own check of the workspace (`may_write_logs`) reads the
         // store anyway, so it is not read twice on every request.
-        if self.gate.workspaces.get_stale(self.tenant(), id).is_some() {
+        if self
+            .gate
+            .workspaces
+            .get_stale(self.tenant(), id)
+            .is_some_and(|w| w.lifecycle.desired != Desired::Deleted)
+        {
             return Ok(id);
         }
         match self.fetch_workspace(id).await {
+            Ok(w) if w.lifecycle.desired == Desired::Deleted => return Err(no_default()),
             Ok(_) => return Ok(id),
             Err(e) if e.code() != coditect_proto::ErrorCode::NotFound => return Err(e),
             Err(_) => {}
@@ -800,7 +1203,7 @@ impl<'a> Scoped<'a> {
             .gate
             .store
             .workspaces()
-            .create_workspace(&workspace)
+            .create_workspace(&workspace, None, None)
             .await
         {
             Ok(()) => {
@@ -819,16 +1222,8 @@ impl<'a> Scoped<'a> {
             }
             // Another request (or replica) made it first; or it was made and deleted.
             Err(StoreError::Conflict(_)) => match self.fetch_workspace(id).await {
-                Ok(_) => Ok(id),
-                Err(_) => Err(ApiError::new(
-                    coditect_proto::ErrorCode::BadRequest,
-                    format!(
-                        "no workspace named and the tenant has no default one (a workspace \
-                         named {DEFAULT_WORKSPACE:?} exists, or the default was deleted): \
-                         send X-Coditect-Workspace-Id, set coditect.workspace.id, or use an \
-                         API key bound to a workspace"
-                    ),
-                )),
+                Ok(w) if w.lifecycle.desired != Desired::Deleted => Ok(id),
+                _ => Err(no_default()),
             },
             Err(e) => Err(e.into()),
         }
@@ -840,6 +1235,10 @@ impl<'a> Scoped<'a> {
     /// tenant's: otherwise "not found").
     pub async fn may_write_logs(&self, workspace: WorkspaceId) -> Result<(), ApiError> {
         let ws = self.fetch_workspace(workspace).await?;
+        if ws.lifecycle.desired == Desired::Deleted {
+            // Being deleted: it takes no more entries (as once it is gone).
+            return Err(not_found(Resource::Workspace));
+        }
         let target = Target {
             owner: Some(ws.owner_id),
             protected: false,
@@ -1188,6 +1587,19 @@ fn workspace_target(ws: &Workspace) -> Target {
         workspace: Some(ws.id),
         id: Some(ws.id.to_string()),
     }
+}
+
+/// Entries naming no workspace, in a tenant whose default one cannot be.
+fn no_default() -> ApiError {
+    ApiError::new(
+        ErrorCode::BadRequest,
+        format!(
+            "no workspace named and the tenant has no default one (a workspace \
+             named {DEFAULT_WORKSPACE:?} exists, or the default was deleted): \
+             send X-Coditect-Workspace-Id, set coditect.workspace.id, or use an \
+             API key bound to a workspace"
+        ),
+    )
 }
 
 fn not_found(resource: Resource) -> ApiError {

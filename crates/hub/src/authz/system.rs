@@ -7,7 +7,7 @@ use coditect_proto::ComponentHealth;
 use coditect_store::{PgStore, SigningKeyStore, StorageMode, StoreError, Tenant, User};
 
 pub struct System<'a> {
-    gate: &'a Gate,
+    pub(super) gate: &'a Gate,
 }
 
 impl<'a> System<'a> {

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, UnixListener};
 
 /// Most headers a request may carry; more are answered 431 with the envelope.
 pub const MAX_HEADERS: usize = 100;
@@ -47,10 +47,38 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
 }
 
+/// Where connections come from: TCP, or the Unix socket workspaces reach the hub by.
+pub trait Listener: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_one(&self) -> impl Future<Output = io::Result<(Self::Io, SocketAddr)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept_one(&self) -> io::Result<(Self::Io, SocketAddr)> {
+        let (stream, peer) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer))
+    }
+}
+
+/// The address a Unix-socket peer is known by (it has none): the unspecified address.
+pub const UNIX_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+impl Listener for UnixListener {
+    type Io = tokio::net::UnixStream;
+
+    async fn accept_one(&self) -> io::Result<(Self::Io, SocketAddr)> {
+        let (stream, _) = self.accept().await?;
+        Ok((stream, UNIX_PEER))
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, asks every
 /// connection to finish its request in progress and close, and waits for them.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L: Listener>(
+    listener: L,
     app: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -62,7 +90,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept_one() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before it was
@@ -83,7 +111,6 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let app = app.clone();
         let (stopping, alive) = (stopping.clone(), alive.clone());
         tokio::spawn(async move {
@@ -98,8 +125,8 @@ pub async fn serve(
     Ok(())
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     peer: SocketAddr,
     slot: Slot,
     app: Router,
@@ -247,13 +274,13 @@ impl Drop for Request {
 }
 
 /// The socket, noting when bytes move, holding the connection's slot until it closes.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
     _slot: Slot,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -268,7 +295,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -383,7 +410,7 @@ impl Drop for Slot {
 
 /// Answers a connection over a cap with the envelope, then closes it. Bounded in time:
 /// a client that reads nothing cannot hold the task.
-async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, refusal: Refusal) {
     let (status, code, message) = match refusal {
         Refusal::Total => (
             "503 Service Unavailable",

@@ -82,9 +82,9 @@ fn grpc_code(code: ErrorCode) -> i32 {
         ErrorCode::NotFound => 5,
         ErrorCode::AccessDenied => 7,
         ErrorCode::AuthRequired => 16,
-        ErrorCode::RateLimited => 8,
+        ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 8, // RESOURCE_EXHAUSTED
         ErrorCode::Unavailable => 14,
-        ErrorCode::Conflict => 10,
+        ErrorCode::Conflict | ErrorCode::PreconditionFailed => 10, // ABORTED
         ErrorCode::MethodNotAllowed => 12,
         ErrorCode::InternalError => 13,
     }

@@ -54,6 +54,40 @@ fn describe() {
         "HTTP request latency, by method, matched route template and status"
     );
     describe_gauge!("http_requests_in_flight", "HTTP requests being handled now");
+    describe_histogram!(
+        "container_launch_time",
+        Unit::Seconds,
+        "From a workspace's launch to its agent saying ready, by runtime and source (cold or pool)"
+    );
+    describe_histogram!(
+        "session_recovery_time",
+        Unit::Seconds,
+        "From a running workspace found failed to it running again, by runtime"
+    );
+    describe_gauge!(
+        "active_containers",
+        "Workspaces running (their agent ready), on every runtime"
+    );
+    describe_gauge!(
+        "pool_size",
+        "Warm-pool instances per template (claimable or on their way)"
+    );
+    describe_gauge!(
+        "pool_utilization",
+        "Share of a template's warm pool not ready to be claimed (0 to 1; high: the pool runs dry)"
+    );
+    describe_counter!(
+        "pool_claims_total",
+        "Workspaces created from a template, by outcome: hit (claimed from the warm pool) or miss (started cold)"
+    );
+    describe_counter!(
+        "workspace_reconcile_errors_total",
+        "Reconciler steps that failed, by kind (store, lease_lost)"
+    );
+    describe_counter!(
+        "workspace_orphans_removed_total",
+        "Runtime objects labelled as this hub's that the store did not know, removed"
+    );
     describe_gauge!(
         "hub_uptime_seconds",
         Unit::Seconds,

@@ -6,12 +6,13 @@ use reqwest::Method;
 use serde_json::Value;
 
 /// The kinds of object an operation can name, by the schema of the id.
-pub const ID_KINDS: [&str; 6] = [
+pub const ID_KINDS: [&str; 7] = [
     "TenantId",
     "UserId",
     "SessionId",
     "ApiKeyId",
     "WorkspaceId",
+    "TemplateId",
     // A plain UUID: the only one in the API is a log entry's id.
     "LogEntryId",
 ];

@@ -109,7 +109,7 @@ impl TestApp {
             self.post_as(
                 "/api/v1/workspaces",
                 token,
-                serde_json::json!({"name": name}),
+                serde_json::json!({"name": name, "start": false}),
             )
             .await,
         )
@@ -212,7 +212,35 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.trigger_shutdown();
+        destroy_scope(&self.state);
     }
+}
+
+/// Removes every runtime object this hub's scope holds (workspaces outlive their hub by
+/// design; a finished test's must not).
+pub fn destroy_scope(state: &AppState) {
+    let runtimes: Vec<_> = state.orchestrator().runtimes().cloned().collect();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            for r in runtimes {
+                let listed = tokio::time::timeout(Duration::from_secs(10), r.list()).await;
+                if let Ok(Ok(list)) = listed {
+                    for o in list {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(30), r.destroy(o.instance))
+                                .await;
+                    }
+                }
+            }
+        });
+    })
+    .join();
 }
 
 /// The Python of the project's test virtualenv (`target/test-venv`, made by
@@ -231,6 +259,13 @@ pub fn test_python() -> String {
          pip install -r crates/hub/tests/clients/requirements.txt)"
     );
     python
+}
+
+/// A runtime scope no other hub of this run uses.
+pub fn test_scope() -> coditect_workspaces::Scope {
+    let tag: u64 = rand::random();
+    coditect_workspaces::Scope::parse(&format!("t{:012x}", tag & 0xffff_ffff_ffff))
+        .expect("a valid scope")
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -252,6 +287,10 @@ pub async fn spawn_app_with(
         config.database_url = Some(coditect_hub::config::Secret::new(url));
         config.pg_pool_size = 4;
     }
+    // Hubs of parallel tests share this machine's runtimes: each names its own objects,
+    // so none adopts or sweeps another's.
+    config.workspaces.scope = test_scope();
+    config.workspaces.agent = Some(coditect_testkit::hub::monitor_binary());
     // Cheap password hashing: the suite logs in hundreds of times.
     config.auth.argon2_memory_kib = 1024;
     config.auth.argon2_iterations = 1;
@@ -409,6 +448,7 @@ impl HubProcess {
     /// logs) and waits until it logs its address, or exits.
     pub fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> HubProcess {
         let mut cmd = Command::new(hub_binary());
+        cmd.args(["--workspace-scope", test_scope().as_str()]);
         cmd.args([
             "--listen",
             "127.0.0.1:0",

@@ -293,7 +293,9 @@ pub(crate) fn probe_message(err: &StoreError) -> String {
         StoreError::Full(_) => "storage full".into(),
         StoreError::Closed => "closed".into(),
         StoreError::Migration(_) => "schema migration failed".into(),
-        StoreError::Conflict(_) | StoreError::Internal(_) => "failing".into(),
+        StoreError::Conflict(_) | StoreError::QuotaExceeded(_) | StoreError::Internal(_) => {
+            "failing".into()
+        }
     }
 }
 

@@ -70,8 +70,8 @@ use coditect_proto::{
 };
 use coditect_store::{
     ApiKey, ApiKeyStore, AuditQuery, AuditRecord, AuditStore, Build, BuildStatus, Desired,
-    Lifecycle, Observation, PublicKeyRecord, RefreshOutcome, Session, SessionStore,
-    SigningKeyStore, Status, User, UserStore, UserUpdate, Workspace, WorkspaceStore,
+    Lifecycle, Observation, PublicKeyRecord, Quota, RefreshOutcome, Session, SessionStore,
+    SigningKeyStore, StatePut, Status, User, UserStore, UserUpdate, Workspace, WorkspaceStore,
 };
 
 /// Every domain, as the conformance checks need them.
@@ -509,14 +509,19 @@ pub async fn workspaces_conform(store: &dyn Engine) {
     let ws =
         |t: &Tenant, owner: &User, name: &str| Workspace::new(t.id, name.into(), owner.id, now);
     let w1 = ws(&a, &ua, "api");
-    store.create_workspace(&w1).await.unwrap();
+    store.create_workspace(&w1, None, None).await.unwrap();
     assert!(matches!(
-        store.create_workspace(&ws(&a, &ua2, "api")).await,
+        store
+            .create_workspace(&ws(&a, &ua2, "api"), None, None)
+            .await,
         Err(StoreError::Conflict(_))
     ));
-    store.create_workspace(&ws(&b, &ub, "api")).await.unwrap();
+    store
+        .create_workspace(&ws(&b, &ub, "api"), None, None)
+        .await
+        .unwrap();
     let w2 = ws(&a, &ua2, "web");
-    store.create_workspace(&w2).await.unwrap();
+    store.create_workspace(&w2, None, None).await.unwrap();
 
     assert_eq!(
         store.get_workspace(a.id, w1.id).await.unwrap().as_ref(),
@@ -550,7 +555,7 @@ pub async fn workspaces_conform(store: &dyn Engine) {
     );
     assert_eq!(store.get_workspace(a.id, w1.id).await.unwrap(), None);
     store
-        .create_workspace(&ws(&a, &ua, "api"))
+        .create_workspace(&ws(&a, &ua, "api"), None, None)
         .await
         .expect("a deleted name is free again");
 }
@@ -597,9 +602,9 @@ pub async fn orchestration_conform(store: &dyn Engine) {
     let now = coditect_store::now();
     let later = |s: i64| now + Duration::seconds(s);
     let w = Workspace::new(t.id, "orchestrated".into(), owner.id, now);
-    store.create_workspace(&w).await.unwrap();
+    store.create_workspace(&w, None, None).await.unwrap();
     let idle = Workspace::new(t.id, "idle".into(), owner.id, now);
-    store.create_workspace(&idle).await.unwrap();
+    store.create_workspace(&idle, None, None).await.unwrap();
     assert_eq!(
         store.get_workspace(t.id, w.id).await.unwrap().unwrap(),
         w,
@@ -617,7 +622,7 @@ pub async fn orchestration_conform(store: &dyn Engine) {
     // A request records the desire and its build; a second one supersedes the first.
     let start = build(&w, "start", now);
     let asked = store
-        .request(t.id, w.id, Desired::Running, &start)
+        .request(t.id, w.id, Desired::Running, Some(&start), None)
         .await
         .unwrap()
         .unwrap();
@@ -625,12 +630,12 @@ pub async fn orchestration_conform(store: &dyn Engine) {
     assert!(asked.lifecycle.needs_work());
     let stop = build(&w, "stop", later(1));
     store
-        .request(t.id, w.id, Desired::Stopped, &stop)
+        .request(t.id, w.id, Desired::Stopped, Some(&stop), None)
         .await
         .unwrap();
     let again = build(&w, "start", later(2));
     store
-        .request(t.id, w.id, Desired::Running, &again)
+        .request(t.id, w.id, Desired::Running, Some(&again), None)
         .await
         .unwrap();
     let builds = store.list_builds(t.id, w.id, None, 10).await.unwrap();
@@ -656,7 +661,13 @@ pub async fn orchestration_conform(store: &dyn Engine) {
     );
     assert!(
         store
-            .request(t.id, WorkspaceId::new(), Desired::Running, &again)
+            .request(
+                t.id,
+                WorkspaceId::new(),
+                Desired::Running,
+                Some(&again),
+                None
+            )
             .await
             .unwrap()
             .is_none()
@@ -827,6 +838,218 @@ pub async fn orchestration_conform(store: &dyn Engine) {
             .unwrap()
             .lifecycle,
         Lifecycle::default()
+    );
+
+    // Running workspaces of every tenant, paged by (tenant, id).
+    let running = store
+        .list_in_status(Status::Running, None, 10)
+        .await
+        .unwrap();
+    assert!(running.iter().any(|r| r.id == w.id));
+    assert!(!running.iter().any(|r| r.id == idle.id));
+    let last = running.last().map(|r| (r.tenant_id, r.id));
+    assert!(
+        store
+            .list_in_status(Status::Running, last, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A build of the orchestrator's own leaves what is desired alone.
+    let recover = build(&w, "recover", later(11));
+    store.add_build(&recover).await.unwrap();
+    let newest = &store.list_builds(t.id, w.id, None, 1).await.unwrap()[0];
+    assert_eq!(
+        (newest.id, newest.status),
+        (recover.id, BuildStatus::Pending)
+    );
+    assert_eq!(
+        store
+            .get_workspace(t.id, w.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .lifecycle
+            .desired,
+        Desired::Running
+    );
+
+    // The browser state: versioned, compare-and-set.
+    assert_eq!(store.get_state(t.id, w.id).await.unwrap(), Some((0, None)));
+    assert_eq!(
+        store
+            .put_state(t.id, w.id, Some(0), r#"{"tabs":1}"#)
+            .await
+            .unwrap(),
+        StatePut::Stored(1)
+    );
+    assert_eq!(
+        store
+            .put_state(t.id, w.id, Some(0), r#"{"tabs":2}"#)
+            .await
+            .unwrap(),
+        StatePut::Stale(1),
+        "a second browser that read version 0 cannot overwrite version 1"
+    );
+    assert_eq!(
+        store
+            .put_state(t.id, w.id, None, r#"{"tabs":3}"#)
+            .await
+            .unwrap(),
+        StatePut::Stored(2)
+    );
+    assert_eq!(
+        store.get_state(t.id, w.id).await.unwrap(),
+        Some((2, Some(r#"{"tabs":3}"#.into())))
+    );
+    assert_eq!(
+        store
+            .put_state(t.id, WorkspaceId::new(), None, "{}")
+            .await
+            .unwrap(),
+        StatePut::Missing
+    );
+
+    // A delete is final: no later wish brings the workspace back.
+    let del = build(&idle, "delete", later(12));
+    store
+        .request(t.id, idle.id, Desired::Deleted, Some(&del), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let revive = build(&idle, "start", later(13));
+    assert!(
+        store
+            .request(t.id, idle.id, Desired::Running, Some(&revive), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .request(
+                t.id,
+                idle.id,
+                Desired::Deleted,
+                Some(&build(&idle, "delete", later(14))),
+                None
+            )
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Quotas are checked and written in one step, so concurrent creates cannot overshoot.
+pub async fn quota_conform(store: &dyn Engine) {
+    let t = tenant(store).await;
+    let owner = user_in(&t, Role::Member);
+    store.create_user(&owner).await.unwrap();
+    let now = coditect_store::now();
+    let quota = Quota {
+        workspaces: 3,
+        cpu_millis: 3000,
+        memory_mb: 0,
+    };
+    let sized = |name: &str, cpu: u32, running: bool| {
+        let mut w = Workspace::new(t.id, name.into(), owner.id, now);
+        w.cpu_millis = cpu;
+        if running {
+            w.lifecycle.desired = Desired::Running;
+        }
+        w
+    };
+    let a = sized("a", 2000, true);
+    store
+        .create_workspace(&a, Some(&build(&a, "start", now)), Some(&quota))
+        .await
+        .unwrap();
+    let too_big = sized("b", 2000, true);
+    assert!(matches!(
+        store.create_workspace(&too_big, None, Some(&quota)).await,
+        Err(StoreError::QuotaExceeded(_))
+    ));
+    let b = sized("b", 2000, false);
+    store
+        .create_workspace(&b, None, Some(&quota))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            store
+                .request(
+                    t.id,
+                    b.id,
+                    Desired::Running,
+                    Some(&build(&b, "start", now)),
+                    Some(&quota)
+                )
+                .await,
+            Err(StoreError::QuotaExceeded(_))
+        ),
+        "starting it would need 4000 of 3000 CPU"
+    );
+    assert_eq!(
+        store
+            .get_workspace(t.id, b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .lifecycle
+            .desired,
+        Desired::Stopped,
+        "a refusal writes nothing"
+    );
+    // Re-asking for what already counts is not double-counted.
+    store
+        .request(
+            t.id,
+            a.id,
+            Desired::Running,
+            Some(&build(&a, "restart", now)),
+            Some(&quota),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .request(
+            t.id,
+            a.id,
+            Desired::Stopped,
+            Some(&build(&a, "stop", now)),
+            Some(&quota),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .request(
+            t.id,
+            b.id,
+            Desired::Running,
+            Some(&build(&b, "start", now)),
+            Some(&quota),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Racing creates: exactly the room left (one workspace) is taken.
+    let racers: Vec<Workspace> = (0..4).map(|i| sized(&format!("r{i}"), 0, false)).collect();
+    let results = futures_util::future::join_all(
+        racers
+            .iter()
+            .map(|w| store.create_workspace(w, None, Some(&quota))),
+    )
+    .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(StoreError::QuotaExceeded(_))))
     );
 }
 

@@ -1,0 +1,347 @@
+//! What the orchestrator may do outside any request (through [`System`]): lease the
+//! workspaces that need it, write what it saw, record builds, mint and revoke the agents'
+//! keys, and write a workspace's history into its own logs.
+
+use super::{AuditEvent, RequestMeta, System};
+use crate::auth::secrets;
+use chrono::{DateTime, Utc};
+use coditect_proto::{
+    ApiKeyId, BuildId, Email, Level, Role, Secret, TenantId, UserId, WorkspaceId,
+};
+use coditect_store::logs::{EncodedChunk, LogRecord};
+use coditect_store::{
+    ApiKey, Build, BuildStatus, Desired, Observation, Status, StoreError, Template, User,
+    Workspace, WorkspaceStore,
+};
+
+/// Names of the keys minted for workspace agents start with this (they are listed with
+/// the tenant's other keys, and revoked by the orchestrator only).
+pub const AGENT_KEY_NAME: &str = "workspace-agent";
+
+impl<'a> System<'a> {
+    fn workspaces(&self) -> &'a dyn WorkspaceStore {
+        self.gate.store.workspaces()
+    }
+
+    pub async fn lease_due(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Workspace>, StoreError> {
+        self.workspaces().lease_due(holder, now, until, limit).await
+    }
+
+    pub async fn lease(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Workspace>, StoreError> {
+        self.workspaces()
+            .lease(tenant, id, holder, now, until)
+            .await
+    }
+
+    pub async fn observe(
+        &self,
+        ws: &Workspace,
+        holder: &str,
+        observation: &Observation,
+    ) -> Result<bool, StoreError> {
+        let written = self
+            .workspaces()
+            .observe(ws.tenant_id, ws.id, holder, observation)
+            .await?;
+        if written {
+            self.gate.workspaces.forget(ws.tenant_id, ws.id);
+        }
+        Ok(written)
+    }
+
+    pub async fn release(&self, ws: &Workspace, holder: &str) -> Result<(), StoreError> {
+        self.workspaces().release(ws.tenant_id, ws.id, holder).await
+    }
+
+    pub async fn get_workspace(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+    ) -> Result<Option<Workspace>, StoreError> {
+        self.workspaces().get_workspace(tenant, id).await
+    }
+
+    pub async fn list_in_status(
+        &self,
+        status: Status,
+        after: Option<(TenantId, WorkspaceId)>,
+        limit: u32,
+    ) -> Result<Vec<Workspace>, StoreError> {
+        self.workspaces().list_in_status(status, after, limit).await
+    }
+
+    /// The workspace's newest build if it is still pending.
+    pub async fn pending_build(&self, ws: &Workspace) -> Result<Option<Build>, StoreError> {
+        let newest = self
+            .workspaces()
+            .list_builds(ws.tenant_id, ws.id, None, 1)
+            .await?;
+        Ok(newest
+            .into_iter()
+            .next()
+            .filter(|b| b.status == BuildStatus::Pending))
+    }
+
+    /// Records a transition the orchestrator starts itself (a recovery, an idle stop),
+    /// without touching what is desired.
+    pub async fn add_build(&self, build: &Build) -> Result<(), StoreError> {
+        self.workspaces().add_build(build).await?;
+        self.audit_build(build, "started").await;
+        Ok(())
+    }
+
+    pub async fn finish_build(
+        &self,
+        build: &Build,
+        status: BuildStatus,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = self.gate.clock.now();
+        self.workspaces()
+            .finish_build(
+                build.tenant_id,
+                build.workspace_id,
+                build.id,
+                status,
+                error,
+                now,
+            )
+            .await?;
+        self.audit_build(build, status.as_str()).await;
+        Ok(())
+    }
+
+    async fn audit_build(&self, build: &Build, outcome: &str) {
+        let mut event = AuditEvent::system(
+            build.tenant_id,
+            "workspace.build",
+            "workspace",
+            Some(build.workspace_id.to_string()),
+        )
+        .detail(format!(
+            "build={} transition={} generation={} outcome={outcome}",
+            build.id, build.transition, build.generation
+        ));
+        if outcome == BuildStatus::Failed.as_str() {
+            event = event.failed(format!(
+                "build={} transition={} generation={} outcome=failed",
+                build.id, build.transition, build.generation
+            ));
+        }
+        self.gate
+            .auditor()
+            .record(event, &RequestMeta::default())
+            .await;
+    }
+
+    /// Asks for `desired` on the orchestrator's own account (an idle stop), with `build`.
+    pub async fn request(
+        &self,
+        ws: &Workspace,
+        desired: Desired,
+        build: &Build,
+    ) -> Result<bool, StoreError> {
+        let done = self
+            .workspaces()
+            .request(ws.tenant_id, ws.id, desired, Some(build), None)
+            .await?
+            .is_some();
+        if done {
+            self.audit_build(build, "started").await;
+        }
+        Ok(done)
+    }
+
+    /// Every live template of every tenant.
+    pub async fn all_templates(&self) -> Result<Vec<Template>, StoreError> {
+        self.workspaces().list_all_templates().await
+    }
+
+    /// A template's pool: (instances, ready to be claimed).
+    pub async fn pool_counts(&self, t: &Template) -> Result<(u64, u64), StoreError> {
+        self.workspaces().pool_counts(t.tenant_id, t.id).await
+    }
+
+    /// A new warm-pool instance (desired running, with its `start` build).
+    pub async fn create_pooled(&self, ws: &Workspace, build: &Build) -> Result<(), StoreError> {
+        self.workspaces()
+            .create_workspace(ws, Some(build), None)
+            .await?;
+        self.audit_build(build, "started").await;
+        Ok(())
+    }
+
+    /// The tenant's pool account: the service user that owns unclaimed pool instances
+    /// (and so their agents' keys), made on first use; safe when replicas race.
+    pub async fn pool_account(&self, tenant: TenantId) -> Result<UserId, StoreError> {
+        let users = self.gate.store.users();
+        let email = Email::parse(&format!("workspace-pool+{tenant}@pool.coditect.invalid"))
+            .map_err(StoreError::Internal)?;
+        if let Some(u) = users.find_user_by_email(&email).await? {
+            return Ok(u.id);
+        }
+        let now = self.gate.clock.now();
+        let user = User {
+            tenant_id: tenant,
+            id: UserId::new(),
+            email: email.clone(),
+            password_hash: None,
+            role: Role::Service,
+            platform_admin: false,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        match users.create_user(&user).await {
+            Ok(()) => Ok(user.id),
+            Err(StoreError::Conflict(_)) => users
+                .find_user_by_email(&email)
+                .await?
+                .map(|u| u.id)
+                .ok_or_else(|| StoreError::Internal("the pool account vanished".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The second half of a restart: running is desired again, the restart's build stays
+    /// pending until the new launch is running.
+    pub async fn resume(&self, ws: &Workspace) -> Result<(), StoreError> {
+        self.workspaces()
+            .request(ws.tenant_id, ws.id, Desired::Running, None, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Marks the workspace deleted for good (after its runtime objects are gone).
+    pub async fn forget_workspace(&self, ws: &Workspace) -> Result<(), StoreError> {
+        let now = self.gate.clock.now();
+        self.workspaces()
+            .delete_workspace(ws.tenant_id, ws.id, now)
+            .await?;
+        self.gate.workspaces.forget(ws.tenant_id, ws.id);
+        Ok(())
+    }
+
+    /// A new key for the agent of this launch of `ws`: owned by the workspace's owner
+    /// (so it can never do more than they can), role `service`, bound to the workspace.
+    /// Every earlier agent key of the workspace is revoked first: one live key per
+    /// workspace, and none left behind by a launch that crashed half-way.
+    pub async fn mint_agent_key(
+        &self,
+        ws: &Workspace,
+        generation: u64,
+    ) -> Result<Secret, StoreError> {
+        self.revoke_agent_keys(ws).await?;
+        let id = ApiKeyId::new();
+        let minted = secrets::mint(secrets::Kind::ApiKey, ws.tenant_id, id.as_uuid());
+        let key = ApiKey {
+            tenant_id: ws.tenant_id,
+            id,
+            owner_id: ws.owner_id,
+            name: format!("{AGENT_KEY_NAME} {} generation {generation}", ws.id),
+            prefix: secrets::display_prefix(&minted.token),
+            secret_hash: minted.hash,
+            role: Role::Service,
+            workspace_id: Some(ws.id),
+            created_at: self.gate.clock.now(),
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        self.gate.store.api_keys().create_api_key(&key).await?;
+        self.gate
+            .auditor()
+            .record(
+                AuditEvent::system(
+                    ws.tenant_id,
+                    "api_key.create",
+                    "api_key",
+                    Some(id.to_string()),
+                )
+                .detail(format!(
+                    "workspace agent key workspace={} generation={generation}",
+                    ws.id
+                )),
+                &RequestMeta::default(),
+            )
+            .await;
+        Ok(Secret::new(minted.token))
+    }
+
+    /// Revokes every live agent key of `ws`.
+    pub async fn revoke_agent_keys(&self, ws: &Workspace) -> Result<(), StoreError> {
+        let keys = self.gate.store.api_keys();
+        let now = self.gate.clock.now();
+        for key in keys.list_api_keys(ws.tenant_id, None).await? {
+            let agent = key.workspace_id == Some(ws.id)
+                && key.revoked_at.is_none()
+                && key.name.starts_with(AGENT_KEY_NAME);
+            if agent {
+                keys.revoke_api_key(ws.tenant_id, key.id, now).await?;
+                self.gate.cache.forget_key(ws.tenant_id, key.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one entry into the workspace's own logs (component `orchestrator`), so that
+    /// search and the live tail show its history. `fields` is a JSON object.
+    pub async fn workspace_event(
+        &self,
+        ws: &Workspace,
+        level: Level,
+        message: String,
+        fields: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let now = self.gate.clock.now();
+        let record = LogRecord {
+            id: uuid::Uuid::now_v7(),
+            ts: now.timestamp_micros(),
+            level,
+            component: "orchestrator".into(),
+            message,
+            metadata: Some(fields.to_string()),
+            session_id: None,
+            trace_id: None,
+            span_id: None,
+        };
+        let chunk = EncodedChunk::encode(ws.tenant_id, ws.id, now, &[record], None)?;
+        self.gate.store.append_logs(&chunk).await.map(|_| ())
+    }
+}
+
+/// A new build by the orchestrator itself.
+pub fn system_build(
+    ws: &Workspace,
+    transition: &str,
+    reason: Option<String>,
+    generation: u64,
+    at: DateTime<Utc>,
+) -> Build {
+    Build {
+        tenant_id: ws.tenant_id,
+        workspace_id: ws.id,
+        id: BuildId::new(),
+        transition: transition.into(),
+        initiator: "system:orchestrator".into(),
+        reason,
+        status: BuildStatus::Pending,
+        error: None,
+        generation,
+        created_at: at,
+        finished_at: None,
+    }
+}

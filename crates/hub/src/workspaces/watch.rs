@@ -1,0 +1,267 @@
+//! The health checker and the orphan sweep, one periodic pass over every runtime:
+//!
+//! - a workspace the store holds as `running` whose instance is gone, exited (OOM
+//!   included) or belongs to another launch, or whose agent has not reported within
+//!   `workspace_agent_timeout`, is marked `failed` with the reason and a `recover` build:
+//!   the reconciler relaunches it on the same home, with the same id, URL and state;
+//! - a runtime object labelled with this hub's scope that the store does not know (or
+//!   knows as deleted) is destroyed.
+//!
+//! A runtime that does not answer is skipped for the pass: nothing is judged from the
+//! silence of an engine (its outage shows in `/health` instead).
+
+use super::orchestrator::exit_reason;
+use crate::authz::system_build;
+use crate::state::AppState;
+use coditect_proto::Level;
+use coditect_store::{Observation, Status, Workspace};
+use coditect_workspaces::{InstanceRef, Observed, Phase};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How often the pass runs.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+const PAGE: u32 = 500;
+
+pub async fn run(state: AppState) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.gate().system().is_ready() {
+            check(&state).await;
+        }
+    }
+}
+
+/// One pass (public so tests can run it without waiting).
+pub async fn check(state: &AppState) {
+    let orch = state.orchestrator();
+    // What each answering runtime holds, by workspace.
+    let mut seen: HashMap<&'static str, HashMap<InstanceRef, Observed>> = HashMap::new();
+    for runtime in orch.runtimes() {
+        match tokio::time::timeout(orch.settings().runtime_timeout, runtime.list()).await {
+            Ok(Ok(list)) => {
+                let by_ref = list.into_iter().map(|o| (o.instance, o)).collect();
+                seen.insert(runtime.kind().as_str(), by_ref);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(runtime = runtime.kind().as_str(), error = %e, "runtime not answering; skipped");
+            }
+            Err(_) => {
+                tracing::debug!(
+                    runtime = runtime.kind().as_str(),
+                    "runtime list timed out; skipped"
+                );
+            }
+        }
+    }
+    let mut active = 0u64;
+    let mut after = None;
+    loop {
+        let page = match state
+            .gate()
+            .system()
+            .list_in_status(Status::Running, after, PAGE)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list running workspaces");
+                return;
+            }
+        };
+        after = page.last().map(|w| (w.tenant_id, w.id));
+        for ws in &page {
+            active += 1;
+            let Ok(template) = orch.template_of(ws) else {
+                continue;
+            };
+            let Some(held) = seen.get(template.runtime.as_str()) else {
+                continue;
+            };
+            let instance = InstanceRef {
+                tenant: ws.tenant_id,
+                workspace: ws.id,
+            };
+            if let Some(why) = judge(state, ws, held.get(&instance)) {
+                mark_failed(state, ws, why).await;
+            } else if let (Some(idle), false) = (template.idle_timeout_secs, ws.pooled) {
+                stop_if_idle(state, ws, Duration::from_secs(idle)).await;
+            }
+        }
+        if (page.len() as u32) < PAGE {
+            break;
+        }
+    }
+    metrics::gauge!("active_containers").set(active as f64);
+    sweep(state, &seen).await;
+    super::pool::refill(state).await;
+}
+
+/// Why a running workspace is not, if it is not.
+fn judge(state: &AppState, ws: &Workspace, observed: Option<&Observed>) -> Option<String> {
+    let l = &ws.lifecycle;
+    match observed {
+        None => return Some("its instance is gone".into()),
+        Some(o) if o.generation != l.generation => {
+            return Some("its instance is gone (another launch is in its place)".into());
+        }
+        Some(Observed {
+            phase: Phase::Exited { code, oom },
+            ..
+        }) => return Some(exit_reason(*code, *oom)),
+        Some(_) => {}
+    }
+    let timeout = state.orchestrator().settings().agent_timeout;
+    let now = state.gate().clock().now();
+    let last = l.seen_at.or(l.ready_at).or(l.status_at)?;
+    let silent = (now - last).to_std().unwrap_or_default();
+    (silent > timeout).then(|| {
+        format!(
+            "its agent stopped answering ({} without a report)",
+            humantime::format_duration(Duration::from_secs(silent.as_secs()))
+        )
+    })
+}
+
+/// Asks to stop a workspace unused for `idle` (its last activity, else when it became
+/// ready): a build `idle-stop` by the orchestrator. Its home stays.
+async fn stop_if_idle(state: &AppState, ws: &Workspace, idle: Duration) {
+    let l = &ws.lifecycle;
+    let now = state.gate().clock().now();
+    let Some(last) = l.activity_at.max(l.ready_at).or(l.status_at) else {
+        return;
+    };
+    let unused = (now - last).to_std().unwrap_or_default();
+    if unused < idle {
+        return;
+    }
+    let why = format!(
+        "idle for {} (the template stops it after {})",
+        humantime::format_duration(Duration::from_secs(unused.as_secs())),
+        humantime::format_duration(idle)
+    );
+    let build = system_build(ws, "idle-stop", Some(why.clone()), l.generation, now);
+    let system = state.gate().system();
+    match system
+        .request(ws, coditect_store::Desired::Stopped, &build)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(workspace = %ws.id, reason = %why, "stopping an idle workspace");
+            let _ = system
+                .workspace_event(
+                    ws,
+                    Level::Info,
+                    format!("workspace {why}: stopping"),
+                    json!({"transition": "idle-stop", "generation": l.generation}),
+                )
+                .await;
+            state.orchestrator().nudge();
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(workspace = %ws.id, error = %e, "cannot stop an idle workspace"),
+    }
+}
+
+/// Marks `ws` failed under a lease (skipped if someone else holds it: they are acting
+/// on it already), with a `recover` build for the reconciler's relaunch.
+async fn mark_failed(state: &AppState, ws: &Workspace, why: String) {
+    let orch = state.orchestrator();
+    let system = state.gate().system();
+    let now = state.gate().clock().now();
+    let lease = chrono::Duration::seconds(30);
+    let leased = match system
+        .lease(ws.tenant_id, ws.id, orch.holder(), now, now + lease)
+        .await
+    {
+        Ok(Some(w)) => w,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(workspace = %ws.id, error = %e, "cannot lease a workspace to mark it failed");
+            return;
+        }
+    };
+    // Judged on what the lease returned: the same launch, still running.
+    if leased.lifecycle.status != Status::Running
+        || leased.lifecycle.generation != ws.lifecycle.generation
+    {
+        let _ = system.release(&leased, orch.holder()).await;
+        return;
+    }
+    let l = &leased.lifecycle;
+    let o = Observation {
+        status: Status::Failed,
+        reason: Some(why.clone()),
+        generation: l.generation,
+        instance_token: l.instance_token.clone(),
+        attempts: l.attempts,
+        next_attempt_at: None,
+        reset_ready: false,
+        at: now,
+    };
+    let done = async {
+        if !system.observe(&leased, orch.holder(), &o).await? {
+            return Ok(());
+        }
+        let build = system_build(&leased, "recover", Some(why.clone()), l.generation + 1, now);
+        system.add_build(&build).await?;
+        tracing::warn!(workspace = %ws.id, tenant = %ws.tenant_id, reason = %why, "workspace failed; relaunching");
+        let _ = system
+            .workspace_event(
+                &leased,
+                Level::Error,
+                format!("workspace failed: {why}; relaunching"),
+                json!({"status": "failed", "generation": l.generation, "transition": "recover"}),
+            )
+            .await;
+        Ok::<(), coditect_store::StoreError>(())
+    }
+    .await;
+    if let Err(e) = done {
+        tracing::warn!(workspace = %ws.id, error = %e, "cannot mark a workspace failed");
+    }
+    let _ = system.release(&leased, orch.holder()).await;
+    orch.nudge();
+}
+
+/// Destroys what runtimes hold under this hub's scope for workspaces the store does not
+/// know (or knows as deleted).
+async fn sweep(state: &AppState, seen: &HashMap<&'static str, HashMap<InstanceRef, Observed>>) {
+    let orch = state.orchestrator();
+    let system = state.gate().system();
+    for runtime in orch.runtimes() {
+        let Some(held) = seen.get(runtime.kind().as_str()) else {
+            continue;
+        };
+        for instance in held.keys() {
+            match system
+                .get_workspace(instance.tenant, instance.workspace)
+                .await
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(_) => return, // the store is not answering: judge nothing
+            }
+            tracing::warn!(workspace = %instance.workspace, tenant = %instance.tenant,
+                runtime = runtime.kind().as_str(), "removing a runtime object the store does not know");
+            let destroyed =
+                tokio::time::timeout(orch.settings().runtime_timeout, runtime.destroy(*instance))
+                    .await;
+            match destroyed {
+                Ok(Ok(())) => {
+                    metrics::counter!("workspace_orphans_removed_total", "runtime" => runtime.kind().as_str())
+                        .increment(1);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(workspace = %instance.workspace, error = %e, "cannot remove an orphan")
+                }
+                Err(_) => {
+                    tracing::warn!(workspace = %instance.workspace, "removing an orphan timed out")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,630 @@
+//! Workspaces end to end on the process runtime: a real hub (on both store engines), real
+//! bubblewrap sandboxes, and the real `codi-monitor agent` inside each, reporting through
+//! the hub's agent socket with the key minted for its workspace.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+mod common;
+
+use common::{Backend, TestApp, eventually, json, spawn_app};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Long enough for a sandbox to start on a loaded 2-core machine.
+const SETTLE: Duration = Duration::from_secs(60);
+
+async fn ws_json(app: &TestApp, token: &str, id: &str) -> (u16, Value) {
+    let res = app.get_as(&format!("/api/v1/workspaces/{id}"), token).await;
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until the workspace is `status` (and, when given, on `generation`); its view.
+async fn wait_for(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    status: &str,
+    generation: Option<u64>,
+) -> Value {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let (_, v) = ws_json(app, token, id).await;
+        if v["status"] == status && generation.is_none_or(|g| v["generation"].as_u64() == Some(g)) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workspace never became {status} ({generation:?}): {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn orchestrator_messages(app: &TestApp, token: &str, id: &str) -> Vec<String> {
+    let page = app
+        .get_json(
+            &format!("/api/logs?workspace_id={id}&component=orchestrator&limit=100&order=asc"),
+            token,
+        )
+        .await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn home(app: &TestApp, id: &str) -> std::path::PathBuf {
+    app.data_dir.path().join("workspaces").join(id).join("home")
+}
+
+/// Create → running (the agent said ready) → stop → start → delete, with builds, logs,
+/// the versioned state and the agent's key along the way.
+async fn lifecycle(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, _, admin) = app.tenant_with_admin("ws").await;
+    let token = admin.access.as_str();
+
+    let res = app
+        .post_as("/api/v1/workspaces", token, json!({"name": "dev"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let created = json(res).await;
+    assert_eq!(created["desired"], "running");
+    assert_eq!(created["runtime"], "process");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let running = wait_for(&app, token, &id, "running", Some(1)).await;
+    assert!(
+        running["ready_at"].is_string(),
+        "running means the agent said ready: {running}"
+    );
+    assert!(running["last_seen_at"].is_string());
+
+    // The agent's own store lives in the persistent home; the home is its own.
+    let home = home(&app, &id);
+    assert!(
+        home.join(".coditect/monitor.db").exists(),
+        "the agent runs from the home"
+    );
+    std::fs::write(home.join("notes.txt"), "kept").unwrap();
+
+    // The builds and the workspace's own log show the history.
+    let builds = app
+        .get_json(&format!("/api/v1/workspaces/{id}/builds"), token)
+        .await;
+    let first = &builds["items"][0];
+    assert_eq!(
+        (first["transition"].as_str(), first["status"].as_str()),
+        (Some("start"), Some("succeeded"))
+    );
+    assert!(first["initiator"].as_str().unwrap().starts_with("user:"));
+    let messages = orchestrator_messages(&app, token, &id).await;
+    assert!(
+        messages.iter().any(|m| m.starts_with("workspace starting")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.starts_with("workspace running")),
+        "{messages:?}"
+    );
+
+    // The agent's key: one live service key bound to this workspace.
+    let keys = app.get_json("/api/v1/api-keys", token).await;
+    let agent_keys: Vec<&Value> = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["workspace_id"] == id.as_str() && k["revoked_at"].is_null())
+        .collect();
+    assert_eq!(agent_keys.len(), 1, "{keys}");
+    assert_eq!(agent_keys[0]["role"], "service");
+
+    // The state: If-Match is required, a stale version is refused.
+    let put = |etag: Option<&'static str>, body: Value| {
+        let mut req = app
+            .client
+            .put(app.url(&format!("/api/v1/workspaces/{id}/state")))
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(e) = etag {
+            req = req.header("if-match", e);
+        }
+        req.send()
+    };
+    assert_eq!(put(None, json!({"tab": 1})).await.unwrap().status(), 400);
+    let stored = put(Some("\"0\""), json!({"tab": 1})).await.unwrap();
+    assert_eq!(stored.status(), 200);
+    assert_eq!(stored.headers()["etag"], "\"1\"");
+    let stale = put(Some("\"0\""), json!({"tab": 2})).await.unwrap();
+    common::assert_envelope(stale, 412, "PRECONDITION_FAILED").await;
+    assert_eq!(
+        put(Some("*"), json!([1])).await.unwrap().status(),
+        400,
+        "only an object"
+    );
+    let read = app
+        .get_as(&format!("/api/v1/workspaces/{id}/state"), token)
+        .await;
+    assert_eq!(read.headers()["etag"], "\"1\"");
+    assert_eq!(json(read).await, json!({"tab": 1}));
+
+    // Stop: the home stays, the key is revoked.
+    let res = app
+        .post_as(&format!("/api/v1/workspaces/{id}/stop"), token, json!({}))
+        .await;
+    assert_eq!(res.status(), 202);
+    wait_for(&app, token, &id, "stopped", None).await;
+    assert_eq!(
+        std::fs::read_to_string(home.join("notes.txt")).unwrap(),
+        "kept"
+    );
+    let keys = app.get_json("/api/v1/api-keys", token).await;
+    assert!(
+        keys["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["workspace_id"] != id.as_str() || !k["revoked_at"].is_null()),
+        "no live agent key while stopped: {keys}"
+    );
+
+    // Start again: a new launch on the same home; restart makes another.
+    app.post_as(&format!("/api/v1/workspaces/{id}/start"), token, json!({}))
+        .await;
+    wait_for(&app, token, &id, "running", Some(2)).await;
+    app.post_as(
+        &format!("/api/v1/workspaces/{id}/restart"),
+        token,
+        json!({}),
+    )
+    .await;
+    wait_for(&app, token, &id, "running", Some(3)).await;
+    let builds = app
+        .get_json(&format!("/api/v1/workspaces/{id}/builds"), token)
+        .await;
+    let transitions: Vec<(&str, &str)> = builds["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["transition"].as_str().unwrap(),
+                b["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            ("restart", "succeeded"),
+            ("start", "succeeded"),
+            ("stop", "succeeded"),
+            ("start", "succeeded")
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("notes.txt")).unwrap(),
+        "kept"
+    );
+
+    // Delete: everything it owned goes, then the workspace.
+    let res = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/workspaces/{id}"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    assert!(
+        eventually(SETTLE, || async {
+            ws_json(&app, token, &id).await.0 == 404
+        })
+        .await,
+        "the workspace was never deleted"
+    );
+    assert!(!home.exists(), "its home was removed");
+    let audit = app.get_json("/api/v1/audit?limit=1000", token).await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "workspace.create",
+        "workspace.stop",
+        "workspace.start",
+        "workspace.restart",
+        "workspace.delete",
+        "workspace.build",
+    ] {
+        assert!(actions.contains(&a), "{a} audited: {actions:?}");
+    }
+}
+
+/// SIGKILL to the sandboxed process tree: the health checker notices, the workspace is
+/// relaunched on the same home with the same state, and its id stays.
+async fn recovery(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, _, admin) = app.tenant_with_admin("recover").await;
+    let token = admin.access.as_str();
+    let created = json(
+        app.post_as("/api/v1/workspaces", token, json!({"name": "dev"}))
+            .await,
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    wait_for(&app, token, &id, "running", Some(1)).await;
+    std::fs::write(home(&app, &id).join("work.txt"), "unsaved? no: saved").unwrap();
+    let res = app
+        .client
+        .put(app.url(&format!("/api/v1/workspaces/{id}/state")))
+        .bearer_auth(token)
+        .header("if-match", "*")
+        .json(&json!({"cursor": 42}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // Kill the namespace's init: the whole sandboxed tree dies at once.
+    let runtime = app
+        .state
+        .orchestrator()
+        .runtime(coditect_workspaces::RuntimeKind::Process)
+        .unwrap()
+        .clone();
+    let instance = coditect_workspaces::InstanceRef {
+        tenant: created["tenant_id"].as_str().unwrap().parse().unwrap(),
+        workspace: id.parse().unwrap(),
+    };
+    let observed = runtime.inspect(instance).await.unwrap().unwrap();
+    let pid: i32 = observed.runtime_id.parse().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    for child in children.split_whitespace() {
+        std::process::Command::new("kill")
+            .args(["-KILL", child])
+            .status()
+            .unwrap();
+    }
+
+    let back = wait_for(&app, token, &id, "running", Some(2)).await;
+    assert_eq!(back["id"], id.as_str(), "the same workspace, the same URL");
+    assert_eq!(
+        std::fs::read_to_string(home(&app, &id).join("work.txt")).unwrap(),
+        "unsaved? no: saved"
+    );
+    let state = app
+        .get_json(&format!("/api/v1/workspaces/{id}/state"), token)
+        .await;
+    assert_eq!(state, json!({"cursor": 42}));
+    let builds = app
+        .get_json(&format!("/api/v1/workspaces/{id}/builds"), token)
+        .await;
+    let newest = &builds["items"][0];
+    assert_eq!(newest["transition"], "recover");
+    assert_eq!(newest["status"], "succeeded");
+    assert_eq!(newest["initiator"], "system:orchestrator");
+    let messages = orchestrator_messages(&app, token, &id).await;
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("failed") && m.contains("relaunching")),
+        "{messages:?}"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("session_recovery_time"),
+        "recovery is measured"
+    );
+    assert!(metrics.contains("container_launch_time"));
+}
+
+/// Quotas: over the tenant's workspace count, a create is refused with QUOTA_EXCEEDED.
+async fn quota(backend: Backend) {
+    let app = common::spawn_app_with(
+        backend,
+        |c| c.workspaces.quota.workspaces = 2,
+        axum::Router::new(),
+    )
+    .await;
+    let (_, _, admin) = app.tenant_with_admin("quota").await;
+    let token = admin.access.as_str();
+    for name in ["a", "b"] {
+        let res = app
+            .post_as(
+                "/api/v1/workspaces",
+                token,
+                json!({"name": name, "start": false}),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+    }
+    let res = app
+        .post_as(
+            "/api/v1/workspaces",
+            token,
+            json!({"name": "c", "start": false}),
+        )
+        .await;
+    let message = common::assert_envelope(res, 409, "QUOTA_EXCEEDED").await;
+    assert!(message.contains("workspace quota is 2"), "{message}");
+}
+
+/// Only the workspace's own agent key may report, and only for its current launch.
+async fn reports_are_the_agents_own(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, _, admin) = app.tenant_with_admin("report").await;
+    let token = admin.access.as_str();
+    let id = app.workspace(token, "quiet").await;
+    let body = json!({"workspace_id": id, "instance": "abc", "ready": true});
+    let res = app
+        .post_as("/api/v1/agent/report", token, body.clone())
+        .await;
+    common::assert_envelope(res, 403, "ACCESS_DENIED").await;
+    let bound = app
+        .api_key(
+            token,
+            json!({"name": "bound", "role": "service", "workspace_id": id}),
+        )
+        .await;
+    let res = app.post_as("/api/v1/agent/report", &bound, body).await;
+    common::assert_envelope(res, 409, "CONFLICT").await;
+    let res = app
+        .post_as(
+            "/api/v1/agent/report",
+            &bound,
+            json!({"workspace_id": id, "instance": "not/hex", "ready": true}),
+        )
+        .await;
+    common::assert_envelope(res, 400, "BAD_REQUEST").await;
+}
+
+/// A template's warm pool: instances wait ready; a new workspace of the template is one
+/// of them, handed to its owner (a new key) without a restart; the pool refills.
+async fn warm_pool(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (tenant, _, admin) = app.tenant_with_admin("pool").await;
+    let token = admin.access.as_str();
+    let member = app
+        .seed_user(tenant, coditect_proto::Role::Member, false)
+        .await;
+    let member_token = app.login(&member).await.access;
+    let t = json(
+        app.post_as(
+            "/api/v1/templates",
+            token,
+            json!({"name": "warm", "spec": {"pool_size": 2, "idle_timeout_secs": 60}}),
+        )
+        .await,
+    )
+    .await;
+    let template = t["id"].as_str().unwrap().to_string();
+    let ready_pool = |n: usize| {
+        let app = &app;
+        async move {
+            let list = app.get_json("/api/v1/workspaces", token).await;
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["pooled"] == true && w["status"] == "running")
+                .count()
+                >= n
+        }
+    };
+    assert!(
+        eventually(SETTLE, || ready_pool(2)).await,
+        "the pool never filled"
+    );
+
+    let res = app
+        .post_as(
+            "/api/v1/workspaces",
+            &member_token,
+            json!({"name": "mine", "template_id": template}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let mine = json(res).await;
+    assert_eq!(
+        mine["status"], "running",
+        "claimed, not started cold: {mine}"
+    );
+    assert_eq!(mine["pooled"], false);
+    assert_eq!(mine["owner_id"], member.id.to_string());
+    assert_eq!(mine["name"], "mine");
+    let id = mine["id"].as_str().unwrap().to_string();
+    let generation = mine["generation"].as_u64().unwrap();
+    let claimed_at = chrono::Utc::now();
+
+    // Its agent reports with the new owner's key (the pool account's is revoked), on the
+    // same launch: no restart.
+    let seen_after_claim = eventually(SETTLE, || {
+        let (app, member_token, id) = (&app, &member_token, &id);
+        async move {
+            let (_, v) = ws_json(app, member_token, id).await;
+            v["last_seen_at"]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .is_some_and(|t| t > claimed_at + chrono::Duration::milliseconds(100))
+        }
+    })
+    .await;
+    assert!(
+        seen_after_claim,
+        "the agent never reported with its new key"
+    );
+    let (_, now) = ws_json(&app, &member_token, &id).await;
+    assert_eq!(now["status"], "running");
+    assert_eq!(
+        now["generation"].as_u64(),
+        Some(generation),
+        "the same launch"
+    );
+    let keys = app.get_json("/api/v1/api-keys", token).await;
+    let live: Vec<&Value> = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["workspace_id"] == id.as_str() && k["revoked_at"].is_null())
+        .collect();
+    assert_eq!(live.len(), 1, "{keys}");
+    assert_eq!(live[0]["owner_id"], member.id.to_string());
+    let builds = app
+        .get_json(&format!("/api/v1/workspaces/{id}/builds"), &member_token)
+        .await;
+    assert_eq!(builds["items"][0]["transition"], "claim");
+    assert_eq!(
+        builds["items"][0]["initiator"],
+        format!("user:{}", member.id)
+    );
+
+    // The pool refills; a claim is counted.
+    assert!(
+        eventually(SETTLE, || ready_pool(2)).await,
+        "the pool never refilled"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("pool_claims_total{outcome=\"hit\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pool_size{"), "pool size is a metric");
+}
+
+/// Templates are checked when written; a devcontainer.json's unsupported keys are said.
+async fn templates(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, _, admin) = app.tenant_with_admin("tpl").await;
+    let token = admin.access.as_str();
+    let res = app
+        .post_as(
+            "/api/v1/templates",
+            token,
+            json!({"name": "bad", "spec": {"resources": {"memory_mb": 1}}}),
+        )
+        .await;
+    let message = common::assert_envelope(res, 400, "BAD_REQUEST").await;
+    assert!(message.contains("memory_mb"), "{message}");
+    let res = app
+        .post_as(
+            "/api/v1/templates",
+            token,
+            json!({"name": "typo", "spec": {"runtim": "process"}}),
+        )
+        .await;
+    common::assert_envelope(res, 400, "BAD_REQUEST").await;
+    let devcontainer = r#"{
+        // a comment, as the spec allows
+        "name": "py",
+        "image": "coditect-workspace:latest",
+        "forwardPorts": [8888],
+        "containerEnv": {"MODE": "dev"},
+        "postCreateCommand": "echo created",
+        "features": {"ghcr.io/devcontainers/features/node:1": {}},
+        "customizations": {"vscode": {}}
+    }"#;
+    let res = app
+        .post_as(
+            "/api/v1/templates",
+            token,
+            json!({"name": "py", "devcontainer": devcontainer}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let t = json(res).await;
+    assert_eq!(t["unsupported"], json!(["customizations", "features"]));
+    assert_eq!(t["spec"]["runtime"], "docker");
+    assert_eq!(t["spec"]["apps"][0]["port"], 8888);
+    assert_eq!(t["spec"]["env"]["MODE"], "dev");
+    let id = t["id"].as_str().unwrap();
+    let res = app
+        .post_as(
+            "/api/v1/workspaces",
+            token,
+            json!({"name": "x", "template_id": uuid::Uuid::now_v7(), "start": false}),
+        )
+        .await;
+    common::assert_envelope(res, 404, "NOT_FOUND").await;
+    let res = app
+        .post_as(
+            "/api/v1/workspaces",
+            token,
+            json!({"name": "from-py", "template_id": id, "start": false}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(json(res).await["runtime"], "docker");
+    let res = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/templates/{id}"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 204);
+    let res = app.get_as(&format!("/api/v1/templates/{id}"), token).await;
+    common::assert_envelope(res, 404, "NOT_FOUND").await;
+}
+
+/// A Docker engine that cannot be reached: `/health` says so (degraded, not down), the
+/// workspace fails with the reason and is retried.
+async fn docker_unreachable(backend: Backend) {
+    let app = common::spawn_app_with(
+        backend,
+        |c| {
+            c.workspaces.runtime = coditect_workspaces::RuntimeKind::Docker;
+            c.workspaces.docker_socket = "/nonexistent/docker.sock".into();
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let health = json(app.get("/health").await).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    let docker = health["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "runtime:docker")
+        .unwrap()
+        .clone();
+    assert_eq!(docker["healthy"], false);
+    assert_eq!(docker["critical"], false);
+    assert!(
+        !docker.to_string().contains("nonexistent"),
+        "no paths in /health: {docker}"
+    );
+
+    let (_, _, admin) = app.tenant_with_admin("nodocker").await;
+    let token = admin.access.as_str();
+    let created = json(
+        app.post_as("/api/v1/workspaces", token, json!({"name": "d"}))
+            .await,
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let failed = wait_for(&app, token, &id, "failed", None).await;
+    let reason = failed["status_reason"].as_str().unwrap();
+    assert!(reason.contains("unavailable"), "{reason}");
+    assert_eq!(
+        failed["desired"], "running",
+        "still wanted: retried when Docker is back"
+    );
+}
+
+both_backends!(
+    docker_unreachable,
+    lifecycle,
+    recovery,
+    quota,
+    reports_are_the_agents_own,
+    warm_pool,
+    templates
+);
