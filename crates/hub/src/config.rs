@@ -616,6 +616,9 @@ pub struct Config {
     pub otel: Option<OtelConfig>,
     /// Single sign-on; `None`: no external login.
     pub sso: Option<SsoConfig>,
+    /// The hub's URL as browsers reach it, without a trailing slash (`None`: URLs the hub
+    /// gives are relative).
+    pub public_url: Option<String>,
     pub workspaces: WorkspacesConfig,
     sources: BTreeMap<&'static str, Source>,
 }
@@ -1239,6 +1242,13 @@ impl Raw {
             },
             otel: OtelConfig::resolve(self.values.get("otel_endpoint").cloned(), env)?,
             sso: self.sso()?,
+            public_url: self.parse("public_url", |s| {
+                let ok = (s.starts_with("https://") || s.starts_with("http://"))
+                    && s.len() > "https://".len()
+                    && !s.contains(char::is_whitespace);
+                ok.then(|| s.trim_end_matches('/').to_string())
+                    .ok_or_else(|| "an http(s):// URL".to_string())
+            })?,
             workspaces: WorkspacesConfig {
                 runtime: self.required("workspace_runtime", |s| {
                     coditect_workspaces::RuntimeKind::parse(s)

@@ -627,6 +627,9 @@ async fn the_role_matrix_holds(backend: Backend) {
             [403, 403, 403, 403],
         )
         .body(json!({"workspace_id": other_ws, "instance": "abc", "ready": true})),
+        row("GET /api/v1/containers", "list one's containers", "/api/v1/containers", [200, 200, 200, 200]),
+        row("POST /api/v1/containers", "launch another's workspace", "/api/v1/containers", [202, 403, 403, 403])
+            .body(json!({"workspace_id": other_ws})),
         row("GET /api/v1/templates", "list templates", "/api/v1/templates", [200, 200, 200, 200]),
         row(
             "GET /api/v1/templates/{id}",

@@ -619,7 +619,79 @@ async fn docker_unreachable(backend: Backend) {
     );
 }
 
+/// A template that starts on login: the login answers the workspace's URL, the session
+/// shows its container status, a second login lands in the same one.
+async fn login_lands_in_a_workspace(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (tenant, _, admin) = app.tenant_with_admin("home").await;
+    let res = app
+        .post_as(
+            "/api/v1/templates",
+            &admin.access,
+            json!({"name": "home", "spec": {"start_on_login": true}}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let member = app
+        .seed_user(tenant, coditect_proto::Role::Member, false)
+        .await;
+    let login = || async {
+        json(
+            app.client
+                .post(app.url("/api/v1/auth/login"))
+                .json(&json!({"email": member.email, "password": member.password}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    let first = login().await;
+    let id = first["workspace_id"]
+        .as_str()
+        .expect("a workspace for the login")
+        .to_string();
+    assert_eq!(first["workspace_url"], format!("/w/{id}/"));
+    let token = first["access_token"].as_str().unwrap().to_string();
+    let session = first["session_id"].as_str().unwrap().to_string();
+    let ready = eventually(SETTLE, || {
+        let (app, token, session) = (&app, &token, &session);
+        async move {
+            let s = app
+                .get_json(&format!("/api/v1/sessions/{session}"), token)
+                .await;
+            s["container_status"] == "ready"
+        }
+    })
+    .await;
+    assert!(ready, "the login's workspace never became ready");
+    let s = app
+        .get_json(&format!("/api/v1/sessions/{session}"), &token)
+        .await;
+    assert_eq!(s["workspace"]["id"], id.as_str());
+    assert_eq!(s["workspace"]["owner_id"], member.id.to_string());
+    assert_eq!(s["workspace_url"], format!("/w/{id}/"));
+
+    let second = login().await;
+    assert_eq!(
+        second["workspace_id"],
+        id.as_str(),
+        "the same workspace, the same URL"
+    );
+
+    let containers = app.get_json("/api/v1/containers", &token).await;
+    let items = containers["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{containers}");
+    assert_eq!(items[0]["status"], "ready");
+    assert_eq!(items[0]["health"], "healthy");
+    assert!(items[0]["container_id"].is_string(), "{containers}");
+    let res = app.post_as("/api/v1/containers", &token, json!({})).await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(json(res).await["workspace_id"], id.as_str());
+}
+
 both_backends!(
+    login_lands_in_a_workspace,
     docker_unreachable,
     lifecycle,
     recovery,

@@ -126,6 +126,12 @@ struct TokenResponse {
     expires_in: u64,
     session_id: SessionId,
     user: UserSummary,
+    /// The workspace this session is for: the one the login named, or the user's
+    /// workspace of a template that starts on login (claimed or started now).
+    workspace_id: Option<WorkspaceId>,
+    /// Where the browser reaches it (`{public_url}/w/{workspace_id}/`); the same across
+    /// relaunches after a crash.
+    workspace_url: Option<String>,
 }
 
 const BAD_LOGIN: &str = "invalid email or password";
@@ -261,6 +267,10 @@ pub async fn open_session(
 ) -> Result<Response, ApiError> {
     let auth = state.auth();
     let gate = state.gate();
+    let workspace_id = match workspace_id {
+        Some(w) => Some(w),
+        None => crate::workspaces::sessions::on_login(state, user).await,
+    };
     let now = gate.clock().now();
     let session = Session {
         tenant_id: user.tenant_id,
@@ -286,7 +296,7 @@ pub async fn open_session(
     gate.credentials()
         .start_session(&session, &refresh.hash)
         .await?;
-    let response = token_response(state, user, session.id, refresh.token)?;
+    let response = token_response(state, user, session.id, refresh.token, session.workspace_id)?;
     metrics::counter!("auth_logins_total", "result" => "success").increment(1);
     gate.auditor()
         .record(
@@ -335,6 +345,7 @@ fn token_response(
     user: &User,
     session: SessionId,
     refresh_token: String,
+    workspace_id: Option<WorkspaceId>,
 ) -> Result<Response, ApiError> {
     let auth = state.auth();
     let now = state.gate().clock().now();
@@ -360,6 +371,8 @@ fn token_response(
             tenant_id: user.tenant_id,
             role: user.role,
         },
+        workspace_id,
+        workspace_url: workspace_id.map(|w| crate::workspaces::sessions::workspace_url(state, w)),
     };
     // Tokens must never sit in a shared cache.
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response())
@@ -425,7 +438,7 @@ async fn refresh(
                     &meta,
                 )
                 .await;
-            token_response(&state, &user, session.id, next.token)
+            token_response(&state, &user, session.id, next.token, session.workspace_id)
         }
         RefreshOutcome::Reused(session) => {
             metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);

@@ -24,7 +24,7 @@ pub use audit::{AuditEvent, Auditor, RequestMeta};
 pub use credentials::{Credentials, Resolved};
 pub use orchestration::{AGENT_KEY_NAME, system_build};
 pub use scoped::{
-    AuditFilter, NewApiKey, NewUser, NewWorkspace, Page, Receipt, Scoped, Transition,
+    AuditFilter, MAX_PAGE, NewApiKey, NewUser, NewWorkspace, Page, Receipt, Scoped, Transition,
 };
 pub use system::System;
 

@@ -10,7 +10,7 @@ use coditect_proto::{
 };
 use coditect_store::logs::{EncodedChunk, LogRecord};
 use coditect_store::{
-    ApiKey, Build, BuildStatus, Desired, Observation, Status, StoreError, Template, User,
+    ApiKey, Build, BuildStatus, Desired, Observation, Quota, Status, StoreError, Template, User,
     Workspace, WorkspaceStore,
 };
 
@@ -213,6 +213,115 @@ impl<'a> System<'a> {
                 .map(|u| u.id)
                 .ok_or_else(|| StoreError::Internal("the pool account vanished".into())),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The workspace a login of `user` lands in, when the tenant has a template that says
+    /// `start_on_login` (the first by name): the user's workspace of it — claimed from its
+    /// warm pool or made when they have none — asked to run. `None` without such a
+    /// template; a failure (a quota, the store) is logged and the login goes on without.
+    pub async fn home_workspace(
+        &self,
+        user: &User,
+        quota: &Quota,
+        start_on_login: impl Fn(&Template) -> bool,
+    ) -> Option<Workspace> {
+        let outcome = async {
+            let store = self.workspaces();
+            let Some(t) = store
+                .list_templates(user.tenant_id)
+                .await?
+                .into_iter()
+                .find(|t| start_on_login(t))
+            else {
+                return Ok(None);
+            };
+            let now = self.gate.clock.now();
+            let initiator = format!("user:{}", user.id);
+            let build = |ws: &Workspace, transition: &str| Build {
+                initiator: initiator.clone(),
+                ..super::system_build(
+                    ws,
+                    transition,
+                    Some("login".into()),
+                    ws.lifecycle.generation,
+                    now,
+                )
+            };
+            let mine = store
+                .list_workspaces(user.tenant_id, Some(user.id), None, 1000)
+                .await?
+                .into_iter()
+                .find(|w| w.template_id == Some(t.id) && w.lifecycle.desired != Desired::Deleted);
+            if let Some(ws) = mine {
+                if ws.lifecycle.desired == Desired::Running {
+                    return Ok(Some(ws));
+                }
+                return store
+                    .request(
+                        ws.tenant_id,
+                        ws.id,
+                        Desired::Running,
+                        Some(&build(&ws, "start")),
+                        Some(quota),
+                    )
+                    .await;
+            }
+            // Names are unique in a tenant: the template's, with whose it is.
+            let local: String = user
+                .email
+                .as_str()
+                .split('@')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            let name: String = format!("{}-{local}", t.name).chars().take(64).collect();
+            let probe = Workspace::new(user.tenant_id, name.clone(), user.id, now);
+            let claim = Build {
+                status: BuildStatus::Succeeded,
+                finished_at: Some(now),
+                ..build(&probe, "claim")
+            };
+            if let Some(ws) = store
+                .claim(user.tenant_id, t.id, user.id, &name, &claim, Some(quota))
+                .await?
+            {
+                return Ok(Some(ws));
+            }
+            let spec: serde_json::Value = serde_json::from_str(&t.spec)
+                .map_err(|e| StoreError::Internal(format!("template {}: {e}", t.id)))?;
+            let resources = &spec["resources"];
+            let mut ws = Workspace {
+                template_id: Some(t.id),
+                spec: t.spec.clone(),
+                cpu_millis: resources["cpu_millis"]
+                    .as_u64()
+                    .and_then(|c| u32::try_from(c).ok())
+                    .unwrap_or(0),
+                memory_mb: resources["memory_mb"].as_u64().unwrap_or(0),
+                ..probe
+            };
+            ws.lifecycle.desired = Desired::Running;
+            store
+                .create_workspace(&ws, Some(&build(&ws, "start")), Some(quota))
+                .await?;
+            Ok::<_, StoreError>(Some(ws))
+        }
+        .await;
+        match outcome {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::warn!(user = %user.id, error = %e, "no workspace for this login");
+                None
+            }
         }
     }
 

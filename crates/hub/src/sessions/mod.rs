@@ -33,6 +33,16 @@ pub struct SessionView {
     workspace_id: Option<WorkspaceId>,
     /// How the user logged in: `password`, `oidc` or `github`.
     login_method: String,
+    /// Its workspace, when it has one (`GET /api/v1/sessions/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workspace: Option<crate::workspaces::WorkspaceView>,
+    /// ADR-020's `container_status`: `ready`, `starting`, `stopping`, `stopped`, `failed`
+    /// or `deleted` (`GET /api/v1/sessions/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_status: Option<&'static str>,
+    /// Where the browser reaches its workspace (`GET /api/v1/sessions/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workspace_url: Option<String>,
 }
 
 impl From<Session> for SessionView {
@@ -51,6 +61,9 @@ impl From<Session> for SessionView {
             user_agent: s.user_agent,
             workspace_id: s.workspace_id,
             login_method: s.login_method,
+            workspace: None,
+            container_status: None,
+            workspace_url: None,
         }
     }
 }
@@ -72,8 +85,19 @@ async fn get_session(
     principal: Principal,
     Path(id): Path<SessionId>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let session = state.gate().scoped(&principal).get_session(id).await?;
-    Ok(Json(session.into()))
+    let scoped = state.gate().scoped(&principal);
+    let session = scoped.get_session(id).await?;
+    let mut view = SessionView::from(session);
+    if let Some(ws) = view.workspace_id {
+        // Its workspace as the caller may see it (a key bound elsewhere sees none).
+        let found = scoped.get_workspace(ws).await.ok();
+        view.container_status = Some(crate::workspaces::sessions::container_status(
+            found.as_ref(),
+        ));
+        view.workspace_url = Some(crate::workspaces::sessions::workspace_url(&state, ws));
+        view.workspace = found.map(|w| crate::workspaces::WorkspaceView::of(&state, w));
+    }
+    Ok(Json(view))
 }
 
 /// Ends a session (the caller's own, or any of the tenant's for administrators): its

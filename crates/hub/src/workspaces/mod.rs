@@ -7,8 +7,10 @@
 //! workspace's logs, component `orchestrator`).
 
 pub mod agent;
+pub mod containers;
 pub mod orchestrator;
 pub mod pool;
+pub mod sessions;
 pub mod templates;
 pub mod watch;
 
@@ -41,6 +43,7 @@ pub fn routes() -> Routes {
         .route(routes!(get_state, put_state))
         .route(routes!(agent::report))
         .merge(templates::routes())
+        .merge(containers::routes())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -111,7 +114,7 @@ impl WorkspaceView {
     }
 }
 
-fn quota(state: &AppState) -> Quota {
+pub(crate) fn quota(state: &AppState) -> Quota {
     let q = state.config().workspaces.quota;
     Quota {
         workspaces: q.workspaces,
