@@ -74,11 +74,72 @@ pub enum Command {
     Logs(LogsArgs),
     /// Follow the hub's logs live (reconnects and resumes after a dropped connection)
     Tail(TailArgs),
+    /// Workspaces on the hub: list, create, start, stop, restart, delete, state
+    #[command(subcommand)]
+    Ws(WsCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WsCommand {
+    /// The workspaces of your tenant
+    List {
+        #[command(flatten)]
+        hub: HubArg,
+    },
+    /// Create a workspace (started unless --no-start)
+    Create {
+        /// 1 to 64 letters, digits, spaces, `-`, `_` or `.`
+        name: String,
+        /// The template's id (default: the hub's built-in template)
+        #[arg(long, value_name = "ID")]
+        template: Option<String>,
+        /// Create it stopped
+        #[arg(long)]
+        no_start: bool,
+        /// Wait until it is running (or has failed)
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        hub: HubArg,
+    },
+    /// Start a workspace (by id or name)
+    Start(WsTarget),
+    /// Stop a workspace; its home stays
+    Stop(WsTarget),
+    /// Stop a workspace and start it again
+    Restart(WsTarget),
+    /// Delete a workspace and everything it owned
+    Delete(WsTarget),
+    /// Print a workspace's saved state, or replace it with --set
+    State {
+        /// The workspace's id or name
+        workspace: String,
+        /// The new state: a JSON object, or `-` to read it from stdin
+        #[arg(long, value_name = "JSON")]
+        set: Option<String>,
+        /// Only replace the state if it is still at this version (the ETag `get` printed);
+        /// default: whatever it is
+        #[arg(long, value_name = "ETAG", requires = "set")]
+        if_match: Option<String>,
+        #[command(flatten)]
+        hub: HubArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WsTarget {
+    /// The workspace's id or name
+    pub workspace: String,
+    /// Wait until the change is done (or has failed)
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub hub: HubArg,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

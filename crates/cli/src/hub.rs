@@ -199,22 +199,47 @@ impl Hub {
 
     /// A GET answered with JSON; a refused access token is refreshed once, transparently.
     pub async fn get_json(&mut self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+        self.call_json(reqwest::Method::GET, path, query, None, &[])
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// Any call answered with JSON (and the answer's `ETag`, if any); a refused access
+    /// token is refreshed once, transparently.
+    pub async fn call_json(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> Result<(Value, Option<String>)> {
         let url = self.url(path, query)?;
         let mut refreshed = false;
         loop {
-            let res = self
+            let mut req = self
                 .http
-                .get(url.clone())
-                .bearer_auth(self.credential.bearer())
-                .send()
-                .await
-                .map_err(|e| self.unreachable(&e))?;
+                .request(method.clone(), url.clone())
+                .bearer_auth(self.credential.bearer());
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let res = req.send().await.map_err(|e| self.unreachable(&e))?;
             if res.status() == StatusCode::UNAUTHORIZED && !refreshed && self.can_refresh() {
                 self.refresh().await?;
                 refreshed = true;
                 continue;
             }
-            return json_or_error(&self.base, res, self.refused_hint()).await;
+            let etag = res
+                .headers()
+                .get(reqwest::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let value = json_or_error(&self.base, res, self.refused_hint()).await?;
+            return Ok((value, etag));
         }
     }
 

@@ -16,6 +16,7 @@ pub mod local;
 pub mod output;
 pub mod sso;
 pub mod tail;
+pub mod ws;
 
 use args::{Cli, Command, Shell};
 use clap::{CommandFactory, Parser};
@@ -83,6 +84,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Logout(a) => hub::logout(a, &config, out).await,
             Command::Logs(a) => hub::logs(a, &config, out).await,
             Command::Tail(a) => tail::tail(a, &config, out).await,
+            Command::Ws(c) => ws::run(c, &config, out).await,
             Command::Completions { .. } => Ok(()),
         }
     })

@@ -561,3 +561,81 @@ async fn without_a_browser_the_login_url_is_printed() {
         .await
         .failed(2, "offers no oidc login; it offers: github");
 }
+
+/// `codi2 ws`: create and wait, list, state with its version, stop, start, delete — a
+/// real hub running a real sandboxed workspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_from_the_command_line() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(hub_dir.path());
+    hub.admin_token().await;
+    let sb = logged_in(&hub).await;
+
+    let r = sb.run(&["ws", "create", "dev", "--wait", "--json"]).await;
+    r.ok();
+    let ws: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(ws["status"], "running", "{ws}");
+    assert_eq!(ws["generation"], 1);
+    let id = ws["id"].as_str().unwrap().to_string();
+
+    let r = sb.run(&["ws", "list"]).await;
+    r.ok();
+    let line = r
+        .lines()
+        .into_iter()
+        .find(|l| l.contains(&id))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("dev") && line.contains("running") && line.contains("process"),
+        "{line}"
+    );
+
+    sb.run(&["ws", "state", "dev", "--set", r#"{"tabs": 1}"#])
+        .await
+        .ok();
+    sb.run(&[
+        "ws",
+        "state",
+        "dev",
+        "--set",
+        r#"{"tabs": 2}"#,
+        "--if-match",
+        "0",
+    ])
+    .await
+    .failed(1, "changed since it was read");
+    let r = sb.run(&["ws", "state", "dev", "--json"]).await;
+    r.ok();
+    assert_eq!(
+        serde_json::from_str::<Value>(r.stdout.trim()).unwrap(),
+        json!({"etag": "\"1\"", "state": {"tabs": 1}})
+    );
+    sb.run(&["ws", "state", "dev", "--set", "[1]"])
+        .await
+        .failed(2, "a JSON object");
+
+    let r = sb.run(&["ws", "stop", "dev", "--wait", "--json"]).await;
+    r.ok();
+    assert_eq!(
+        serde_json::from_str::<Value>(r.stdout.trim()).unwrap()["status"],
+        "stopped"
+    );
+    let r = sb.run(&["ws", "start", &id, "--wait", "--json"]).await;
+    r.ok();
+    let started: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(
+        (started["status"].as_str(), started["generation"].as_u64()),
+        (Some("running"), Some(2))
+    );
+    let r = sb.run(&["ws", "restart", "dev", "--wait", "--json"]).await;
+    r.ok();
+    assert_eq!(
+        serde_json::from_str::<Value>(r.stdout.trim()).unwrap()["generation"],
+        3
+    );
+    sb.run(&["ws", "delete", "dev", "--wait"]).await.ok();
+    sb.run(&["ws", "start", "dev"])
+        .await
+        .failed(6, "no workspace named");
+}

@@ -426,5 +426,37 @@ impl HubProcess {
 impl Drop for HubProcess {
     fn drop(&mut self) {
         self.kill();
+        kill_sandboxes(&self.scope);
+    }
+}
+
+/// Kills what the hub's process runtime left running under `scope` (workspaces outlive
+/// their hub by design; a finished test's must not): every process whose environment
+/// carries `CODITECT_RUNTIME_SCOPE=<scope>`, the sandboxes' outer processes.
+pub fn kill_sandboxes(scope: &str) {
+    let label = format!("CODITECT_RUNTIME_SCOPE={scope}");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == label.as_bytes()) {
+            // The sandbox's init dies with its namespace when its parent's group goes.
+            let _ = Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }

@@ -81,6 +81,10 @@ fn describe() {
         "Workspaces created from a template, by outcome: hit (claimed from the warm pool) or miss (started cold)"
     );
     describe_counter!(
+        "workspace_reconcile_total",
+        "Reconciler steps taken (one workspace acted on once)"
+    );
+    describe_counter!(
         "workspace_reconcile_errors_total",
         "Reconciler steps that failed, by kind (store, lease_lost)"
     );

@@ -265,6 +265,7 @@ pub async fn pass(state: &AppState) -> usize {
 /// Acts once on a leased workspace, then gives the lease back.
 pub async fn reconcile(state: &AppState, ws: Workspace) {
     let orch = state.orchestrator();
+    metrics::counter!("workspace_reconcile_total").increment(1);
     let outcome = Step {
         state,
         ws: ws.clone(),
