@@ -12,6 +12,7 @@ mod query;
 mod report;
 mod rows;
 mod tail;
+mod workspaces;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +44,9 @@ enum Suite {
     Monitor(monitor::Args),
     /// Live-tail delivery latency beside a bare WebSocket broadcast, and idle memory.
     Tail(tail::Args),
+    /// Workspaces on the process runtime: cold start, warm-pool claims and recovery beside
+    /// a bare sandbox and the bare claim statement; 100 running at once.
+    Workspaces(workspaces::Args),
     /// (internal) the bare WebSocket broadcast server the tail suite compares against.
     #[command(hide = true)]
     BareBroadcast,
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             Suite::Logins(args) => logins::run(args).await,
             Suite::Query(args) => query::run(args).await,
             Suite::Tail(args) => tail::run(args).await,
+            Suite::Workspaces(args) => workspaces::run(args).await,
             Suite::Monitor(args) => monitor::run(args).await,
             Suite::BareBroadcast => tail::bare_server().await,
             Suite::BareEcho { socket } => monitor::bare_echo(socket).await,

@@ -90,6 +90,18 @@ async fn lifecycle(backend: Backend) {
         "the agent runs from the home"
     );
     std::fs::write(home.join("notes.txt"), "kept").unwrap();
+    // The agent watches the home; its file events reach the hub through its sync.
+    let seen = eventually(SETTLE, || async {
+        let page = app
+            .get_json(
+                &format!("/api/logs?workspace_id={id}&component=file-monitor&limit=100"),
+                token,
+            )
+            .await;
+        page.to_string().contains("notes.txt")
+    })
+    .await;
+    assert!(seen, "the agent's file event never reached the hub");
 
     // The builds and the workspace's own log show the history.
     let builds = app
@@ -688,6 +700,101 @@ async fn login_lands_in_a_workspace(backend: Backend) {
     let res = app.post_as("/api/v1/containers", &token, json!({})).await;
     assert_eq!(res.status(), 202);
     assert_eq!(json(res).await["workspace_id"], id.as_str());
+}
+
+/// `kill -9` of the hub right after asking for workspaces (some mid-start): the restarted
+/// hub adopts what runs by its labels — one sandbox per workspace, never a second — and
+/// its sweep removes a sandbox labelled as its own that its store does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_killed_mid_start_adopts_and_sweeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = coditect_testkit::hub::HubProcess::start(dir.path());
+    let token = hub.admin_token().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let ws = hub
+            .post(
+                "/api/v1/workspaces",
+                &token,
+                json!({"name": format!("k{i}")}),
+            )
+            .await;
+        ids.push(ws["id"].as_str().unwrap().to_string());
+    }
+    hub.kill();
+
+    // A sandbox of this hub's scope that no store knows.
+    let runtime = coditect_workspaces::process::ProcessRuntime::new(
+        coditect_workspaces::process::ProcessConfig {
+            root: dir.path().join("workspaces"),
+            scope: coditect_workspaces::Scope::parse(hub.scope()).unwrap(),
+            sandbox: coditect_workspaces::process::Sandbox::Bubblewrap(
+                coditect_workspaces::process::Sandbox::find_bubblewrap().unwrap(),
+            ),
+            agent_binary: coditect_testkit::hub::monitor_binary(),
+        },
+    )
+    .unwrap();
+    use coditect_workspaces::Runtime as _;
+    let orphan = coditect_workspaces::InstanceRef {
+        tenant: coditect_proto::TenantId::new(),
+        workspace: coditect_proto::WorkspaceId::new(),
+    };
+    runtime
+        .start(&coditect_workspaces::Spec {
+            instance: orphan,
+            generation: 1,
+            image: None,
+            command: None,
+            env: Default::default(),
+            resources: Default::default(),
+            network: false,
+            agent: coditect_workspaces::AgentSetup {
+                key: coditect_proto::Secret::new("cdk_nothing"),
+                hub_socket_dir: dir.path().join("agent"),
+                hub_socket_name: "hub.sock".into(),
+                instance_token: "0".into(),
+            },
+        })
+        .await
+        .unwrap();
+
+    hub.restart();
+    let token = hub.admin_token().await;
+    for id in &ids {
+        let deadline = std::time::Instant::now() + SETTLE;
+        loop {
+            let v = hub.get(&format!("/api/v1/workspaces/{id}"), &token).await;
+            if v["status"] == "running" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never ran again: {v}\n{}",
+                hub.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let listed = runtime.list().await.unwrap();
+        let mut seen: Vec<String> = listed
+            .iter()
+            .map(|o| o.instance.workspace.to_string())
+            .collect();
+        seen.sort_unstable();
+        let mut want = ids.clone();
+        want.sort_unstable();
+        if seen == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "one sandbox per workspace and no orphan: {seen:?} vs {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 both_backends!(

@@ -396,6 +396,11 @@ pub trait WorkspaceStore: Send + Sync {
     /// changing what is desired; pending builds of the workspace are superseded.
     async fn add_build(&self, build: &Build) -> Result<(), StoreError>;
 
+    /// Gives back every lease `holder` holds and makes those workspaces due now: a hub
+    /// restarted after `kill -9` (holders are stable per hub) resumes what it was doing
+    /// at once instead of waiting its old leases out. How many there were.
+    async fn release_all(&self, holder: &str) -> Result<u64, StoreError>;
+
     /// Closes a pending build.
     async fn finish_build(
         &self,

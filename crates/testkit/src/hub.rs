@@ -449,11 +449,9 @@ pub fn kill_sandboxes(scope: &str) {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
+        // The outer process and the namespace's init (its fork) both carry the label;
+        // killing the init ends everything in the sandbox.
         if environ.split(|b| *b == 0).any(|v| v == label.as_bytes()) {
-            // The sandbox's init dies with its namespace when its parent's group goes.
-            let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
-                .status();
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();

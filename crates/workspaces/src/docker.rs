@@ -17,8 +17,8 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, StopContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -126,27 +126,61 @@ impl DockerRuntime {
         crate::write_agent_key(&self.key_dir(spec.instance), &spec.agent.key)
     }
 
+    /// The networks called exactly `name`, oldest first.
+    async fn networks_named(
+        &self,
+        docker: &Docker,
+        name: &str,
+    ) -> Result<Vec<bollard::models::Network>, RuntimeError> {
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let mut found: Vec<_> = docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|e| self.error(e, "list the tenant networks"))?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .collect();
+        found.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+        Ok(found)
+    }
+
+    /// The tenant's network, by id. Docker allows two networks of one name, and two hubs
+    /// (or replicas) starting a tenant's first workspaces at once can each create one:
+    /// every start takes the oldest and removes the others.
     async fn ensure_network(&self, docker: &Docker, spec: &Spec) -> Result<String, RuntimeError> {
         let name = self.network_name(spec.instance);
-        match docker.inspect_network(&name, None).await {
-            Ok(_) => return Ok(name),
-            Err(e) if status(&e) == Some(404) => {}
-            Err(e) => return Err(self.error(e, "inspect the tenant network")),
+        let mut found = self.networks_named(docker, &name).await?;
+        if found.is_empty() {
+            let mut labels = self.labels(spec.instance, None);
+            labels.remove(labels::WORKSPACE);
+            let request = NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(labels),
+                ..Default::default()
+            };
+            match docker.create_network(request).await {
+                Ok(_) => {}
+                Err(e) if status(&e) == Some(409) => {}
+                Err(e) => return Err(self.error(e, "create the tenant network")),
+            }
+            found = self.networks_named(docker, &name).await?;
         }
-        let mut labels = self.labels(spec.instance, None);
-        labels.remove(labels::WORKSPACE);
-        let request = NetworkCreateRequest {
-            name: name.clone(),
-            driver: Some("bridge".into()),
-            labels: Some(labels),
-            ..Default::default()
-        };
-        match docker.create_network(request).await {
-            Ok(_) => Ok(name),
-            // Another start of the same tenant made it first.
-            Err(e) if status(&e) == Some(409) => Ok(name),
-            Err(e) => Err(self.error(e, "create the tenant network")),
+        // The oldest, so racing starts agree. The engine refuses to start a container while
+        // its network's name is ambiguous, so the others go (the engine keeps one a
+        // container uses; a racer whose start fails that way is relaunched by the
+        // reconciler and then finds the one network).
+        let mut found = found.into_iter();
+        let kept = found
+            .next()
+            .and_then(|n| n.id)
+            .ok_or_else(|| RuntimeError::Failed(format!("the network {name} vanished")))?;
+        for extra in found.filter_map(|n| n.id) {
+            let _ = docker.remove_network(&extra).await;
         }
+        Ok(kept)
     }
 
     async fn ensure_volume(&self, docker: &Docker, spec: &Spec) -> Result<String, RuntimeError> {
@@ -416,6 +450,16 @@ impl Runtime for DockerRuntime {
             Ok(()) => {}
             Err(e) if status(&e) == Some(404) => {}
             Err(e) => return Err(self.error(e, "remove the home volume")),
+        }
+        // The tenant's network goes with its last workspace: the engine refuses to remove
+        // one that other containers still use, which is the answer wanted.
+        if let Ok(nets) = self
+            .networks_named(docker, &self.network_name(instance))
+            .await
+        {
+            for id in nets.into_iter().filter_map(|n| n.id) {
+                let _ = docker.remove_network(&id).await;
+            }
         }
         let dir = self.config.root.join(instance.workspace.to_string());
         match std::fs::remove_dir_all(&dir) {

@@ -242,7 +242,12 @@ fn terminate(pid: i32, sandboxed: bool, grace: Duration) {
     let init = sandboxed
         .then(|| procfs::children(pid).first().copied())
         .flatten();
-    let ns = init.and_then(procfs::pid_namespace);
+    // Never the hub's own namespace: a child that is not a sandbox's init (a sandbox
+    // already gone, a pid reused) would make "everything in its namespace" the host.
+    let own = procfs::pid_namespace(std::process::id() as i32);
+    let ns = init
+        .and_then(procfs::pid_namespace)
+        .filter(|ns| own.as_ref() != Some(ns));
     match (&ns, init) {
         (Some(ns), Some(init)) => {
             for p in procfs::in_namespace(ns) {

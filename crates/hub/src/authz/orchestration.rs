@@ -62,6 +62,10 @@ impl<'a> System<'a> {
         Ok(written)
     }
 
+    pub async fn release_all(&self, holder: &str) -> Result<u64, StoreError> {
+        self.workspaces().release_all(holder).await
+    }
+
     pub async fn release(&self, ws: &Workspace, holder: &str) -> Result<(), StoreError> {
         self.workspaces().release(ws.tenant_id, ws.id, holder).await
     }

@@ -57,12 +57,19 @@ impl Orchestrator {
         settings: WorkspacesConfig,
         socket_dir: PathBuf,
     ) -> Orchestrator {
-        let holder = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_millis(),
-            rand::random::<u32>()
-        );
+        // Stable across restarts of this hub (its data directory, which only one process
+        // holds at a time, names it): a hub killed mid-step takes its own leases back at
+        // once instead of waiting them out.
+        let holder = {
+            let dir = socket_dir
+                .canonicalize()
+                .unwrap_or_else(|_| socket_dir.clone());
+            let digest = crate::logs::digest([
+                settings.scope.as_str().as_bytes(),
+                dir.as_os_str().as_encoded_bytes(),
+            ]);
+            format!("hub-{}", &digest[..16])
+        };
         Orchestrator {
             runtimes: runtimes
                 .into_iter()
@@ -220,7 +227,28 @@ pub fn from_config(
 
 /// The background task: a pass whenever nudged, and at least every second.
 pub async fn run(state: AppState) {
+    let mut resumed = false;
     loop {
+        if !resumed && state.gate().system().is_ready() {
+            // What this hub held when it last stopped (a crash mid-step): due now.
+            match state
+                .gate()
+                .system()
+                .release_all(state.orchestrator().holder())
+                .await
+            {
+                Ok(n) => {
+                    resumed = true;
+                    if n > 0 {
+                        tracing::info!(
+                            workspaces = n,
+                            "resuming what this hub was doing when it stopped"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot resume this hub's leases yet"),
+            }
+        }
         if state.gate().system().is_ready() {
             let worked = pass(&state).await;
             if worked > 0 {
@@ -477,7 +505,9 @@ impl<'a> Step<'a> {
         let l = self.ws.lifecycle.clone();
         let generation = l.generation + 1;
         let started = Instant::now();
-        let build = self.build_for("start", generation).await?;
+        // Without a pending request this is the orchestrator's own relaunch of a workspace
+        // that failed (or whose launch was lost): a `recover` build.
+        let build = self.build_for("recover", generation).await?;
         let token = new_instance_token();
         let key = self
             .state

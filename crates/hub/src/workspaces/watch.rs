@@ -96,6 +96,26 @@ pub async fn check(state: &AppState) {
         }
     }
     metrics::gauge!("active_containers").set(active as f64);
+    if let Ok(starting) = state
+        .gate()
+        .system()
+        .list_in_status(Status::Starting, None, PAGE)
+        .await
+    {
+        for ws in &starting {
+            let held = orch
+                .template_of(ws)
+                .ok()
+                .and_then(|t| seen.get(t.runtime.as_str()));
+            let instance = InstanceRef {
+                tenant: ws.tenant_id,
+                workspace: ws.id,
+            };
+            if held.is_some_and(|h| !h.contains_key(&instance)) {
+                nudge_if_missing(state, ws).await;
+            }
+        }
+    }
     sweep(state, &seen).await;
     super::pool::refill(state).await;
 }
@@ -166,6 +186,58 @@ async fn stop_if_idle(state: &AppState, ws: &Workspace, idle: Duration) {
     }
 }
 
+/// The health checker's name on leases: not the reconciler's, so the two never both
+/// think they hold one workspace.
+fn watch_holder(orch: &super::orchestrator::Orchestrator) -> String {
+    format!("{}-watch", orch.holder())
+}
+
+/// A `starting` workspace whose instance the runtime does not hold (its hub died before
+/// launching it, or the launch died at once) is made due now rather than at its ready
+/// deadline: the reconciler launches it again.
+async fn nudge_if_missing(state: &AppState, ws: &Workspace) {
+    let orch = state.orchestrator();
+    let system = state.gate().system();
+    let now = state.gate().clock().now();
+    let young = ws
+        .lifecycle
+        .status_at
+        .is_some_and(|at| now - at < chrono::Duration::seconds(3));
+    let due = ws.lifecycle.next_attempt_at.is_none_or(|n| n <= now);
+    if young || due {
+        return;
+    }
+    let holder = watch_holder(orch);
+    let Ok(Some(leased)) = system
+        .lease(
+            ws.tenant_id,
+            ws.id,
+            &holder,
+            now,
+            now + chrono::Duration::seconds(30),
+        )
+        .await
+    else {
+        return;
+    };
+    let l = &leased.lifecycle;
+    if l.status == Status::Starting && l.generation == ws.lifecycle.generation {
+        let o = Observation {
+            status: Status::Starting,
+            reason: l.status_reason.clone(),
+            generation: l.generation,
+            instance_token: l.instance_token.clone(),
+            attempts: l.attempts,
+            next_attempt_at: None,
+            reset_ready: false,
+            at: l.status_at.unwrap_or(now),
+        };
+        let _ = system.observe(&leased, &holder, &o).await;
+    }
+    let _ = system.release(&leased, &holder).await;
+    orch.nudge();
+}
+
 /// Marks `ws` failed under a lease (skipped if someone else holds it: they are acting
 /// on it already), with a `recover` build for the reconciler's relaunch.
 async fn mark_failed(state: &AppState, ws: &Workspace, why: String) {
@@ -174,7 +246,7 @@ async fn mark_failed(state: &AppState, ws: &Workspace, why: String) {
     let now = state.gate().clock().now();
     let lease = chrono::Duration::seconds(30);
     let leased = match system
-        .lease(ws.tenant_id, ws.id, orch.holder(), now, now + lease)
+        .lease(ws.tenant_id, ws.id, &watch_holder(orch), now, now + lease)
         .await
     {
         Ok(Some(w)) => w,
@@ -188,7 +260,7 @@ async fn mark_failed(state: &AppState, ws: &Workspace, why: String) {
     if leased.lifecycle.status != Status::Running
         || leased.lifecycle.generation != ws.lifecycle.generation
     {
-        let _ = system.release(&leased, orch.holder()).await;
+        let _ = system.release(&leased, &watch_holder(orch)).await;
         return;
     }
     let l = &leased.lifecycle;
@@ -203,7 +275,7 @@ async fn mark_failed(state: &AppState, ws: &Workspace, why: String) {
         at: now,
     };
     let done = async {
-        if !system.observe(&leased, orch.holder(), &o).await? {
+        if !system.observe(&leased, &watch_holder(orch), &o).await? {
             return Ok(());
         }
         let build = system_build(&leased, "recover", Some(why.clone()), l.generation + 1, now);
@@ -223,7 +295,7 @@ async fn mark_failed(state: &AppState, ws: &Workspace, why: String) {
     if let Err(e) = done {
         tracing::warn!(workspace = %ws.id, error = %e, "cannot mark a workspace failed");
     }
-    let _ = system.release(&leased, orch.holder()).await;
+    let _ = system.release(&leased, &watch_holder(orch)).await;
     orch.nudge();
 }
 

@@ -333,6 +333,15 @@ impl WorkspaceStore for PgStore {
         .map(|_| ())
     }
 
+    async fn release_all(&self, holder: &str) -> Result<u64, StoreError> {
+        self.execute(
+            "UPDATE workspaces SET lease_holder = NULL, lease_until = NULL, next_attempt_at = NULL
+             WHERE lease_holder = $1",
+            &[&holder],
+        )
+        .await
+    }
+
     async fn add_build(&self, build: &Build) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

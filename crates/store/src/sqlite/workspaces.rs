@@ -123,6 +123,44 @@ fn insert_build(c: &rusqlite::Connection, b: &Build) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The tables whose rows are deleted by marking them.
+#[derive(Clone, Copy)]
+enum DeleteIn {
+    Workspaces,
+    Templates,
+}
+
+impl SqliteStore {
+    /// Marks a live row deleted; false if there was none.
+    async fn soft_delete(
+        &self,
+        table: DeleteIn,
+        tenant: TenantId,
+        id: uuid::Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let sql = match table {
+            DeleteIn::Workspaces => {
+                "UPDATE workspaces SET deleted_at = ?3
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND deleted_at IS NULL"
+            }
+            DeleteIn::Templates => {
+                "UPDATE workspace_templates SET deleted_at = ?3
+                 WHERE tenant_id = ?1 AND template_id = ?2 AND deleted_at IS NULL"
+            }
+        };
+        self.write(move |c| {
+            let n = c.prepare_cached(sql)?.execute(params![
+                blob(tenant.as_uuid()),
+                blob(id),
+                to_micros(at)
+            ])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl WorkspaceStore for SqliteStore {
     async fn create_workspace(
@@ -345,6 +383,21 @@ impl WorkspaceStore for SqliteStore {
         .await
     }
 
+    async fn release_all(&self, holder: &str) -> Result<u64, StoreError> {
+        let holder = holder.to_string();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE workspaces SET lease_holder = NULL, lease_until = NULL,
+                         next_attempt_at = NULL
+                     WHERE lease_holder = ?1",
+                )?
+                .execute(params![holder])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn add_build(&self, build: &Build) -> Result<(), StoreError> {
         let b = build.clone();
         self.write(move |c| insert_build(c, &b)).await
@@ -492,20 +545,8 @@ impl WorkspaceStore for SqliteStore {
         id: WorkspaceId,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.write(move |c| {
-            let changed = c
-                .prepare_cached(
-                    "UPDATE workspaces SET deleted_at = ?3
-                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND deleted_at IS NULL",
-                )?
-                .execute(params![
-                    blob(tenant.as_uuid()),
-                    blob(id.as_uuid()),
-                    to_micros(at)
-                ])?;
-            Ok(changed > 0)
-        })
-        .await
+        self.soft_delete(DeleteIn::Workspaces, tenant, id.as_uuid(), at)
+            .await
     }
 
     async fn list_in_status(
@@ -702,20 +743,8 @@ impl WorkspaceStore for SqliteStore {
         id: TemplateId,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "UPDATE workspace_templates SET deleted_at = ?3
-                     WHERE tenant_id = ?1 AND template_id = ?2 AND deleted_at IS NULL",
-                )?
-                .execute(params![
-                    blob(tenant.as_uuid()),
-                    blob(id.as_uuid()),
-                    to_micros(at)
-                ])?;
-            Ok(n > 0)
-        })
-        .await
+        self.soft_delete(DeleteIn::Templates, tenant, id.as_uuid(), at)
+            .await
     }
 
     async fn claim(
