@@ -328,8 +328,29 @@ async fn bare_claims(n: usize) -> anyhow::Result<Vec<Duration>> {
     };
     let dir = tempfile::tempdir()?;
     let store = SqliteStore::open(SqliteConfig::new(dir.path().join("claims.db"))).await?;
-    let (tenant, template, owner) = (TenantId::new(), TemplateId::new(), UserId::new());
+    use coditect_store::{TenantStore as _, UserStore as _};
     let now = chrono::Utc::now();
+    let t = coditect_store::Tenant::new(format!("bench-{}", TenantId::new()));
+    store.create_tenant(&t).await?;
+    let (tenant, template) = (t.id, TemplateId::new());
+    let mut users = Vec::new();
+    for i in 0..=n {
+        let user = coditect_store::User {
+            tenant_id: tenant,
+            id: UserId::new(),
+            email: coditect_proto::Email::parse(&format!("u{i}-{}@example.com", tenant))
+                .map_err(anyhow::Error::msg)?,
+            password_hash: None,
+            role: coditect_proto::Role::Member,
+            platform_admin: false,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        store.create_user(&user).await?;
+        users.push(user.id);
+    }
+    let owner = users[0];
     for i in 0..n {
         let mut ws = Workspace::new(tenant, format!("pool-{i}"), owner, now);
         ws.template_id = Some(template);
