@@ -363,3 +363,10 @@ async fn receipts_from_before_workspace_keys_keep_their_workspace() {
     common::old_receipts_were_carried_over(&store, tenant, ws, at).await;
     store.close().await;
 }
+
+#[tokio::test]
+async fn claim_conform() {
+    let store = ready_store(&fresh_database().await).await;
+    common::claim_conform(&store).await;
+    store.close().await;
+}

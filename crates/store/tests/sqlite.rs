@@ -467,3 +467,11 @@ async fn receipts_from_before_workspace_keys_keep_their_workspace() {
     common::old_receipts_were_carried_over(&store, tenant, ws, placed.received_at).await;
     store.close().await;
 }
+
+#[tokio::test]
+async fn claim_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    common::claim_conform(&store).await;
+    store.close().await;
+}

@@ -1053,6 +1053,59 @@ pub async fn quota_conform(store: &dyn Engine) {
     );
 }
 
+/// The warm pool: only ready pooled instances of the template are claimed, each once.
+pub async fn claim_conform(store: &dyn Engine) {
+    let t = tenant(store).await;
+    let pool_owner = user_in(&t, Role::Service);
+    store.create_user(&pool_owner).await.unwrap();
+    let now = coditect_store::now();
+    let template = coditect_proto::TemplateId::new();
+    for (i, ready) in [true, true, false].into_iter().enumerate() {
+        let mut w = Workspace::new(t.id, format!("pool-{i}"), pool_owner.id, now);
+        w.template_id = Some(template);
+        w.pooled = true;
+        w.lifecycle.desired = Desired::Running;
+        w.lifecycle.status = if ready {
+            Status::Running
+        } else {
+            Status::Starting
+        };
+        w.lifecycle.ready_at = ready.then_some(now);
+        store.create_workspace(&w, None, None).await.unwrap();
+    }
+    assert_eq!(store.pool_counts(t.id, template).await.unwrap(), (3, 2));
+    let mut claimed = Vec::new();
+    for i in 0..3 {
+        let user = user_in(&t, Role::Member);
+        store.create_user(&user).await.unwrap();
+        let probe = Workspace::new(t.id, format!("mine-{i}"), user.id, now);
+        let got = store
+            .claim(
+                t.id,
+                template,
+                user.id,
+                &format!("mine-{i}"),
+                &build(&probe, "claim", now),
+                None,
+            )
+            .await
+            .unwrap();
+        if let Some(w) = &got {
+            assert_eq!(
+                (w.owner_id, w.pooled, w.name.as_str()),
+                (user.id, false, format!("mine-{i}").as_str())
+            );
+        }
+        claimed.push(got.map(|w| w.id));
+    }
+    assert!(claimed[0].is_some() && claimed[1].is_some() && claimed[0] != claimed[1]);
+    assert_eq!(
+        claimed[2], None,
+        "the starting one is not claimable: a miss"
+    );
+    assert_eq!(store.pool_counts(t.id, template).await.unwrap(), (1, 0));
+}
+
 pub fn audit_record(tenant: TenantId, action: &str, actor: &str) -> AuditRecord {
     AuditRecord {
         tenant_id: tenant,
