@@ -380,7 +380,7 @@ async fn bare_claims(n: usize) -> anyhow::Result<Vec<Duration>> {
             .claim(
                 tenant,
                 template,
-                UserId::new(),
+                users[i + 1],
                 &format!("mine-{i}"),
                 &build,
                 None,
