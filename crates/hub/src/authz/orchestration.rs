@@ -222,14 +222,15 @@ impl<'a> System<'a> {
 
     /// The workspace a login of `user` lands in, when the tenant has a template that says
     /// `start_on_login` (the first by name): the user's workspace of it — claimed from its
-    /// warm pool or made when they have none — asked to run. `None` without such a
+    /// warm pool or made when they have none — asked to run; and whether it was claimed
+    /// (its agent then needs its new owner's key). `None` without such a
     /// template; a failure (a quota, the store) is logged and the login goes on without.
     pub async fn home_workspace(
         &self,
         user: &User,
         quota: &Quota,
         start_on_login: impl Fn(&Template) -> bool,
-    ) -> Option<Workspace> {
+    ) -> Option<(Workspace, bool)> {
         let outcome = async {
             let store = self.workspaces();
             let Some(t) = store
@@ -259,7 +260,7 @@ impl<'a> System<'a> {
                 .find(|w| w.template_id == Some(t.id) && w.lifecycle.desired != Desired::Deleted);
             if let Some(ws) = mine {
                 if ws.lifecycle.desired == Desired::Running {
-                    return Ok(Some(ws));
+                    return Ok(Some((ws, false)));
                 }
                 return store
                     .request(
@@ -269,7 +270,8 @@ impl<'a> System<'a> {
                         Some(&build(&ws, "start")),
                         Some(quota),
                     )
-                    .await;
+                    .await
+                    .map(|w| w.map(|w| (w, false)));
             }
             // Names are unique in a tenant: the template's, with whose it is.
             let local: String = user
@@ -298,7 +300,7 @@ impl<'a> System<'a> {
                 .claim(user.tenant_id, t.id, user.id, &name, &claim, Some(quota))
                 .await?
             {
-                return Ok(Some(ws));
+                return Ok(Some((ws, true)));
             }
             let spec: serde_json::Value = serde_json::from_str(&t.spec)
                 .map_err(|e| StoreError::Internal(format!("template {}: {e}", t.id)))?;
@@ -317,7 +319,7 @@ impl<'a> System<'a> {
             store
                 .create_workspace(&ws, Some(&build(&ws, "start")), Some(quota))
                 .await?;
-            Ok::<_, StoreError>(Some(ws))
+            Ok::<_, StoreError>(Some((ws, false)))
         }
         .await;
         match outcome {

@@ -52,7 +52,7 @@ pub async fn claim(
 /// Gives the claimed instance's agent a key of its new owner (the pool account's is
 /// revoked). If the key file cannot be written the agent loses its key, goes silent and
 /// is relaunched by the health checker with a fresh one: slower, never wrong.
-async fn hand_over(state: &AppState, ws: &Workspace, spec: &TemplateSpec) {
+pub(super) async fn hand_over(state: &AppState, ws: &Workspace, spec: &TemplateSpec) {
     let system = state.gate().system();
     let key = match system.mint_agent_key(ws, ws.lifecycle.generation).await {
         Ok(k) => k,

@@ -11,13 +11,18 @@ use coditect_workspaces::template::TemplateSpec;
 /// The workspace a login of `user` is for, if a template says so.
 pub async fn on_login(state: &AppState, user: &User) -> Option<WorkspaceId> {
     let quota = super::quota(state);
-    let ws = state
+    let (ws, claimed) = state
         .gate()
         .system()
         .home_workspace(user, &quota, |t| {
             serde_json::from_str::<TemplateSpec>(&t.spec).is_ok_and(|s| s.start_on_login)
         })
         .await?;
+    // Claimed from the pool: handed over as an API claim is (its owner's key).
+    if claimed && let Ok(spec) = state.orchestrator().template_of(&ws) {
+        metrics::counter!("pool_claims_total", "outcome" => "hit").increment(1);
+        super::pool::hand_over(state, &ws, &spec).await;
+    }
     state.orchestrator().nudge();
     Some(ws.id)
 }
