@@ -479,6 +479,41 @@ pub const SETTINGS: &[Setting] = &[
         "The Docker Engine's API socket (docker runtime)",
     ),
     setting(
+        "workspace_kubeconfig",
+        "workspace-kubeconfig",
+        "CODITECT_WORKSPACE_KUBECONFIG",
+        None,
+        "A kubeconfig file for the kubernetes runtime [default: KUBECONFIG, ~/.kube/config, else the in-cluster service account]",
+    ),
+    setting(
+        "workspace_kube_hub_url",
+        "workspace-kube-hub-url",
+        "CODITECT_WORKSPACE_KUBE_HUB_URL",
+        None,
+        "How a workspace Pod's agent reaches the hub over the cluster network, e.g. http://coditect-hub.coditect.svc:8080 (kubernetes runtime) [default: public_url]",
+    ),
+    setting(
+        "workspace_kube_namespace_prefix",
+        "workspace-kube-namespace-prefix",
+        "CODITECT_WORKSPACE_KUBE_NAMESPACE_PREFIX",
+        Some("coditect-"),
+        "Each tenant's workspaces live in the namespace <prefix><tenant id> (kubernetes runtime)",
+    ),
+    setting(
+        "workspace_kube_home_size",
+        "workspace-kube-home-size",
+        "CODITECT_WORKSPACE_KUBE_HOME_SIZE",
+        Some("10Gi"),
+        "Size of each workspace's home volume claim (kubernetes runtime)",
+    ),
+    setting(
+        "workspace_kube_storage_class",
+        "workspace-kube-storage-class",
+        "CODITECT_WORKSPACE_KUBE_STORAGE_CLASS",
+        None,
+        "Storage class of the home volume claims (kubernetes runtime) [default: the cluster's default]",
+    ),
+    setting(
         "workspace_image",
         "workspace-image",
         "CODITECT_WORKSPACE_IMAGE",
@@ -739,12 +774,24 @@ pub struct WorkspacesConfig {
     /// `None`: `codi-monitor` next to the hub's own binary.
     pub agent: Option<PathBuf>,
     pub docker_socket: PathBuf,
+    pub kube: KubeSettings,
     pub image: String,
     pub ready_timeout: Duration,
     pub agent_timeout: Duration,
     pub runtime_timeout: Duration,
     pub stop_grace: Duration,
     pub quota: Quota,
+}
+
+/// The kubernetes runtime's settings.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    pub kubeconfig: Option<PathBuf>,
+    /// `None`: `public_url`.
+    pub hub_url: Option<String>,
+    pub namespace_prefix: String,
+    pub home_size: String,
+    pub storage_class: Option<String>,
 }
 
 /// What one tenant may hold; 0 is no limit.
@@ -1242,13 +1289,7 @@ impl Raw {
             },
             otel: OtelConfig::resolve(self.values.get("otel_endpoint").cloned(), env)?,
             sso: self.sso()?,
-            public_url: self.parse("public_url", |s| {
-                let ok = (s.starts_with("https://") || s.starts_with("http://"))
-                    && s.len() > "https://".len()
-                    && !s.contains(char::is_whitespace);
-                ok.then(|| s.trim_end_matches('/').to_string())
-                    .ok_or_else(|| "an http(s):// URL".to_string())
-            })?,
+            public_url: self.parse("public_url", http_url)?,
             workspaces: WorkspacesConfig {
                 runtime: self.required("workspace_runtime", |s| {
                     coditect_workspaces::RuntimeKind::parse(s)
@@ -1262,6 +1303,28 @@ impl Raw {
                 scope: self.required("workspace_scope", coditect_workspaces::Scope::parse)?,
                 agent: self.parse("workspace_agent", |s| non_empty(s).map(PathBuf::from))?,
                 docker_socket: self.required("docker_socket", |s| non_empty(s).map(PathBuf::from))?,
+                kube: KubeSettings {
+                    kubeconfig: self.parse("workspace_kubeconfig", |s| non_empty(s).map(PathBuf::from))?,
+                    hub_url: self.parse("workspace_kube_hub_url", http_url)?,
+                    namespace_prefix: self.required("workspace_kube_namespace_prefix", |s| {
+                        // A DNS label's start: the tenant id (36) follows, within 63.
+                        let ok = (1..=26).contains(&s.len())
+                            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                            && s.as_bytes()[0].is_ascii_lowercase();
+                        ok.then(|| s.to_string())
+                            .ok_or_else(|| "1 to 26 lower-case letters, digits or '-', starting with a letter".to_string())
+                    })?,
+                    home_size: self.required("workspace_kube_home_size", |s| {
+                        let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                        let unit = &s[digits.len()..];
+                        let ok = !digits.is_empty()
+                            && digits.bytes().all(|b| b.is_ascii_digit())
+                            && ["", "Ki", "Mi", "Gi", "Ti", "k", "M", "G", "T"].contains(&unit);
+                        ok.then(|| s.to_string())
+                            .ok_or_else(|| "a Kubernetes quantity such as 10Gi".to_string())
+                    })?,
+                    storage_class: self.parse("workspace_kube_storage_class", non_empty)?,
+                },
                 image: self.required("workspace_image", |s| {
                     coditect_workspaces::template::valid_image(s)
                         .then(|| s.to_string())
@@ -1289,6 +1352,18 @@ impl Raw {
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// An http(s):// URL, without a trailing `/`.
+fn http_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("https://") || s.starts_with("http://"))
+        && s.len() > "https://".len()
+        && !s.contains(char::is_whitespace);
+    if ok {
+        Ok(s.trim_end_matches('/').to_string())
+    } else {
+        Err("an http(s):// URL".to_string())
+    }
+}
 
 fn non_empty(s: &str) -> Result<String, String> {
     if s.is_empty() {
@@ -1329,16 +1404,7 @@ impl Raw {
     }
 
     fn sso(&self) -> Result<Option<SsoConfig>, ConfigError> {
-        let url = |s: &str| {
-            let ok = (s.starts_with("https://") || s.starts_with("http://"))
-                && s.len() > "https://".len()
-                && !s.contains(char::is_whitespace);
-            if ok {
-                Ok(s.trim_end_matches('/').to_string())
-            } else {
-                Err("an http(s):// URL".to_string())
-            }
-        };
+        let url = http_url;
         let oidc = match (
             self.parse("sso_oidc_issuer", url)?,
             self.parse("sso_oidc_client_id", non_empty)?,
@@ -1556,6 +1622,50 @@ mod tests {
 
         let err = load(&["--cors-origins", "https://a.example/path"], &[]).unwrap_err();
         assert!(err.contains("cors_origins"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_settings_are_checked() {
+        let c = load(
+            &[
+                "--workspace-kube-hub-url",
+                "http://coditect-hub.coditect.svc:8080/",
+                "--workspace-kube-storage-class",
+                "fast",
+            ],
+            &[],
+        )
+        .unwrap();
+        let k = &c.workspaces.kube;
+        assert_eq!(
+            k.hub_url.as_deref(),
+            Some("http://coditect-hub.coditect.svc:8080")
+        );
+        assert_eq!(k.namespace_prefix, "coditect-");
+        assert_eq!(k.home_size, "10Gi");
+        assert_eq!(k.storage_class.as_deref(), Some("fast"));
+        for (flag, value, says) in [
+            (
+                "--workspace-kube-hub-url",
+                "coditect-hub:8080",
+                "http(s)://",
+            ),
+            (
+                "--workspace-kube-namespace-prefix",
+                "Coditect_",
+                "lower-case",
+            ),
+            (
+                "--workspace-kube-namespace-prefix",
+                "a-very-long-prefix-for-namespaces-",
+                "1 to 26",
+            ),
+            ("--workspace-kube-home-size", "10 GB", "quantity"),
+            ("--workspace-kube-home-size", "Gi", "quantity"),
+        ] {
+            let err = load(&[flag, value], &[]).unwrap_err();
+            assert!(err.contains(says), "{flag} {value}: {err}");
+        }
     }
 
     #[test]

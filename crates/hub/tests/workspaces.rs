@@ -797,7 +797,142 @@ async fn a_hub_killed_mid_start_adopts_and_sweeps() {
     }
 }
 
+/// The kubernetes runtime end to end, against the stand-in API server with a stand-in
+/// kubelet that runs each Pod's `codi-monitor agent` as a local process (no cluster can
+/// run here): the hub makes the tenant's namespace, policy, claim, secret and Pod; the
+/// agent reaches the hub over the network at the configured Service URL with the key
+/// from the secret and says ready; a killed agent is relaunched as a new Pod on the same
+/// claim with the home's file still there; stop deletes the Pod and keeps the claim;
+/// delete removes the claim and the secret.
+async fn kubernetes(backend: Backend) {
+    use coditect_testkit::kube_api::{FakeKubeApi, Kubelet};
+    const SERVICE: &str = "http://coditect-hub.coditect.svc:8080";
+    let api = FakeKubeApi::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let kubeconfig = scratch.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let app = common::spawn_app_with(
+        backend,
+        |c| {
+            c.workspaces.runtime = coditect_workspaces::RuntimeKind::Kubernetes;
+            c.workspaces.kube.kubeconfig = Some(kubeconfig.clone());
+            c.workspaces.kube.hub_url = Some(SERVICE.into());
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let kubelet = Kubelet::start(
+        &api,
+        coditect_testkit::hub::monitor_binary(),
+        scratch.path().to_path_buf(),
+        (SERVICE.to_string(), format!("http://{}", app.addr)),
+    );
+    let health = json(app.get("/health").await).await;
+    let k8s = health["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "runtime:kubernetes")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(k8s["healthy"], true, "{health}");
+
+    let (tenant, _, admin) = app.tenant_with_admin("k8s").await;
+    let token = admin.access.as_str();
+    let created = json(
+        app.post_as("/api/v1/workspaces", token, json!({"name": "pod"}))
+            .await,
+    )
+    .await;
+    assert_eq!(created["runtime"], "kubernetes", "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let log = scratch.path().join(format!("logs/ws-{id}.log"));
+    let running =
+        tokio::time::timeout(SETTLE, wait_for(&app, token, &id, "running", Some(1))).await;
+    assert!(
+        running.is_ok(),
+        "not running; the agent said: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let ns = format!("/api/v1/namespaces/coditect-{tenant}");
+    let pod_path = format!("{ns}/pods/ws-{id}");
+    let pod = api.object(&pod_path).expect("the workspace's pod");
+    let env = pod["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains(SERVICE), "{env}");
+    assert!(!env.contains("cdk_"), "no key in the pod's spec: {env}");
+    assert!(
+        api.object(&format!("{ns}/persistentvolumeclaims/ws-{id}-home"))
+            .is_some()
+    );
+    assert!(
+        api.object(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/coditect-{tenant}/networkpolicies/deny-ingress"
+        ))
+        .is_some()
+    );
+    let home = scratch.path().join(format!("ws-{id}-home"));
+    std::fs::write(home.join("work.txt"), "kept on the claim").unwrap();
+
+    // The agent dies: the pod fails, the hub relaunches a new pod on the same claim.
+    let pid = kubelet.pid(&pod_path).expect("the agent runs");
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let back = wait_for(&app, token, &id, "running", Some(2)).await;
+    assert_eq!(back["id"], id.as_str());
+    assert_eq!(
+        api.object(&pod_path).unwrap()["metadata"]["labels"]["dev.coditect.generation"],
+        "2"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("work.txt")).unwrap(),
+        "kept on the claim"
+    );
+    let builds = app
+        .get_json(&format!("/api/v1/workspaces/{id}/builds"), token)
+        .await;
+    assert_eq!(builds["items"][0]["transition"], "recover", "{builds}");
+
+    // Stop: the pod goes, the claim stays.
+    let res = app
+        .post_as(&format!("/api/v1/workspaces/{id}/stop"), token, json!({}))
+        .await;
+    assert_eq!(res.status(), 202);
+    wait_for(&app, token, &id, "stopped", None).await;
+    assert!(api.object(&pod_path).is_none());
+    assert!(
+        api.object(&format!("{ns}/persistentvolumeclaims/ws-{id}-home"))
+            .is_some()
+    );
+
+    // Delete: claim and secret go too.
+    let res = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/workspaces/{id}"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    assert!(
+        eventually(SETTLE, || async {
+            ws_json(&app, token, &id).await.0 == 404
+        })
+        .await,
+        "the workspace was never deleted"
+    );
+    assert!(
+        api.object(&format!("{ns}/persistentvolumeclaims/ws-{id}-home"))
+            .is_none()
+    );
+    assert!(api.object(&format!("{ns}/secrets/ws-{id}-agent")).is_none());
+}
+
 both_backends!(
+    kubernetes,
     login_lands_in_a_workspace,
     docker_unreachable,
     lifecycle,

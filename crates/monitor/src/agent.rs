@@ -4,7 +4,9 @@
 //! from the environment the runtime sets (`coditect_workspaces::agent_env`): its store and
 //! socket live in the persistent home (`~/.coditect/`), the home is watched (but not
 //! `.coditect`, `.cache`, `.git`), and the sync reaches the hub through the socket mounted
-//! at `CODITECT_HUB_SOCKET` with the workspace-bound key in `CODITECT_AGENT_KEY_FILE`. So
+//! at `CODITECT_HUB_SOCKET` (or, where there is no shared machine — a Kubernetes pod — over
+//! the network at `CODITECT_HUB_URL`) with the workspace-bound key in
+//! `CODITECT_AGENT_KEY_FILE`. So
 //! the workspace's logs and file events reach the hub with nothing installed at run time.
 //!
 //! Beside the daemon it reports readiness and activity to the hub every couple of seconds
@@ -24,15 +26,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// The host name requests name (the socket is what reaches the hub).
-const HUB_URL: &str = "http://coditect-hub";
+/// The host name requests name when the socket is what reaches the hub.
+const SOCKET_HUB_URL: &str = "http://coditect-hub";
 /// Longest wait for one report.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the runtime told the agent.
 #[derive(Debug, Clone)]
 pub struct AgentEnv {
-    pub hub_socket: PathBuf,
+    /// The hub's agent socket; `None`: `hub_url` is reached over the network.
+    pub hub_socket: Option<PathBuf>,
+    pub hub_url: String,
     /// Read before every request: a pool claim hands the workspace to its new owner by
     /// rotating it.
     pub key_file: PathBuf,
@@ -62,8 +66,26 @@ impl AgentEnv {
             .parse()
             .map_err(|_| "CODITECT_WORKSPACE_ID is not a workspace id".to_string())?;
         let optional = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let (hub_socket, hub_url) = match (
+            optional("CODITECT_HUB_SOCKET"),
+            optional("CODITECT_HUB_URL"),
+        ) {
+            (Some(socket), _) => (Some(PathBuf::from(socket)), SOCKET_HUB_URL.to_string()),
+            (None, Some(url)) => {
+                let parsed = reqwest::Url::parse(&url)
+                    .map_err(|e| format!("CODITECT_HUB_URL is not a URL: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err("CODITECT_HUB_URL must be http:// or https://".into());
+                }
+                (None, url.trim_end_matches('/').to_string())
+            }
+            (None, None) => {
+                return Err("CODITECT_HUB_SOCKET (or CODITECT_HUB_URL) is not set".into());
+            }
+        };
         Ok(AgentEnv {
-            hub_socket: PathBuf::from(need("CODITECT_HUB_SOCKET")?),
+            hub_socket,
+            hub_url,
             key_file,
             workspace_id,
             instance: need("CODITECT_INSTANCE")?,
@@ -86,8 +108,8 @@ impl AgentEnv {
         config.monitor.tcp_enabled = false;
         config.storage.sqlite_path = dir.join("monitor.db");
         config.storage.export_dir = dir.join("exports");
-        config.server_hub.url = Some(HUB_URL.into());
-        config.server_hub.unix_socket = Some(self.hub_socket.clone());
+        config.server_hub.url = Some(self.hub_url.clone());
+        config.server_hub.unix_socket = self.hub_socket.clone();
         config.server_hub.api_key = None;
         config.server_hub.api_key_file = Some(self.key_file.clone());
         config.server_hub.workspace_id = Some(self.workspace_id.to_string());
@@ -113,7 +135,7 @@ pub async fn run(env: AgentEnv, config: Config) -> ExitCode {
         concat!("codi-monitor-agent/", env!("CARGO_PKG_VERSION")),
         Duration::from_secs(5),
         REPORT_TIMEOUT,
-        Some(&env.hub_socket),
+        env.hub_socket.as_deref(),
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -170,7 +192,7 @@ async fn report_loop(
     store: MonitorStore,
     over: tokio::sync::oneshot::Sender<()>,
 ) {
-    let url = format!("{HUB_URL}/api/v1/agent/report");
+    let url = format!("{}/api/v1/agent/report", env.hub_url);
     let mut every = Duration::from_secs(2);
     let mut failures = 0u32;
     loop {
@@ -318,5 +340,65 @@ async fn record(store: &MonitorStore, level: Level, what: &str, message: String)
     };
     if let Err(e) = store.append(vec![entry]).await {
         tracing::warn!(error = %e, "cannot store a command's output");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_with(extra: &[(&str, &str)], key_file: &Path) -> HashMap<String, String> {
+        let mut env: HashMap<String, String> = [
+            ("CODITECT_AGENT_KEY_FILE", key_file.to_str().unwrap()),
+            (
+                "CODITECT_WORKSPACE_ID",
+                "01a233ab-72cb-720f-a3d2-ac42aa3dcc80",
+            ),
+            ("CODITECT_INSTANCE", "tok"),
+            ("HOME", "/home/coder"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    #[test]
+    fn the_hub_is_reached_by_socket_or_by_url_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("agent-key");
+        std::fs::write(&key, "cdk_x").unwrap();
+        let parse = |extra: &[(&str, &str)]| {
+            let env = env_with(extra, &key);
+            AgentEnv::from_env(|k| env.get(k).cloned())
+        };
+        let socket = parse(&[("CODITECT_HUB_SOCKET", "/run/coditect/hub/hub.sock")]).unwrap();
+        assert_eq!(
+            socket.hub_socket.as_deref(),
+            Some(Path::new("/run/coditect/hub/hub.sock"))
+        );
+        assert_eq!(socket.hub_url, SOCKET_HUB_URL);
+        let config = socket.config(Config::default());
+        assert_eq!(config.server_hub.unix_socket, socket.hub_socket);
+
+        let url = parse(&[("CODITECT_HUB_URL", "http://coditect-hub.coditect.svc:8080/")]).unwrap();
+        assert_eq!(url.hub_socket, None);
+        assert_eq!(url.hub_url, "http://coditect-hub.coditect.svc:8080");
+        let config = url.config(Config::default());
+        assert_eq!(config.server_hub.unix_socket, None);
+        assert_eq!(
+            config.server_hub.url.as_deref(),
+            Some("http://coditect-hub.coditect.svc:8080")
+        );
+
+        let err = parse(&[]).unwrap_err();
+        assert!(err.contains("CODITECT_HUB_SOCKET"), "{err}");
+        let err = parse(&[("CODITECT_HUB_URL", "ftp://hub")]).unwrap_err();
+        assert!(err.contains("http"), "{err}");
+        let err = parse(&[("CODITECT_HUB_URL", "not a url")]).unwrap_err();
+        assert!(err.contains("not a URL"), "{err}");
     }
 }

@@ -9,6 +9,7 @@
 pub mod fake;
 pub mod github;
 pub mod hub;
+pub mod kube_api;
 pub mod pg;
 
 pub use pg::{PgCluster, fresh_database, suite_pg_url};

@@ -9,8 +9,8 @@
 //! read-only (containers cannot reach the host's network here, nor need to).
 
 use crate::{
-    InstanceRef, Observed, Phase, Runtime, RuntimeError, RuntimeKind, Scope, Spec, agent_env,
-    inside, labels,
+    HubAddress, InstanceRef, Observed, Phase, Runtime, RuntimeError, RuntimeKind, Scope, Spec,
+    agent_env, inside, labels,
 };
 use async_trait::async_trait;
 use bollard::Docker;
@@ -277,10 +277,15 @@ impl DockerRuntime {
         let volume = self.ensure_volume(docker, spec).await?;
         let key = self.write_key(spec)?;
         let socket = format!("{}/{}", inside::HUB_DIR, spec.agent.hub_socket_name);
-        let env = agent_env(spec, &socket, inside::KEY_FILE, inside::HOME)
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let env = agent_env(
+            spec,
+            HubAddress::Socket(&socket),
+            inside::KEY_FILE,
+            inside::HOME,
+        )
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
         let r = &spec.resources;
         let host_config = HostConfig {
             binds: Some(vec![

@@ -2,7 +2,9 @@
 //!
 //! - [`process`]: the embedded default, a process tree in a bubblewrap sandbox on the hub's
 //!   own machine (or, when asked explicitly, no sandbox at all);
-//! - [`docker`]: one container per workspace through the Docker Engine API.
+//! - [`docker`]: one container per workspace through the Docker Engine API;
+//! - [`kubernetes`]: a Pod, a volume claim and a secret per workspace, a namespace per
+//!   tenant, through the Kubernetes API server.
 //!
 //! Beside them, what a workspace is made from: [`template::TemplateSpec`] (checked once,
 //! when written) and [`devcontainer`], which reads a repository's `devcontainer.json` into one.
@@ -20,6 +22,7 @@
 
 pub mod devcontainer;
 pub mod docker;
+pub mod kubernetes;
 pub mod process;
 mod procfs;
 pub mod template;
@@ -127,10 +130,19 @@ pub mod inside {
     pub const UID: u32 = 1000;
 }
 
+/// How the agent inside reaches the hub.
+#[derive(Debug, Clone, Copy)]
+pub enum HubAddress<'a> {
+    /// The hub's agent socket, at this path inside (process and Docker runtimes).
+    Socket(&'a str),
+    /// A URL over the network (Kubernetes: the hub's Service).
+    Url(&'a str),
+}
+
 /// The environment that tells the agent where it is: what every driver sets.
 pub fn agent_env(
     spec: &Spec,
-    hub_socket: &str,
+    hub: HubAddress<'_>,
     key_file: &str,
     home: &str,
 ) -> Vec<(String, String)> {
@@ -141,7 +153,10 @@ pub fn agent_env(
         .collect();
     let fixed = [
         ("HOME", home.to_string()),
-        ("CODITECT_HUB_SOCKET", hub_socket.to_string()),
+        match hub {
+            HubAddress::Socket(path) => ("CODITECT_HUB_SOCKET", path.to_string()),
+            HubAddress::Url(url) => ("CODITECT_HUB_URL", url.to_string()),
+        },
         ("CODITECT_AGENT_KEY_FILE", key_file.to_string()),
         ("CODITECT_TENANT_ID", spec.instance.tenant.to_string()),
         ("CODITECT_WORKSPACE_ID", spec.instance.workspace.to_string()),

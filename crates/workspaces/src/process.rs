@@ -23,8 +23,8 @@
 
 use crate::procfs;
 use crate::{
-    InstanceRef, Observed, Phase, Runtime, RuntimeError, RuntimeKind, Scope, Spec, agent_env,
-    inside,
+    HubAddress, InstanceRef, Observed, Phase, Runtime, RuntimeError, RuntimeKind, Scope, Spec,
+    agent_env, inside,
 };
 use async_trait::async_trait;
 use coditect_proto::{TenantId, WorkspaceId};
@@ -199,7 +199,12 @@ impl ProcessRuntime {
                 let socket = format!("{}/{}", inside::HUB_DIR, spec.agent.hub_socket_name);
                 argv.push(bwrap.display().to_string());
                 argv.extend(bwrap_args(spec, &home, key_file, &self.config.agent_binary));
-                let mut inner = agent_env(spec, &socket, inside::KEY_FILE, inside::HOME);
+                let mut inner = agent_env(
+                    spec,
+                    HubAddress::Socket(&socket),
+                    inside::KEY_FILE,
+                    inside::HOME,
+                );
                 inner.push(("PATH".into(), format!("{HOST_PATH}:/opt/coditect/bin")));
                 argv.push("--clearenv".into());
                 for (k, v) in inner {
@@ -212,7 +217,7 @@ impl ProcessRuntime {
                 argv.push("agent".into());
                 env.extend(agent_env(
                     spec,
-                    &socket_host.display().to_string(),
+                    HubAddress::Socket(&socket_host.display().to_string()),
                     &key_file.display().to_string(),
                     &home.display().to_string(),
                 ));

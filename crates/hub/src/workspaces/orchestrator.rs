@@ -106,7 +106,8 @@ impl Orchestrator {
 
     /// One health component per runtime in use (`runtime:process`, `runtime:docker`); not
     /// critical: a runtime down stops workspaces from starting, not the hub. Docker is
-    /// probed when it is the default runtime or its socket exists.
+    /// probed when it is the default runtime or its socket exists; Kubernetes whenever it is
+    /// enabled.
     pub async fn probe(&self) -> Vec<coditect_proto::ComponentHealth> {
         let mut out = Vec::new();
         for runtime in self.runtimes.values() {
@@ -174,6 +175,7 @@ pub fn from_config(
     config: &crate::config::Config,
 ) -> Result<Orchestrator, crate::server::StartError> {
     use coditect_workspaces::docker::{DockerConfig, DockerRuntime};
+    use coditect_workspaces::kubernetes::{KubernetesConfig, KubernetesRuntime};
     use coditect_workspaces::process::{ProcessConfig, ProcessRuntime, Sandbox};
     let w = &config.workspaces;
     let root = config.data_dir.join("workspaces");
@@ -218,8 +220,33 @@ pub fn from_config(
         timeout: w.runtime_timeout,
     });
     tracing::info!(process_limits = %process.limits(), "workspace runtimes ready");
+    let mut runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process), Arc::new(docker)];
+    // Kubernetes when asked for: as the built-in template's runtime, or by any of its
+    // settings (a hub that never uses it does not look for a cluster every sweep).
+    let k = &w.kube;
+    if w.runtime == RuntimeKind::Kubernetes || k.kubeconfig.is_some() || k.hub_url.is_some() {
+        let Some(hub_url) = k.hub_url.clone().or_else(|| config.public_url.clone()) else {
+            return Err(config
+                .invalid(
+                    "workspace_kube_hub_url",
+                    "",
+                    "the URL at which workspace pods reach the hub (its Service), or public_url",
+                )
+                .into());
+        };
+        runtimes.push(Arc::new(KubernetesRuntime::new(KubernetesConfig {
+            scope: w.scope.clone(),
+            kubeconfig: k.kubeconfig.clone(),
+            hub_url,
+            default_image: w.image.clone(),
+            namespace_prefix: k.namespace_prefix.clone(),
+            home_size: k.home_size.clone(),
+            storage_class: k.storage_class.clone(),
+            timeout: w.runtime_timeout,
+        })));
+    }
     Ok(Orchestrator::new(
-        vec![Arc::new(process), Arc::new(docker)],
+        runtimes,
         w.clone(),
         super::agent::socket_dir(&config.data_dir),
     ))
