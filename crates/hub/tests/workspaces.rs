@@ -931,7 +931,138 @@ async fn kubernetes(backend: Backend) {
     assert!(api.object(&format!("{ns}/secrets/ws-{id}-agent")).is_none());
 }
 
+/// A workspace from a Git repository served on loopback behind Basic auth: cloned by the
+/// hub on the first start with the credential given in the URL, which is found nowhere
+/// afterwards (not in the clone's config, the home, the API, the logs or the stored
+/// spec); later starts leave the home alone; a wrong credential fails the start with a
+/// reason that does not repeat it; a non-http URL is refused.
+async fn from_a_repository(backend: Backend) {
+    use coditect_testkit::git_http::GitHttp;
+    const TOKEN: &str = "s3cr3t-t0ken";
+    let served = tempfile::tempdir().unwrap();
+    let git = GitHttp::start(served.path().to_path_buf(), "alice", TOKEN).await;
+    git.repository("app", &[("README.md", "hello from git\n")]);
+    let app = spawn_app(backend).await;
+    let (tenant, _, admin) = app.tenant_with_admin("repo").await;
+    let token = admin.access.as_str();
+    let port_url = git.url.trim_start_matches("http://");
+    let clean = format!("{}/app.git", git.url);
+    let res = app
+        .post_as(
+            "/api/v1/workspaces",
+            token,
+            json!({"name": "cloned", "repository": {"url": format!("http://alice:{TOKEN}@{port_url}/app.git"), "ref": "main"}}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let created = json(res).await;
+    assert!(!created.to_string().contains(TOKEN), "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    wait_for(&app, token, &id, "running", Some(1)).await;
+
+    let home = home(&app, &id);
+    assert_eq!(
+        std::fs::read_to_string(home.join("README.md")).unwrap(),
+        "hello from git\n"
+    );
+    let config = std::fs::read_to_string(home.join(".git/config")).unwrap();
+    assert!(config.contains(&format!("url = {clean}")), "{config}");
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => files(&entry.path(), out),
+                Ok(t) if t.is_file() => out.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&home, &mut all);
+    assert!(all.len() > 5, "a clone's files: {all:?}");
+    for path in all {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "the credential is in {}",
+            path.display()
+        );
+    }
+    assert!(git.requests().iter().all(|(_, authorized)| *authorized));
+    let ws = app
+        .state
+        .gate()
+        .system()
+        .get_workspace(tenant, id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!ws.spec.contains(TOKEN), "erased once cloned: {}", ws.spec);
+    assert!(ws.spec.contains("\"cloned\":true"), "{}", ws.spec);
+    let messages = orchestrator_messages(&app, token, &id).await;
+    assert!(
+        messages
+            .iter()
+            .any(|m| m == &format!("home cloned from {clean}")),
+        "{messages:?}"
+    );
+    let found = app
+        .get_json(&format!("/api/logs?q={TOKEN}&limit=10"), token)
+        .await;
+    assert_eq!(
+        found["items"],
+        json!([]),
+        "no log entry holds the credential"
+    );
+
+    // Later starts leave the home alone (no second clone).
+    std::fs::write(home.join("README.md"), "edited").unwrap();
+    let before = git.requests().len();
+    for step in ["stop", "start"] {
+        let res = app
+            .post_as(&format!("/api/v1/workspaces/{id}/{step}"), token, json!({}))
+            .await;
+        assert_eq!(res.status(), 202);
+    }
+    wait_for(&app, token, &id, "running", Some(2)).await;
+    assert_eq!(
+        std::fs::read_to_string(home.join("README.md")).unwrap(),
+        "edited"
+    );
+    assert_eq!(git.requests().len(), before, "not cloned again");
+
+    // A wrong credential: the start fails, saying so without repeating it.
+    let created = json(
+        app.post_as(
+            "/api/v1/workspaces",
+            token,
+            json!({"name": "denied", "repository": {"url": format!("http://alice:wr0ng-pass@{port_url}/app.git")}}),
+        )
+        .await,
+    )
+    .await;
+    let denied = created["id"].as_str().unwrap().to_string();
+    let failed = wait_for(&app, token, &denied, "failed", None).await;
+    let reason = failed["status_reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("cannot clone {clean}")),
+        "{reason}"
+    );
+    assert!(!reason.contains("wr0ng-pass"), "{reason}");
+
+    for bad in ["file:///etc", "/srv/repo.git", "ssh://git@host/r.git"] {
+        let res = app
+            .post_as(
+                "/api/v1/workspaces",
+                token,
+                json!({"name": "bad", "repository": {"url": bad}}),
+            )
+            .await;
+        common::assert_envelope(res, 400, "BAD_REQUEST").await;
+    }
+}
+
 both_backends!(
+    from_a_repository,
     kubernetes,
     login_lands_in_a_workspace,
     docker_unreachable,

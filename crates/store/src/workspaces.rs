@@ -384,6 +384,17 @@ pub trait WorkspaceStore: Send + Sync {
         observation: &Observation,
     ) -> Result<bool, StoreError>;
 
+    /// Replaces the workspace's spec (the orchestrator's own bookkeeping in it, e.g. a
+    /// repository cloned and its credential erased), if `holder` still holds the lease;
+    /// false if not.
+    async fn set_spec(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+        spec: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Gives the lease back (no-op if `holder` does not hold it).
     async fn release(
         &self,

@@ -7,6 +7,7 @@
 //! PostgreSQL start a private [`PgCluster`] instead.
 
 pub mod fake;
+pub mod git_http;
 pub mod github;
 pub mod hub;
 pub mod kube_api;

@@ -445,6 +445,52 @@ impl Runtime for DockerRuntime {
         crate::write_agent_key(&self.key_dir(instance), key).map(|_| ())
     }
 
+    async fn seed_home(
+        &self,
+        instance: InstanceRef,
+        from: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
+        let docker = self.docker().await?;
+        // A tar of the clone, owned by the workspace's user, unpacked by the engine into
+        // the (created, not yet started) container's home: the volume.
+        let uid = inside::UID.to_string();
+        let out = tokio::process::Command::new("tar")
+            .arg("-C")
+            .arg(from)
+            .args([
+                "--owner",
+                &uid,
+                "--group",
+                &uid,
+                "--numeric-owner",
+                "-cf",
+                "-",
+                ".",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("cannot run tar: {e}")))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Failed(format!(
+                "cannot pack the home: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let options = bollard::query_parameters::UploadToContainerOptions {
+            path: inside::HOME.into(),
+            ..Default::default()
+        };
+        docker
+            .upload_to_container(
+                &self.container_name(instance),
+                Some(options),
+                bollard::body_full(out.stdout.into()),
+            )
+            .await
+            .map_err(|e| self.error(e, "fill the home"))
+    }
+
     async fn destroy(&self, instance: InstanceRef) -> Result<(), RuntimeError> {
         let docker = self.docker().await?;
         self.remove_container(docker, instance).await?;

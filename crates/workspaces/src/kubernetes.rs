@@ -496,6 +496,18 @@ impl Runtime for KubernetesRuntime {
         self.write_key(client, instance, key).await
     }
 
+    async fn seed_home(
+        &self,
+        _instance: InstanceRef,
+        _from: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
+        // The claim is on the cluster's storage, out of the hub's reach; an init
+        // container would need the credential inside the Pod.
+        Err(RuntimeError::Invalid(
+            "workspaces from a repository are not supported on the kubernetes runtime yet".into(),
+        ))
+    }
+
     async fn destroy(&self, instance: InstanceRef) -> Result<(), RuntimeError> {
         let client = self.client().await?;
         self.delete_pod(client, instance, Duration::ZERO).await?;

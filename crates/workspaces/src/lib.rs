@@ -22,6 +22,7 @@
 
 pub mod devcontainer;
 pub mod docker;
+pub mod git;
 pub mod kubernetes;
 pub mod process;
 mod procfs;
@@ -31,7 +32,7 @@ use async_trait::async_trait;
 use coditect_proto::{Secret, TenantId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Labels put on everything a driver creates.
@@ -266,6 +267,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// owner): the agent reads its key file before each request, so no restart is needed.
     async fn rekey(&self, instance: InstanceRef, key: &Secret) -> Result<(), RuntimeError>;
 
+    /// Puts the contents of `from` (a clone the hub made) into the workspace's home, once
+    /// created and before its first start; files keep their modes and become the
+    /// workspace user's.
+    async fn seed_home(&self, instance: InstanceRef, from: &Path) -> Result<(), RuntimeError>;
+
     /// Removes everything the workspace owned: instance, home, secrets.
     async fn destroy(&self, instance: InstanceRef) -> Result<(), RuntimeError>;
 
@@ -315,4 +321,25 @@ pub(crate) fn write_agent_key(
         .map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     Ok(path)
+}
+
+/// Copies the contents of `from` into `to` (dotfiles included, modes kept).
+pub(crate) async fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
+    let out = tokio::process::Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(from.join("."))
+        .arg(to)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| RuntimeError::Failed(format!("cannot run cp: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Failed(format!(
+            "cannot fill the home: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }

@@ -441,6 +441,18 @@ impl Runtime for ProcessRuntime {
         crate::write_agent_key(&dir, key).map(|_| ())
     }
 
+    async fn seed_home(
+        &self,
+        instance: InstanceRef,
+        from: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
+        let home = self.home(instance.workspace);
+        std::fs::create_dir_all(&home).map_err(|e| {
+            RuntimeError::Failed(format!("cannot make the home {}: {e}", home.display()))
+        })?;
+        crate::copy_tree(from, &home).await
+    }
+
     async fn destroy(&self, instance: InstanceRef) -> Result<(), RuntimeError> {
         self.stop(instance, Duration::from_secs(2)).await?;
         if let Ok(mut e) = self.exits.lock() {

@@ -29,6 +29,9 @@ pub struct TemplateSpec {
     pub start_on_login: bool,
     /// `false`: no network inside at all.
     pub network: bool,
+    /// Cloned into the home on the first start (by the hub; see [`crate::git`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<crate::git::Repository>,
 }
 
 impl Default for TemplateSpec {
@@ -46,6 +49,7 @@ impl Default for TemplateSpec {
             pool_size: 0,
             start_on_login: false,
             network: true,
+            repository: None,
         }
     }
 }
@@ -138,6 +142,15 @@ impl TemplateSpec {
         }
         if self.pool_size > MAX_POOL {
             return Err(format!("pool_size: at most {MAX_POOL}"));
+        }
+        if let Some(r) = &self.repository {
+            let parsed = crate::git::Repository::parse(&r.url, r.reference.as_deref())?;
+            if parsed.credential.is_some() || r.credential.is_some() || r.cloned {
+                return Err(
+                    "repository: a template's repository is public (give a credential when creating a workspace from it)"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }

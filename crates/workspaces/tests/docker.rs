@@ -295,3 +295,37 @@ async fn faults_have_clear_reasons() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A clone the hub made lands in the created container's home volume, owned by the
+/// workspace's user, before its first start.
+#[tokio::test]
+async fn a_home_is_seeded_before_the_first_start() {
+    let rig = rig();
+    let rt = rig.runtime();
+    let (tenant, ws) = (TenantId::new(), WorkspaceId::new());
+    let spec = rig.spec(tenant, ws, 1);
+    let clone = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(clone.path().join(".git")).unwrap();
+    std::fs::write(clone.path().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(clone.path().join("README.md"), "seeded").unwrap();
+    rt.create(&spec).await.unwrap();
+    rt.seed_home(spec.instance, clone.path()).await.unwrap();
+    let started = rt.start(&spec).await.unwrap();
+    wait_started(&started.runtime_id).await;
+    assert_eq!(read(&started.runtime_id, "README.md"), "seeded");
+    assert_eq!(
+        read(&started.runtime_id, ".git/HEAD"),
+        "ref: refs/heads/main"
+    );
+    let (_, owners) = docker(&[
+        "exec",
+        &started.runtime_id,
+        "stat",
+        "-c",
+        "%u:%g",
+        "/home/coder/README.md",
+        "/home/coder/.git",
+    ]);
+    assert_eq!(owners, "1000:1000\n1000:1000");
+    rt.destroy(spec.instance).await.unwrap();
+}

@@ -62,6 +62,24 @@ impl<'a> System<'a> {
         Ok(written)
     }
 
+    /// The orchestrator's own bookkeeping in a workspace's spec (a repository cloned, its
+    /// credential erased), under its lease.
+    pub async fn set_spec(
+        &self,
+        ws: &Workspace,
+        holder: &str,
+        spec: &str,
+    ) -> Result<bool, StoreError> {
+        let written = self
+            .workspaces()
+            .set_spec(ws.tenant_id, ws.id, holder, spec)
+            .await?;
+        if written {
+            self.gate.workspaces.forget(ws.tenant_id, ws.id);
+        }
+        Ok(written)
+    }
+
     pub async fn release_all(&self, holder: &str) -> Result<u64, StoreError> {
         self.workspaces().release_all(holder).await
     }

@@ -136,6 +136,23 @@ struct CreateWorkspace {
     devcontainer: Option<String>,
     /// Start it at once (default true).
     start: Option<bool>,
+    /// Fill its home from a Git repository, cloned by the hub on the first start.
+    repository: Option<RepositoryRequest>,
+}
+
+/// A Git repository to clone into a new workspace's home.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"url": "https://git.example.com/team/app.git", "ref": "main"}))]
+struct RepositoryRequest {
+    /// `http://` or `https://` only. A credential in it (`https://user:token@host/...`) is
+    /// used for the first clone only, never stored in the clone, never shown, and erased
+    /// once the clone succeeded.
+    #[schema(max_length = 2048)]
+    url: String,
+    /// A branch or tag; absent: the repository's default branch.
+    #[serde(rename = "ref")]
+    reference: Option<String>,
 }
 
 /// Creates a workspace in the caller's tenant, owned by the caller, and starts it unless
@@ -159,7 +176,7 @@ async fn create(
 ) -> Result<(StatusCode, axum::Json<WorkspaceView>), ApiError> {
     let name = crate::tenants::check_name(&req.name, "name")?;
     let scoped = state.gate().scoped(&principal);
-    let template = match (req.template_id, req.devcontainer.as_deref()) {
+    let mut template = match (req.template_id, req.devcontainer.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "give template_id or devcontainer, not both",
@@ -182,8 +199,20 @@ async fn create(
             template.runtime.as_str()
         )));
     }
+    if let Some(r) = &req.repository {
+        if template.runtime == coditect_workspaces::RuntimeKind::Kubernetes {
+            return Err(ApiError::bad_request(
+                "workspaces from a repository are not supported on the kubernetes runtime yet",
+            ));
+        }
+        template.repository = Some(
+            coditect_workspaces::git::Repository::parse(&r.url, r.reference.as_deref())
+                .map_err(ApiError::bad_request)?,
+        );
+    }
     let start = req.start.unwrap_or(true);
-    if let (Some(id), true) = (req.template_id, start)
+    // A pool instance's home is the template's: a workspace of its own repository is made.
+    if let (Some(id), true, None) = (req.template_id, start, &req.repository)
         && let Some(ws) = pool::claim(
             &state,
             &principal,

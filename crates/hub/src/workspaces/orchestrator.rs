@@ -575,6 +575,10 @@ impl<'a> Step<'a> {
                 .await?;
             }
             orch.call("create", runtime.create(&spec)).await?;
+            if let Some(repo) = template.repository.as_ref().filter(|r| !r.cloned) {
+                orch.call("clone", self.seed_from(runtime, template, repo))
+                    .await?;
+            }
             orch.call("start", runtime.start(&spec)).await
         }
         .await;
@@ -586,6 +590,66 @@ impl<'a> Step<'a> {
             }
             Err(e) => self.fail(e.to_string(), e.is_transient()).await,
         }
+    }
+
+    /// The first start of a workspace made from a repository: the hub clones it on its
+    /// side (the credential never enters the workspace), the runtime puts the clone into
+    /// the home, and the spec records it (credential erased) so later starts leave the
+    /// home alone.
+    async fn seed_from(
+        &self,
+        runtime: &dyn Runtime,
+        template: &TemplateSpec,
+        repo: &coditect_workspaces::git::Repository,
+    ) -> Result<(), coditect_workspaces::RuntimeError> {
+        use coditect_workspaces::RuntimeError;
+        let scratch = self
+            .state
+            .config()
+            .data_dir
+            .join("workspaces")
+            .join(self.ws.id.to_string())
+            .join("clone");
+        let _ = std::fs::remove_dir_all(&scratch);
+        if let Some(parent) = scratch.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                RuntimeError::Failed(format!("cannot make a scratch directory: {e}"))
+            })?;
+        }
+        let started = Instant::now();
+        let cloned = repo.clone_into(&scratch).await;
+        let seeded = match cloned {
+            Ok(()) => runtime.seed_home(self.instance(), &scratch).await,
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&scratch);
+        seeded?;
+        let mut done = template.clone();
+        if let Some(r) = done.repository.as_mut() {
+            r.cloned = true;
+            r.credential = None;
+        }
+        let json = serde_json::to_string(&done)
+            .map_err(|e| RuntimeError::Failed(format!("cannot write the spec: {e}")))?;
+        let written = self
+            .state
+            .gate()
+            .system()
+            .set_spec(&self.ws, &self.orch().holder, &json)
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("cannot record the clone: {e}")))?;
+        if !written {
+            return Err(RuntimeError::Unavailable(
+                "lost the workspace's lease while cloning".into(),
+            ));
+        }
+        self.event(
+            Level::Info,
+            format!("home cloned from {}", repo.url),
+            json!({"repository": repo.url, "ref": repo.reference, "clone_ms": started.elapsed().as_millis() as u64}),
+        )
+        .await;
+        Ok(())
     }
 
     /// `starting`: running once the agent of this launch said ready.

@@ -318,6 +318,23 @@ impl WorkspaceStore for PgStore {
         Ok(changed > 0)
     }
 
+    async fn set_spec(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+        spec: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = self
+            .execute(
+                "UPDATE workspaces SET spec = $4
+                 WHERE tenant_id = $1 AND workspace_id = $2 AND lease_holder = $3",
+                &[&tenant.as_uuid(), &id.as_uuid(), &holder, &spec],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
     async fn release(
         &self,
         tenant: TenantId,

@@ -365,6 +365,31 @@ impl WorkspaceStore for SqliteStore {
         .await
     }
 
+    async fn set_spec(
+        &self,
+        tenant: TenantId,
+        id: WorkspaceId,
+        holder: &str,
+        spec: &str,
+    ) -> Result<bool, StoreError> {
+        let (holder, spec) = (holder.to_string(), spec.to_string());
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE workspaces SET spec = ?4
+                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND lease_holder = ?3",
+                )?
+                .execute(params![
+                    blob(tenant.as_uuid()),
+                    blob(id.as_uuid()),
+                    holder,
+                    spec
+                ])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn release(
         &self,
         tenant: TenantId,

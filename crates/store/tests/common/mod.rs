@@ -685,6 +685,23 @@ pub async fn orchestration_conform(store: &dyn Engine) {
         "exactly one replica got it: {a:?} {b:?}"
     );
     let (holder, other) = if a.is_empty() { ("b", "a") } else { ("a", "b") };
+    // Only the holder rewrites the spec.
+    assert!(
+        !store
+            .set_spec(t.id, w.id, other, r#"{"by":"other"}"#)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_spec(t.id, w.id, holder, r#"{"cloned":true}"#)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_workspace(t.id, w.id).await.unwrap().unwrap().spec,
+        r#"{"cloned":true}"#
+    );
     assert!(
         store
             .lease(t.id, w.id, other, later(1), later(31))
