@@ -508,6 +508,52 @@ async fn warm_pool(backend: Backend) {
         "{metrics}"
     );
     assert!(metrics.contains("pool_size{"), "pool size is a metric");
+
+    // The pool shrinks with its template, and goes with it; the claimed workspace stays.
+    let pooled = |n: usize| {
+        let app = &app;
+        async move {
+            let list = app.get_json("/api/v1/workspaces", token).await;
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["pooled"] == true)
+                .count()
+                == n
+        }
+    };
+    let res = app
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/templates/{template}"),
+            token,
+            Some(json!({"name": "warm", "spec": {"pool_size": 1, "idle_timeout_secs": 60}})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        eventually(SETTLE, || pooled(1)).await,
+        "the pool never shrank"
+    );
+    let res = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/templates/{template}"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 204);
+    assert!(
+        eventually(SETTLE, || pooled(0)).await,
+        "the pool of a deleted template was never drained"
+    );
+    let (_, mine) = ws_json(&app, &member_token, &id).await;
+    assert_eq!(
+        mine["status"], "running",
+        "a claimed workspace is not the pool's"
+    );
 }
 
 /// Templates are checked when written; a devcontainer.json's unsupported keys are said.
@@ -1061,7 +1107,87 @@ async fn from_a_repository(backend: Backend) {
     }
 }
 
+/// A workspace's status as the list shows it (reading one workspace counts as using it).
+async fn listed_status(app: &TestApp, token: &str, id: &str) -> String {
+    let page = app.get_json("/api/v1/workspaces?limit=100", token).await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == id)
+        .map(|w| w["status"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// Idle stop: the template's idle timeout counts from the last sign of use (here an API
+/// read of the workspace), not from when it started; once it passes, the orchestrator
+/// stops the workspace (an `idle-stop` build) and its home stays. Time is the hub's
+/// manual clock moved forward (the agent's own timeout is set beyond it).
+async fn idle_stop(backend: Backend) {
+    let app = common::spawn_app_with(
+        backend,
+        |c| c.workspaces.agent_timeout = Duration::from_secs(3600),
+        axum::Router::new(),
+    )
+    .await;
+    let (_, _, admin) = app.tenant_with_admin("idle").await;
+    let token = admin.access.as_str();
+    let template = json(
+        app.post_as(
+            "/api/v1/templates",
+            token,
+            json!({"name": "sleepy", "spec": {"idle_timeout_secs": 60}}),
+        )
+        .await,
+    )
+    .await;
+    let created = json(
+        app.post_as(
+            "/api/v1/workspaces",
+            token,
+            json!({"name": "nap", "template_id": template["id"]}),
+        )
+        .await,
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    wait_for(&app, token, &id, "running", Some(1)).await;
+    std::fs::write(home(&app, &id).join("work.txt"), "kept").unwrap();
+
+    // 40 s on, it is used (read through the API); 70 s after it started, 30 s after that
+    // use: still running.
+    app.clock.advance(Duration::from_secs(40));
+    assert_eq!(ws_json(&app, token, &id).await.0, 200);
+    app.clock.advance(Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(listed_status(&app, token, &id).await, "running");
+
+    // 61 s after the last use: stopped by the orchestrator, the home kept.
+    app.clock.advance(Duration::from_secs(31));
+    assert!(
+        eventually(SETTLE, || async {
+            listed_status(&app, token, &id).await == "stopped"
+        })
+        .await,
+        "never stopped for idleness"
+    );
+    let builds = app
+        .get_json(&format!("/api/v1/workspaces/{id}/builds"), token)
+        .await;
+    let newest = &builds["items"][0];
+    assert_eq!(newest["transition"], "idle-stop", "{builds}");
+    assert_eq!(newest["initiator"], "system:orchestrator");
+    assert_eq!(newest["status"], "succeeded");
+    assert_eq!(
+        std::fs::read_to_string(home(&app, &id).join("work.txt")).unwrap(),
+        "kept"
+    );
+    let messages = orchestrator_messages(&app, token, &id).await;
+    assert!(messages.iter().any(|m| m.contains("idle")), "{messages:?}");
+}
+
 both_backends!(
+    idle_stop,
     from_a_repository,
     kubernetes,
     login_lands_in_a_workspace,

@@ -281,6 +281,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every instance of this scope the runtime holds, for adoption and the orphan sweep.
     async fn list(&self) -> Result<Vec<Observed>, RuntimeError>;
 
+    /// Told when an instance this runtime knows of exits, so the health checker looks at
+    /// once instead of at its next pass (`None`: the runtime cannot tell; it is polled).
+    fn exits(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Whether the runtime answers, for `/health`.
     async fn probe(&self) -> Result<(), RuntimeError>;
 

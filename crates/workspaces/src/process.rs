@@ -91,6 +91,8 @@ type Exits = Arc<Mutex<HashMap<WorkspaceId, (u64, Option<i64>)>>>;
 pub struct ProcessRuntime {
     config: ProcessConfig,
     exits: Exits,
+    /// Told whenever a sandbox this runtime started exits.
+    exited: Arc<tokio::sync::Notify>,
 }
 
 impl ProcessRuntime {
@@ -109,6 +111,7 @@ impl ProcessRuntime {
         Ok(ProcessRuntime {
             config,
             exits: Arc::default(),
+            exited: Arc::default(),
         })
     }
 
@@ -398,7 +401,7 @@ impl Runtime for ProcessRuntime {
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| RuntimeError::Failed("the sandbox exited at once".into()))?;
-        let exits = self.exits.clone();
+        let (exits, exited) = (self.exits.clone(), self.exited.clone());
         let (workspace, generation) = (spec.instance.workspace, spec.generation);
         if let Ok(mut e) = exits.lock() {
             e.remove(&workspace);
@@ -413,6 +416,7 @@ impl Runtime for ProcessRuntime {
             if let Ok(mut e) = exits.lock() {
                 e.insert(workspace, (generation, code));
             }
+            exited.notify_one();
         });
         Ok(Observed {
             instance: spec.instance,
@@ -420,6 +424,10 @@ impl Runtime for ProcessRuntime {
             phase: Phase::Running,
             runtime_id: pid.to_string(),
         })
+    }
+
+    fn exits(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.exited.clone())
     }
 
     async fn stop(&self, instance: InstanceRef, grace: Duration) -> Result<(), RuntimeError> {

@@ -6,7 +6,7 @@ use super::{AuditEvent, RequestMeta, System};
 use crate::auth::secrets;
 use chrono::{DateTime, Utc};
 use coditect_proto::{
-    ApiKeyId, BuildId, Email, Level, Role, Secret, TenantId, UserId, WorkspaceId,
+    ApiKeyId, BuildId, Email, Level, Role, Secret, TemplateId, TenantId, UserId, WorkspaceId,
 };
 use coditect_store::logs::{EncodedChunk, LogRecord};
 use coditect_store::{
@@ -204,6 +204,44 @@ impl<'a> System<'a> {
             .await?;
         self.audit_build(build, "started").await;
         Ok(())
+    }
+
+    /// Takes one ready instance out of `template`'s pool and asks for its deletion (a pool
+    /// that shrank, a template that went): a claim by the pool account itself, so no
+    /// user's concurrent claim can get an instance that is being removed. `None`: no
+    /// ready instance (one still starting is taken on a later pass).
+    pub async fn drain_one(
+        &self,
+        tenant: TenantId,
+        template: TemplateId,
+        why: &str,
+    ) -> Result<Option<Workspace>, StoreError> {
+        let owner = self.pool_account(tenant).await?;
+        let now = self.gate.clock().now();
+        // The claim fills in the instance's id and generation.
+        let placeholder = Workspace::new(tenant, String::new(), owner, now);
+        let build = system_build(&placeholder, "delete", Some(why.to_string()), 0, now);
+        let id = WorkspaceId::new().as_uuid().simple().to_string();
+        let name = format!("pool-removed-{}", &id[id.len() - 12..]);
+        let store = self.workspaces();
+        let Some(ws) = store
+            .claim(tenant, template, owner, &name, &build, None)
+            .await?
+        else {
+            return Ok(None);
+        };
+        // No build of its own: the claim's `delete` build is the pending one.
+        store
+            .request(tenant, ws.id, Desired::Deleted, None, None)
+            .await?;
+        self.gate.workspaces.forget(tenant, ws.id);
+        let build = Build {
+            workspace_id: ws.id,
+            generation: ws.lifecycle.generation,
+            ..build
+        };
+        self.audit_build(&build, "started").await;
+        Ok(Some(ws))
     }
 
     /// The tenant's pool account: the service user that owns unclaimed pool instances

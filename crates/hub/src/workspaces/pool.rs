@@ -11,7 +11,7 @@
 
 use crate::authz::{Principal, system_build};
 use crate::state::AppState;
-use coditect_proto::{Level, TemplateId, WorkspaceId};
+use coditect_proto::{Level, TemplateId, TenantId, WorkspaceId};
 use coditect_store::{Quota, Template, Workspace};
 use coditect_workspaces::InstanceRef;
 use coditect_workspaces::template::TemplateSpec;
@@ -81,8 +81,11 @@ pub(super) async fn hand_over(state: &AppState, ws: &Workspace, spec: &TemplateS
         .await;
 }
 
-/// Launches what each template's pool lacks; sets `pool_size` and `pool_utilization`.
-pub async fn refill(state: &AppState) {
+/// Launches what each template's pool lacks and removes what it has beyond its size
+/// (ready instances, one claim at a time); drains the pools of templates that are gone
+/// (`pooled`: the (tenant, template) of the unclaimed instances the health checker saw
+/// running); sets `pool_size` and `pool_utilization`.
+pub async fn refill(state: &AppState, pooled: &[(TenantId, TemplateId)]) {
     let system = state.gate().system();
     let templates = match system.all_templates().await {
         Ok(t) => t,
@@ -91,6 +94,8 @@ pub async fn refill(state: &AppState) {
             return;
         }
     };
+    let templates_seen: Vec<(TenantId, TemplateId)> =
+        templates.iter().map(|t| (t.tenant_id, t.id)).collect();
     for t in templates {
         let Ok(spec) = serde_json::from_str::<TemplateSpec>(&t.spec) else {
             continue;
@@ -115,6 +120,41 @@ pub async fn refill(state: &AppState) {
                 tracing::warn!(template = %t.id, error = %e, "cannot add a pool instance");
                 break;
             }
+        }
+        for _ in size..all {
+            if !drain_one(
+                state,
+                t.tenant_id,
+                t.id,
+                "the pool is larger than its template asks",
+            )
+            .await
+            {
+                break;
+            }
+        }
+    }
+    let live: std::collections::HashSet<_> = templates_seen.into_iter().collect();
+    let mut gone: Vec<_> = pooled.iter().filter(|k| !live.contains(*k)).collect();
+    gone.sort();
+    gone.dedup();
+    for (tenant, template) in gone {
+        while drain_one(state, *tenant, *template, "its template was deleted").await {}
+    }
+}
+
+/// One instance out of a pool and deleted; false when none was ready (or on an error).
+async fn drain_one(state: &AppState, tenant: TenantId, template: TemplateId, why: &str) -> bool {
+    match state.gate().system().drain_one(tenant, template, why).await {
+        Ok(Some(ws)) => {
+            tracing::info!(workspace = %ws.id, template = %template, reason = why, "removing a pool instance");
+            state.orchestrator().nudge();
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(template = %template, error = %e, "cannot remove a pool instance");
+            false
         }
     }
 }

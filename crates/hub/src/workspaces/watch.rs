@@ -27,8 +27,26 @@ const PAGE: u32 = 500;
 pub async fn run(state: AppState) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Runtimes that say when an instance exits: a death is seen at once, not at the next
+    // pass (the pass still runs on its period for what they cannot tell).
+    let exits: Vec<_> = state
+        .orchestrator()
+        .runtimes()
+        .filter_map(|r| r.exits())
+        .collect();
     loop {
-        tick.tick().await;
+        let exited = async {
+            if exits.is_empty() {
+                std::future::pending::<()>().await;
+            } else {
+                futures_util::future::select_all(exits.iter().map(|n| Box::pin(n.notified())))
+                    .await;
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = exited => {}
+        }
         if state.gate().system().is_ready() {
             check(&state).await;
         }
@@ -58,6 +76,7 @@ pub async fn check(state: &AppState) {
         }
     }
     let mut active = 0u64;
+    let mut pooled = Vec::new();
     let mut after = None;
     loop {
         let page = match state
@@ -75,6 +94,9 @@ pub async fn check(state: &AppState) {
         after = page.last().map(|w| (w.tenant_id, w.id));
         for ws in &page {
             active += 1;
+            if let (true, Some(t)) = (ws.pooled, ws.template_id) {
+                pooled.push((ws.tenant_id, t));
+            }
             let Ok(template) = orch.template_of(ws) else {
                 continue;
             };
@@ -117,7 +139,7 @@ pub async fn check(state: &AppState) {
         }
     }
     sweep(state, &seen).await;
-    super::pool::refill(state).await;
+    super::pool::refill(state, &pooled).await;
 }
 
 /// Why a running workspace is not, if it is not.
