@@ -7,6 +7,8 @@
 //!   (running), beside the bare claim statement on a SQLite store of the same schema
 //!   (`WorkspaceStore::claim`: one write transaction);
 //! - recovery: SIGKILL of a sandbox's tree to `running` again;
+//! - on Docker: cold start and recovery (`docker kill`) beside `docker run --rm IMAGE true`
+//!   of the same image;
 //! - `--many` workspaces (100) running at once: the hub's RSS and its CPU while idle (the
 //!   reconcile loop and health checks), beside the agents' own RSS.
 //!
@@ -29,6 +31,11 @@ pub struct Args {
     /// Workspaces running at once for the memory and idle-CPU figures.
     #[arg(long, default_value_t = 100)]
     many: usize,
+    /// Cold starts (and recoveries) on the Docker runtime, beside `docker run --rm IMAGE
+    /// true`; 0 skips them (the image is built by deploy/workspace/build around this
+    /// build's codi-monitor).
+    #[arg(long, default_value_t = 10)]
+    docker_starts: usize,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -110,7 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ]);
     let (p50, p99, mean) = stats(kills.clone());
     table.row(vec![
-        "recovery: SIGKILL to running (health check every 2 s)".into(),
+        "recovery: SIGKILL to running (the exit wakes the health checker)".into(),
         kills.len().to_string(),
         millis(p50),
         millis(p99),
@@ -160,6 +167,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ratio(p50, raw_p50),
     ]);
     table.print();
+    if args.docker_starts > 0 {
+        println!();
+        docker_starts(&agent, args.docker_starts).await?;
+    }
 
     // Many at once: memory and the idle cost of reconciling them.
     let before = hub.rss_kib();
@@ -205,6 +216,112 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     coditect_testkit::hub::kill_sandboxes(&scope);
+    Ok(())
+}
+
+/// Cold start and recovery on the Docker runtime, beside `docker run --rm IMAGE true`.
+async fn docker_starts(agent: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    let build =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/workspace/build");
+    let out = std::process::Command::new(build)
+        .arg("--agent")
+        .arg(agent)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "deploy/workspace/build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut raw = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        let status = std::process::Command::new("docker")
+            .args(["run", "--rm", "--network", "none", &image, "true"])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "docker run failed");
+        raw.push(started.elapsed());
+    }
+    let scope = format!("benchd{}", std::process::id());
+    let hub = HubProc::spawn(&[
+        "--workspace-scope",
+        &scope,
+        "--workspace-runtime",
+        "docker",
+        "--workspace-image",
+        &image,
+        "--workspace-quota-count",
+        "0",
+    ])?;
+    let client = reqwest::Client::new();
+    let setup = hub.setup(&client).await?;
+    let api = Api {
+        client: &client,
+        base: &hub.base,
+        token: &setup.token,
+    };
+    let (mut cold, mut kills) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let started = Instant::now();
+        let ws = api
+            .post("/api/v1/workspaces", json!({"name": format!("docker-{i}")}))
+            .await?;
+        let id = ws["id"].as_str().unwrap_or_default().to_string();
+        api.wait(&id, |w| w["status"] == "running").await?;
+        cold.push(started.elapsed());
+        let generation = api.get(&format!("/api/v1/workspaces/{id}")).await?["generation"]
+            .as_u64()
+            .unwrap_or(0);
+        let killed = Instant::now();
+        let container = format!("coditect-{scope}-{id}");
+        std::process::Command::new("docker")
+            .args(["kill", &container])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        api.wait(&id, |w| {
+            w["status"] == "running" && w["generation"].as_u64() > Some(generation)
+        })
+        .await?;
+        kills.push(killed.elapsed());
+        api.delete(&id).await?;
+    }
+    let mut table = Table::new(&[
+        "operation (docker)",
+        "n",
+        "p50 ms",
+        "p99 ms",
+        "mean ms",
+        "vs raw (p50)",
+    ]);
+    let (raw_p50, raw_p99, raw_mean) = stats(raw.clone());
+    table.row(vec![
+        "raw: docker run --rm IMAGE true".into(),
+        raw.len().to_string(),
+        millis(raw_p50),
+        millis(raw_p99),
+        millis(raw_mean),
+        "1.00".into(),
+    ]);
+    for (what, samples) in [
+        ("cold start to agent-ready", cold),
+        (
+            "recovery: docker kill to running (health check every 2 s)",
+            kills,
+        ),
+    ] {
+        let (p50, p99, mean) = stats(samples.clone());
+        table.row(vec![
+            what.into(),
+            samples.len().to_string(),
+            millis(p50),
+            millis(p99),
+            millis(mean),
+            ratio(p50, raw_p50),
+        ]);
+    }
+    table.print();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     Ok(())
 }
 

@@ -686,10 +686,26 @@ async fn login_lands_in_a_workspace(backend: Backend) {
         .post_as(
             "/api/v1/templates",
             &admin.access,
-            json!({"name": "home", "spec": {"start_on_login": true}}),
+            json!({"name": "home", "spec": {"start_on_login": true, "pool_size": 1}}),
         )
         .await;
     assert_eq!(res.status(), 201);
+    // The template keeps one warm: the first login claims it rather than starting cold.
+    let warm = || async {
+        let list = app.get_json("/api/v1/workspaces", &admin.access).await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["pooled"] == true && w["status"] == "running")
+            .and_then(|w| w["id"].as_str())
+            .map(str::to_string)
+    };
+    assert!(
+        eventually(SETTLE, || async { warm().await.is_some() }).await,
+        "the pool never filled"
+    );
+    let pooled = warm().await.unwrap();
     let member = app
         .seed_user(tenant, coditect_proto::Role::Member, false)
         .await;
@@ -710,7 +726,12 @@ async fn login_lands_in_a_workspace(backend: Backend) {
         .expect("a workspace for the login")
         .to_string();
     assert_eq!(first["workspace_url"], format!("/w/{id}/"));
+    assert_eq!(id, pooled, "the login claimed the warm instance");
     let token = first["access_token"].as_str().unwrap().to_string();
+    let (_, claimed) = ws_json(&app, &token, &id).await;
+    assert_eq!(claimed["pooled"], false);
+    assert_eq!(claimed["owner_id"], member.id.to_string());
+    assert_eq!(claimed["generation"], 1, "the same launch: no restart");
     let session = first["session_id"].as_str().unwrap().to_string();
     let ready = eventually(SETTLE, || {
         let (app, token, session) = (&app, &token, &session);

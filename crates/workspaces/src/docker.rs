@@ -43,6 +43,10 @@ pub struct DockerRuntime {
     /// Connected and version-negotiated on first use, so a daemon that is down when the
     /// hub starts is picked up once it is back.
     client: OnceCell<Docker>,
+    /// Told when a container of this scope dies (the engine's event stream, followed by a
+    /// task started on the first [`Runtime::exits`]).
+    exited: std::sync::Arc<tokio::sync::Notify>,
+    events: std::sync::Once,
 }
 
 impl DockerRuntime {
@@ -50,6 +54,37 @@ impl DockerRuntime {
         DockerRuntime {
             config,
             client: OnceCell::new(),
+            exited: Default::default(),
+            events: std::sync::Once::new(),
+        }
+    }
+
+    /// Follows the engine's `die` events of this scope's containers, reconnecting after a
+    /// second whenever the stream ends (an engine restart, the client's timeout).
+    async fn follow_exits(config: DockerConfig, exited: std::sync::Arc<tokio::sync::Notify>) {
+        use futures_util::StreamExt;
+        let socket = config.socket.display().to_string();
+        loop {
+            if let Ok(docker) =
+                Docker::connect_with_unix(&socket, 3600, bollard::API_DEFAULT_VERSION)
+            {
+                let filters = HashMap::from([
+                    ("type".to_string(), vec!["container".to_string()]),
+                    ("event".to_string(), vec!["die".to_string()]),
+                    (
+                        "label".to_string(),
+                        vec![format!("{}={}", labels::SCOPE, config.scope.as_str())],
+                    ),
+                ]);
+                let mut stream = docker.events(Some(bollard::query_parameters::EventsOptions {
+                    filters: Some(filters),
+                    ..Default::default()
+                }));
+                while let Some(Ok(_)) = stream.next().await {
+                    exited.notify_one();
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -572,6 +607,17 @@ impl Runtime for DockerRuntime {
             });
         }
         Ok(out)
+    }
+
+    fn exits(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        let (config, exited) = (self.config.clone(), self.exited.clone());
+        // Only inside a runtime (the hub's health checker asks from one).
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            self.events.call_once(|| {
+                handle.spawn(Self::follow_exits(config, exited));
+            });
+        }
+        Some(self.exited.clone())
     }
 
     async fn probe(&self) -> Result<(), RuntimeError> {

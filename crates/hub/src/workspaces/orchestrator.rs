@@ -872,3 +872,22 @@ fn new_instance_token() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::exit_reason;
+
+    #[test]
+    fn an_oom_kill_says_so_whatever_the_code() {
+        assert_eq!(
+            exit_reason(Some(137), true),
+            "killed for using too much memory (oom)"
+        );
+        assert_eq!(
+            exit_reason(None, true),
+            "killed for using too much memory (oom)"
+        );
+        assert_eq!(exit_reason(Some(3), false), "its agent exited with code 3");
+        assert_eq!(exit_reason(None, false), "its agent was killed by a signal");
+    }
+}
