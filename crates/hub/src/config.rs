@@ -472,6 +472,13 @@ pub const SETTINGS: &[Setting] = &[
         "The codi-monitor binary the process runtime runs in each workspace [default: next to coditect-hub]",
     ),
     setting(
+        "workspace_cgroup",
+        "workspace-cgroup",
+        "CODITECT_WORKSPACE_CGROUP",
+        None,
+        "A delegated cgroup v2 directory for the process runtime's limits (memory, pids, cpu per workspace) [default: none: rlimits]",
+    ),
+    setting(
         "docker_socket",
         "docker-socket",
         "CODITECT_DOCKER_SOCKET",
@@ -773,6 +780,8 @@ pub struct WorkspacesConfig {
     pub scope: coditect_workspaces::Scope,
     /// `None`: `codi-monitor` next to the hub's own binary.
     pub agent: Option<PathBuf>,
+    /// A delegated cgroup v2 directory for the process runtime; `None`: rlimits.
+    pub cgroup: Option<PathBuf>,
     pub docker_socket: PathBuf,
     pub kube: KubeSettings,
     pub image: String,
@@ -1302,6 +1311,7 @@ impl Raw {
                 })?,
                 scope: self.required("workspace_scope", coditect_workspaces::Scope::parse)?,
                 agent: self.parse("workspace_agent", |s| non_empty(s).map(PathBuf::from))?,
+                cgroup: self.parse("workspace_cgroup", |s| non_empty(s).map(PathBuf::from))?,
                 docker_socket: self.required("docker_socket", |s| non_empty(s).map(PathBuf::from))?,
                 kube: KubeSettings {
                     kubeconfig: self.parse("workspace_kubeconfig", |s| non_empty(s).map(PathBuf::from))?,

@@ -799,6 +799,7 @@ async fn a_hub_killed_mid_start_adopts_and_sweeps() {
                 coditect_workspaces::process::Sandbox::find_bubblewrap().unwrap(),
             ),
             agent_binary: coditect_testkit::hub::monitor_binary(),
+            cgroups: None,
         },
     )
     .unwrap();

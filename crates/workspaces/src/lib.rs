@@ -20,6 +20,7 @@
 //! persistent, the agent (`codi-monitor agent`) is the first process, and it learns where
 //! it is from the environment variables named in [`agent_env`].
 
+pub mod cgroup;
 pub mod devcontainer;
 pub mod docker;
 pub mod git;

@@ -18,8 +18,10 @@
 //! Sandboxes outlive the hub (they are not killed when it dies) and are adopted by the
 //! next one.
 //!
-//! Limits: without a delegated cgroup v2 subtree the limits are rlimits set by `prlimit`
-//! (util-linux) on the sandbox: memory as address space, processes; CPU is not enforced.
+//! Limits: in a delegated cgroup v2 subtree (`ProcessConfig::cgroups`, see
+//! [`crate::cgroup`]) memory (no swap), pids and CPU per workspace; without one, rlimits
+//! set by `prlimit` (util-linux) on the sandbox: memory as address space, processes; CPU is
+//! not enforced.
 
 use crate::procfs;
 use crate::{
@@ -83,6 +85,8 @@ pub struct ProcessConfig {
     pub sandbox: Sandbox,
     /// The `codi-monitor` binary on the host, mounted read-only into every sandbox.
     pub agent_binary: PathBuf,
+    /// A delegated cgroup v2 subtree for the limits; `None`: rlimits.
+    pub cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 /// Exit codes of the sandboxes this process started, by workspace and generation.
@@ -185,15 +189,19 @@ impl ProcessRuntime {
         crate::write_agent_key(&dir, &spec.agent.key)
     }
 
-    fn command(&self, spec: &Spec, key_file: &Path) -> Command {
+    fn command(&self, spec: &Spec, key_file: &Path, cgroup: Option<&Path>) -> Command {
         let home = self.home(spec.instance.workspace);
         let socket_host = spec.agent.hub_socket_dir.join(&spec.agent.hub_socket_name);
         let mut argv: Vec<String> = Vec::new();
-        let limits = rlimit_args(spec);
-        if !limits.is_empty() {
-            argv.push("prlimit".into());
-            argv.extend(limits);
-            argv.push("--".into());
+        if let Some(dir) = cgroup {
+            argv.extend(crate::cgroup::enter_argv(dir));
+        } else {
+            let limits = rlimit_args(spec);
+            if !limits.is_empty() {
+                argv.push("prlimit".into());
+                argv.extend(limits);
+                argv.push("--".into());
+            }
         }
         // The outer process's environment: the labels, and (without a sandbox) the agent's.
         let mut env = vec![("PATH".to_string(), HOST_PATH.to_string())];
@@ -391,8 +399,12 @@ impl Runtime for ProcessRuntime {
         let log2 = log
             .try_clone()
             .map_err(|e| failed("open the workspace output log", e))?;
+        let cgroup = match &self.config.cgroups {
+            Some(c) => Some(c.prepare(&self.config.scope, spec)?),
+            None => None,
+        };
         let mut child = self
-            .command(spec, &key_file)
+            .command(spec, &key_file, cgroup.as_deref())
             .stdout(log)
             .stderr(log2)
             .spawn()
@@ -466,6 +478,9 @@ impl Runtime for ProcessRuntime {
         if let Ok(mut e) = self.exits.lock() {
             e.remove(&instance.workspace);
         }
+        if let Some(c) = &self.config.cgroups {
+            c.remove(&self.config.scope, &instance.workspace.to_string());
+        }
         match std::fs::remove_dir_all(self.dir(instance.workspace)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -513,6 +528,9 @@ impl Runtime for ProcessRuntime {
     }
 
     fn limits(&self) -> String {
+        if let Some(c) = &self.config.cgroups {
+            return c.describe();
+        }
         "rlimits (memory as address space, processes; cpu not enforced: no delegated cgroup v2)"
             .into()
     }

@@ -65,6 +65,7 @@ impl Rig {
             scope: self.scope.clone(),
             sandbox: Sandbox::Bubblewrap(Sandbox::find_bubblewrap().expect("bwrap installed")),
             agent_binary: self.agent.clone(),
+            cgroups: None,
         })
         .unwrap()
     }
@@ -255,9 +256,68 @@ async fn without_bubblewrap_the_runtime_refuses_to_start() {
         scope: rig.scope.clone(),
         sandbox: Sandbox::Bubblewrap(PathBuf::from("/nonexistent/bwrap")),
         agent_binary: rig.agent.clone(),
+        cgroups: None,
     })
     .err()
     .map(|e| e.to_string())
     .unwrap_or_default();
     assert!(err.contains("--workspace-sandbox none"), "{err}");
+}
+
+/// With a cgroup v2 subtree the sandbox's outer process enters its workspace's cgroup
+/// before it becomes bubblewrap, and the cgroup carries the spec's limits. This machine's
+/// cgroup v2 hierarchy has no controllers (cgroup v1 holds them), so the subtree here is
+/// a directory of plain files standing in for cgroupfs: what is tested is what the runtime
+/// writes and that the sandbox still starts through the wrapper, not the kernel's
+/// enforcement.
+#[tokio::test]
+async fn limits_go_to_a_delegated_cgroup_when_there_is_one() {
+    use coditect_workspaces::cgroup::Cgroups;
+    let rig = rig();
+    let fake = tempfile::tempdir().unwrap();
+    assert!(
+        Cgroups::delegated(fake.path()).is_err(),
+        "not a cgroup directory"
+    );
+    std::fs::write(fake.path().join("cgroup.subtree_control"), "cpu io").unwrap();
+    let err = Cgroups::delegated(fake.path()).unwrap_err();
+    assert!(err.contains("controller is not enabled"), "{err}");
+    std::fs::write(
+        fake.path().join("cgroup.subtree_control"),
+        "cpu io memory pids",
+    )
+    .unwrap();
+    let cgroups = Cgroups::delegated(fake.path()).unwrap();
+    let rt = ProcessRuntime::new(ProcessConfig {
+        root: rig.root.clone(),
+        scope: rig.scope.clone(),
+        sandbox: Sandbox::Bubblewrap(Sandbox::find_bubblewrap().expect("bwrap installed")),
+        agent_binary: rig.agent.clone(),
+        cgroups: Some(cgroups),
+    })
+    .unwrap();
+    assert!(rt.limits().starts_with("cgroup v2 at"), "{}", rt.limits());
+    let ws = WorkspaceId::new();
+    let mut spec = rig.spec(ws, 1);
+    spec.resources.cpu_millis = Some(1500);
+    let started = rt.start(&spec).await.unwrap();
+    wait_for(&rt.home(ws).join("started"));
+    let dir = fake
+        .path()
+        .join(format!("coditect-{}-{ws}", rig.scope.as_str()));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    assert_eq!(read("memory.max"), (2048u64 << 20).to_string());
+    assert_eq!(read("pids.max"), "512");
+    assert_eq!(read("cpu.max"), "150000 100000");
+    assert_eq!(
+        read("cgroup.procs").trim(),
+        started.runtime_id,
+        "the sandbox's outer process entered it (and exec'd bubblewrap in place)"
+    );
+    let limits = std::fs::read_to_string(rt.home(ws).join("limits")).unwrap();
+    assert!(
+        limits.contains("Max address space         unlimited"),
+        "no rlimit when a cgroup holds the limits: {limits}"
+    );
+    rt.destroy(spec.instance).await.unwrap();
 }

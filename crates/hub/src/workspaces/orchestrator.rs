@@ -205,11 +205,19 @@ pub fn from_config(
             .and_then(|exe| exe.parent().map(|d| d.join("codi-monitor")))
             .unwrap_or_else(|| PathBuf::from("codi-monitor"))
     });
+    let cgroups = match &w.cgroup {
+        Some(dir) => Some(
+            coditect_workspaces::cgroup::Cgroups::delegated(dir)
+                .map_err(|e| config.invalid("workspace_cgroup", dir.display().to_string(), e))?,
+        ),
+        None => None,
+    };
     let process = ProcessRuntime::new(ProcessConfig {
         root: root.clone(),
         scope: w.scope.clone(),
         sandbox,
         agent_binary: agent,
+        cgroups,
     })
     .map_err(|e| config.invalid("workspace_sandbox", "bubblewrap", e.to_string()))?;
     let docker = DockerRuntime::new(DockerConfig {
