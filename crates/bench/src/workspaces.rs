@@ -74,29 +74,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Cold starts, beside a bare sandbox.
     let raw = bare_bwrap(args.starts)?;
-    let mut cold = Vec::new();
-    let mut kills = Vec::new();
-    for i in 0..args.starts {
-        let started = Instant::now();
-        let ws = api
-            .post("/api/v1/workspaces", json!({"name": format!("cold-{i}")}))
-            .await?;
-        let id = ws["id"].as_str().unwrap_or_default().to_string();
-        api.wait(&id, |w| w["status"] == "running").await?;
-        cold.push(started.elapsed());
-        // Recovery: SIGKILL the sandbox's init, time until it runs again.
-        let generation = api.get(&format!("/api/v1/workspaces/{id}")).await?["generation"]
-            .as_u64()
-            .unwrap_or(0);
-        let killed = Instant::now();
-        kill_sandbox(&scope, &id)?;
-        api.wait(&id, |w| {
-            w["status"] == "running" && w["generation"].as_u64() > Some(generation)
-        })
+    // Recovery: SIGKILL the sandbox's init, time until it runs again.
+    let (cold, kills) = api
+        .starts(args.starts, "cold", |id| kill_sandbox(&scope, id))
         .await?;
-        kills.push(killed.elapsed());
-        api.delete(&id).await?;
-    }
     let (raw_p50, raw_p99, raw_mean) = stats(raw.clone());
     table.row(vec![
         "raw: bwrap … true".into(),
@@ -261,31 +242,15 @@ async fn docker_starts(agent: &std::path::Path, n: usize) -> anyhow::Result<()> 
         base: &hub.base,
         token: &setup.token,
     };
-    let (mut cold, mut kills) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let started = Instant::now();
-        let ws = api
-            .post("/api/v1/workspaces", json!({"name": format!("docker-{i}")}))
-            .await?;
-        let id = ws["id"].as_str().unwrap_or_default().to_string();
-        api.wait(&id, |w| w["status"] == "running").await?;
-        cold.push(started.elapsed());
-        let generation = api.get(&format!("/api/v1/workspaces/{id}")).await?["generation"]
-            .as_u64()
-            .unwrap_or(0);
-        let killed = Instant::now();
-        let container = format!("coditect-{scope}-{id}");
-        std::process::Command::new("docker")
-            .args(["kill", &container])
-            .stdout(std::process::Stdio::null())
-            .status()?;
-        api.wait(&id, |w| {
-            w["status"] == "running" && w["generation"].as_u64() > Some(generation)
+    let (cold, kills) = api
+        .starts(n, "docker", |id| {
+            std::process::Command::new("docker")
+                .args(["kill", &format!("coditect-{scope}-{id}")])
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            Ok(())
         })
         .await?;
-        kills.push(killed.elapsed());
-        api.delete(&id).await?;
-    }
     let mut table = Table::new(&[
         "operation (docker)",
         "n",
@@ -369,6 +334,41 @@ impl Api<'_> {
     }
 
     /// Polls (every 5 ms) until `done` holds for the workspace.
+    /// `n` cold starts (create to running) and, on each, a recovery (`kill` to running
+    /// on the next generation); each workspace deleted after.
+    async fn starts(
+        &self,
+        n: usize,
+        prefix: &str,
+        kill: impl Fn(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+        let (mut cold, mut kills) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let started = Instant::now();
+            let ws = self
+                .post(
+                    "/api/v1/workspaces",
+                    json!({"name": format!("{prefix}-{i}")}),
+                )
+                .await?;
+            let id = ws["id"].as_str().unwrap_or_default().to_string();
+            self.wait(&id, |w| w["status"] == "running").await?;
+            cold.push(started.elapsed());
+            let generation = self.get(&format!("/api/v1/workspaces/{id}")).await?["generation"]
+                .as_u64()
+                .unwrap_or(0);
+            let killed = Instant::now();
+            kill(&id)?;
+            self.wait(&id, |w| {
+                w["status"] == "running" && w["generation"].as_u64() > Some(generation)
+            })
+            .await?;
+            kills.push(killed.elapsed());
+            self.delete(&id).await?;
+        }
+        Ok((cold, kills))
+    }
+
     async fn wait(&self, id: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {

@@ -53,11 +53,7 @@ impl GitHttp {
         let router = axum::Router::new()
             .fallback(serve)
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the git server");
-        let url = format!("http://{}", listener.local_addr().expect("its address"));
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        let url = crate::serve(router, "the git server").await;
         GitHttp { url, inner }
     }
 

@@ -45,11 +45,7 @@ impl GitHub {
             .route("/login/oauth/access_token", axum::routing::post(token))
             .route("/api/user/emails", axum::routing::get(emails))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the GitHub stand-in");
-        let url = format!("http://{}", listener.local_addr().expect("its address"));
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        let url = crate::serve(router, "the GitHub stand-in").await;
         GitHub { url, inner }
     }
 

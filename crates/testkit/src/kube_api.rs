@@ -53,6 +53,16 @@ pub struct FakeKubeApi {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// A kubeconfig whose one cluster is at `server`, with no credentials.
+pub fn write_kubeconfig(path: &std::path::Path, server: &str) {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+         users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+         current-context: fake\n"
+    );
+    std::fs::write(path, text).expect("write the kubeconfig");
+}
+
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -71,23 +81,13 @@ impl FakeKubeApi {
         let router = axum::Router::new()
             .fallback(handle)
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the Kubernetes API stand-in");
-        let url = format!("http://{}", listener.local_addr().expect("its address"));
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        let url = crate::serve(router, "the Kubernetes API stand-in").await;
         FakeKubeApi { url, inner }
     }
 
     /// A kubeconfig naming this server (no credentials: it asks for none), written to `path`.
     pub fn write_kubeconfig(&self, path: &std::path::Path) {
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
-             current-context: fake\n",
-            self.url
-        );
-        std::fs::write(path, text).expect("write the kubeconfig");
+        write_kubeconfig(path, &self.url);
     }
 
     /// Takes the requests recorded so far.
@@ -148,29 +148,10 @@ fn matches_selector(obj: &Value, selector: Option<&str>) -> bool {
 }
 
 fn query_param(uri: &Uri, key: &str) -> Option<String> {
-    uri.query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let url = reqwest::Url::parse(&format!("http://api{uri}")).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The kind of a list path (`/api/v1/pods`, `/api/v1/namespaces/ns/pods`,

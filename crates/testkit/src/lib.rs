@@ -14,3 +14,18 @@ pub mod kube_api;
 pub mod pg;
 
 pub use pg::{PgCluster, fresh_database, suite_pg_url};
+
+/// Serves `router` on a random loopback port until the runtime ends; its `http://` URL.
+pub async fn serve(router: axum::Router, what: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind {what}: {e}"));
+    let url = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("the address of {what}: {e}"))
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}

@@ -133,21 +133,9 @@ impl DockerRuntime {
     }
 
     fn labels(&self, instance: InstanceRef, generation: Option<u64>) -> HashMap<String, String> {
-        let mut l = HashMap::from([
-            (
-                labels::SCOPE.to_string(),
-                self.config.scope.as_str().to_string(),
-            ),
-            (labels::TENANT.to_string(), instance.tenant.to_string()),
-            (
-                labels::WORKSPACE.to_string(),
-                instance.workspace.to_string(),
-            ),
-        ]);
-        if let Some(g) = generation {
-            l.insert(labels::GENERATION.to_string(), g.to_string());
-        }
-        l
+        crate::object_labels(&self.config.scope, instance, generation)
+            .into_iter()
+            .collect()
     }
 
     fn key_dir(&self, instance: InstanceRef) -> PathBuf {

@@ -130,21 +130,9 @@ impl KubernetesRuntime {
     }
 
     fn labels(&self, instance: InstanceRef, generation: Option<u64>) -> BTreeMap<String, String> {
-        let mut l = BTreeMap::from([
-            (
-                labels::SCOPE.to_string(),
-                self.config.scope.as_str().to_string(),
-            ),
-            (labels::TENANT.to_string(), instance.tenant.to_string()),
-            (
-                labels::WORKSPACE.to_string(),
-                instance.workspace.to_string(),
-            ),
-        ]);
-        if let Some(g) = generation {
-            l.insert(labels::GENERATION.to_string(), g.to_string());
-        }
-        l
+        crate::object_labels(&self.config.scope, instance, generation)
+            .into_iter()
+            .collect()
     }
 
     fn tenant_labels(&self, instance: InstanceRef) -> BTreeMap<String, String> {

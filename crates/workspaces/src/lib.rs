@@ -46,6 +46,27 @@ pub mod labels {
     pub const GENERATION: &str = "dev.coditect.generation";
 }
 
+/// The labels of an object a driver makes for `instance`: scope, tenant, workspace, and
+/// the generation on what belongs to one launch (not on what outlives it).
+pub(crate) fn object_labels(
+    scope: &Scope,
+    instance: InstanceRef,
+    generation: Option<u64>,
+) -> Vec<(String, String)> {
+    let mut l = vec![
+        (labels::SCOPE.to_string(), scope.as_str().to_string()),
+        (labels::TENANT.to_string(), instance.tenant.to_string()),
+        (
+            labels::WORKSPACE.to_string(),
+            instance.workspace.to_string(),
+        ),
+    ];
+    if let Some(g) = generation {
+        l.push((labels::GENERATION.to_string(), g.to_string()));
+    }
+    l
+}
+
 /// Names the hub installation that owns runtime objects, so several hubs can share one
 /// Docker engine or machine without adopting or sweeping each other's workspaces.
 /// 1 to 32 lower-case letters, digits or `-`.

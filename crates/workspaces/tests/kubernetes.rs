@@ -18,12 +18,8 @@ struct Rig {
     runtime: KubernetesRuntime,
 }
 
-async fn rig() -> Rig {
-    let api = FakeKubeApi::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
-    let runtime = KubernetesRuntime::new(KubernetesConfig {
+fn config(kubeconfig: std::path::PathBuf) -> KubernetesConfig {
+    KubernetesConfig {
         scope: Scope::parse("kt").expect("scope"),
         kubeconfig: Some(kubeconfig),
         hub_url: HUB_URL.into(),
@@ -32,7 +28,15 @@ async fn rig() -> Rig {
         home_size: "5Gi".into(),
         storage_class: Some("fast".into()),
         timeout: Duration::from_secs(5),
-    });
+    }
+}
+
+async fn rig() -> Rig {
+    let api = FakeKubeApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let runtime = KubernetesRuntime::new(config(kubeconfig));
     Rig {
         api,
         _dir: dir,
@@ -442,24 +446,8 @@ async fn an_unreachable_or_failing_api_server_is_transient_and_no_network_is_ref
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
     let path = dir.path().join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
-        ),
-    )
-    .expect("write");
-    let nowhere = KubernetesRuntime::new(KubernetesConfig {
-        scope: Scope::parse("kt").expect("scope"),
-        kubeconfig: Some(path),
-        hub_url: HUB_URL.into(),
-        default_image: "x".into(),
-        namespace_prefix: "coditect-".into(),
-        home_size: "1Gi".into(),
-        storage_class: None,
-        timeout: Duration::from_secs(2),
-    });
+    coditect_testkit::kube_api::write_kubeconfig(&path, &format!("http://127.0.0.1:{port}"));
+    let nowhere = KubernetesRuntime::new(config(path));
     let err = nowhere
         .inspect(instance)
         .await
