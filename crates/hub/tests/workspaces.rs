@@ -1195,7 +1195,63 @@ async fn idle_stop(backend: Backend) {
     assert!(messages.iter().any(|m| m.contains("idle")), "{messages:?}");
 }
 
+/// A runtime that accepts calls and never answers (a Docker socket that reads and holds):
+/// the call times out (`--workspace-runtime-timeout`), the workspace fails saying so, and
+/// the reconciler goes on with other work: a process workspace made after it runs.
+async fn a_hanging_runtime_times_out(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let app = common::spawn_app_with(
+        backend,
+        |c| {
+            c.workspaces.docker_socket = socket.clone();
+            c.workspaces.runtime_timeout = Duration::from_secs(1);
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let (_, _, admin) = app.tenant_with_admin("hung").await;
+    let token = admin.access.as_str();
+    let template = json(
+        app.post_as(
+            "/api/v1/templates",
+            token,
+            json!({"name": "hung", "spec": {"runtime": "docker"}}),
+        )
+        .await,
+    )
+    .await;
+    let hung = json(
+        app.post_as(
+            "/api/v1/workspaces",
+            token,
+            json!({"name": "hung", "template_id": template["id"]}),
+        )
+        .await,
+    )
+    .await;
+    let hung = hung["id"].as_str().unwrap().to_string();
+    let failed = wait_for(&app, token, &hung, "failed", None).await;
+    let reason = failed["status_reason"].as_str().unwrap();
+    assert!(reason.contains("answer"), "{reason}");
+    let fine = json(
+        app.post_as("/api/v1/workspaces", token, json!({"name": "fine"}))
+            .await,
+    )
+    .await;
+    let fine = fine["id"].as_str().unwrap().to_string();
+    wait_for(&app, token, &fine, "running", Some(1)).await;
+}
+
 both_backends!(
+    a_hanging_runtime_times_out,
     idle_stop,
     from_a_repository,
     kubernetes,
