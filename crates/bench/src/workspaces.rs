@@ -271,7 +271,7 @@ async fn docker_starts(agent: &std::path::Path, n: usize) -> anyhow::Result<()> 
     for (what, samples) in [
         ("cold start to agent-ready", cold),
         (
-            "recovery: docker kill to running (health check every 2 s)",
+            "recovery: docker kill to running (the die event wakes the health checker)",
             kills,
         ),
     ] {

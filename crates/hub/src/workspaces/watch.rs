@@ -43,12 +43,18 @@ pub async fn run(state: AppState) {
                     .await;
             }
         };
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = exited => {}
-        }
+        let woken = tokio::select! {
+            _ = tick.tick() => false,
+            _ = exited => true,
+        };
         if state.gate().system().is_ready() {
             check(&state).await;
+            if woken {
+                // An engine may tell of a death a moment before its inspect shows it
+                // (Docker's `die` event): one more look shortly after.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                check(&state).await;
+            }
         }
     }
 }
