@@ -78,33 +78,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (cold, kills) = api
         .starts(args.starts, "cold", |id| kill_sandbox(&scope, id))
         .await?;
-    let (raw_p50, raw_p99, raw_mean) = stats(raw.clone());
-    table.row(vec![
-        "raw: bwrap … true".into(),
-        raw.len().to_string(),
-        millis(raw_p50),
-        millis(raw_p99),
-        millis(raw_mean),
-        "1.00".into(),
-    ]);
-    let (p50, p99, mean) = stats(cold.clone());
-    table.row(vec![
-        "cold start to agent-ready".into(),
-        cold.len().to_string(),
-        millis(p50),
-        millis(p99),
-        millis(mean),
-        ratio(p50, raw_p50),
-    ]);
-    let (p50, p99, mean) = stats(kills.clone());
-    table.row(vec![
-        "recovery: SIGKILL to running (the exit wakes the health checker)".into(),
-        kills.len().to_string(),
-        millis(p50),
-        millis(p99),
-        millis(mean),
-        ratio(p50, raw_p50),
-    ]);
+    let raw_p50 = timed_row(&mut table, "raw: bwrap … true", &raw, None);
+    timed_row(
+        &mut table,
+        "cold start to agent-ready",
+        &cold,
+        Some(raw_p50),
+    );
+    timed_row(
+        &mut table,
+        "recovery: SIGKILL to running (the exit wakes the health checker)",
+        &kills,
+        Some(raw_p50),
+    );
 
     // Claims from the warm pool, beside the bare claim on a store.
     let raw_claims = bare_claims(args.claims).await?;
@@ -129,24 +115,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         claims.push(started.elapsed());
         anyhow::ensure!(ws["status"] == "running", "not claimed: {ws}");
     }
-    let (raw_p50, raw_p99, raw_mean) = stats(raw_claims.clone());
-    table.row(vec![
-        "raw: the claim statement (SQLite store)".into(),
-        raw_claims.len().to_string(),
-        millis(raw_p50),
-        millis(raw_p99),
-        millis(raw_mean),
-        "1.00".into(),
-    ]);
-    let (p50, p99, mean) = stats(claims.clone());
-    table.row(vec![
-        "claim from the warm pool (HTTP, to 201 running)".into(),
-        claims.len().to_string(),
-        millis(p50),
-        millis(p99),
-        millis(mean),
-        ratio(p50, raw_p50),
-    ]);
+    let raw_p50 = timed_row(
+        &mut table,
+        "raw: the claim statement (SQLite store)",
+        &raw_claims,
+        None,
+    );
+    timed_row(
+        &mut table,
+        "claim from the warm pool (HTTP, to 201 running)",
+        &claims,
+        Some(raw_p50),
+    );
     table.print();
     if args.docker_starts > 0 {
         println!();
@@ -259,35 +239,42 @@ async fn docker_starts(agent: &std::path::Path, n: usize) -> anyhow::Result<()> 
         "mean ms",
         "vs raw (p50)",
     ]);
-    let (raw_p50, raw_p99, raw_mean) = stats(raw.clone());
-    table.row(vec![
-        "raw: docker run --rm IMAGE true".into(),
-        raw.len().to_string(),
-        millis(raw_p50),
-        millis(raw_p99),
-        millis(raw_mean),
-        "1.00".into(),
-    ]);
-    for (what, samples) in [
-        ("cold start to agent-ready", cold),
-        (
-            "recovery: docker kill to running (the die event wakes the health checker)",
-            kills,
-        ),
-    ] {
-        let (p50, p99, mean) = stats(samples.clone());
-        table.row(vec![
-            what.into(),
-            samples.len().to_string(),
-            millis(p50),
-            millis(p99),
-            millis(mean),
-            ratio(p50, raw_p50),
-        ]);
-    }
+    let raw_p50 = timed_row(&mut table, "raw: docker run --rm IMAGE true", &raw, None);
+    timed_row(
+        &mut table,
+        "cold start to agent-ready",
+        &cold,
+        Some(raw_p50),
+    );
+    timed_row(
+        &mut table,
+        "recovery: docker kill to running (the die event wakes the health checker)",
+        &kills,
+        Some(raw_p50),
+    );
     table.print();
     tokio::time::sleep(Duration::from_secs(3)).await;
     Ok(())
+}
+
+/// A row of `samples` (n, p50, p99, mean, and its p50 against `raw`'s; `None`: it is the
+/// raw row, 1.00); the row's p50.
+fn timed_row(
+    table: &mut Table,
+    what: &str,
+    samples: &[Duration],
+    raw: Option<Duration>,
+) -> Duration {
+    let (p50, p99, mean) = stats(samples.to_vec());
+    table.row(vec![
+        what.into(),
+        samples.len().to_string(),
+        millis(p50),
+        millis(p99),
+        millis(mean),
+        raw.map_or_else(|| "1.00".to_string(), |r| ratio(p50, r)),
+    ]);
+    p50
 }
 
 fn ratio(ours: Duration, raw: Duration) -> String {

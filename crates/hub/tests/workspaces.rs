@@ -56,23 +56,6 @@ async fn orchestrator_messages(app: &TestApp, token: &str, id: &str) -> Vec<Stri
         .collect()
 }
 
-/// Deletes a workspace and waits until it is gone.
-async fn delete_and_wait(app: &TestApp, token: &str, id: &str) {
-    let res = app
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/workspaces/{id}"),
-            token,
-            None,
-        )
-        .await;
-    assert_eq!(res.status(), 202);
-    assert!(
-        eventually(SETTLE, || async { ws_json(app, token, id).await.0 == 404 }).await,
-        "the workspace was never deleted"
-    );
-}
-
 fn home(app: &TestApp, id: &str) -> std::path::PathBuf {
     app.data_dir.path().join("workspaces").join(id).join("home")
 }
@@ -240,7 +223,7 @@ async fn lifecycle(backend: Backend) {
     );
 
     // Delete: everything it owned goes, then the workspace.
-    delete_and_wait(&app, token, &id).await;
+    app.delete_workspace(token, &id, SETTLE).await;
     assert!(!home.exists(), "its home was removed");
     let audit = app.get_json("/api/v1/audit?limit=1000", token).await;
     let actions: Vec<&str> = audit["items"]
@@ -978,7 +961,7 @@ async fn kubernetes(backend: Backend) {
     );
 
     // Delete: claim and secret go too.
-    delete_and_wait(&app, token, &id).await;
+    app.delete_workspace(token, &id, SETTLE).await;
     assert!(
         api.object(&format!("{ns}/persistentvolumeclaims/ws-{id}-home"))
             .is_none()

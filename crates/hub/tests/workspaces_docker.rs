@@ -144,25 +144,7 @@ async fn docker_lifecycle_and_recovery(backend: Backend) {
     assert_eq!(builds["items"][0]["status"], "succeeded");
 
     // Delete: container, volume and (its tenant's last workspace) network go.
-    let res = app
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/workspaces/{id}"),
-            token,
-            None,
-        )
-        .await;
-    assert_eq!(res.status(), 202);
-    let deadline = Instant::now() + SETTLE;
-    while app
-        .get_as(&format!("/api/v1/workspaces/{id}"), token)
-        .await
-        .status()
-        != 404
-    {
-        assert!(Instant::now() < deadline, "never deleted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    app.delete_workspace(token, &id, SETTLE).await;
     let left = docker(&[
         "ps",
         "-aq",

@@ -93,6 +93,20 @@ impl TestApp {
         self.call(reqwest::Method::GET, path, token, None).await
     }
 
+    /// Deletes a workspace (202) and waits up to `within` until it is gone (404).
+    pub async fn delete_workspace(&self, token: &str, id: &str, within: Duration) {
+        let path = format!("/api/v1/workspaces/{id}");
+        let res = self.call(reqwest::Method::DELETE, &path, token, None).await;
+        assert_eq!(res.status(), 202);
+        assert!(
+            eventually(within, || async {
+                self.get_as(&path, token).await.status() == 404
+            })
+            .await,
+            "the workspace was never deleted"
+        );
+    }
+
     /// `GET path` as `token`, the body parsed as JSON (whatever the status).
     pub async fn get_json(&self, path: &str, token: &str) -> Value {
         json(self.get_as(path, token).await).await
